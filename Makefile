@@ -1,0 +1,41 @@
+# resnet_jax: `make train` (set-up included) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real CIFAR-10 for the tests and for `make train`: a folder in the official binary
+# (cifar-10-batches-bin) or python layout, or the .tar.gz. Empty: the official download.
+SHARED_CIFAR10 := $(abspath $(wildcard ../shared/data/cifar-10-batches-bin))
+CIFAR10_SOURCE ?= $(SHARED_CIFAR10)
+export RESNET_JAX_CIFAR10_DIR ?= $(CIFAR10_SOURCE)
+# Where prepared TFDS datasets live (TFDS's own convention).
+export TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
+CONFIG ?= configs/cifar10_resnet20.py
+WORKDIR ?= runs/cifar10_resnet20
+TRAIN_ARGS ?=
+
+.PHONY: install test test-fast train models clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+train: install
+	$(BIN)/resnet-jax prepare cifar10 $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE)) --data-dir $(TFDS_DATA_DIR)
+	$(BIN)/resnet-jax train --config $(CONFIG) --workdir $(WORKDIR) $(TRAIN_ARGS)
+
+models: install
+	$(BIN)/resnet-jax models
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

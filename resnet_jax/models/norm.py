@@ -1,0 +1,84 @@
+"""Batch normalisation with explicit statistics semantics.
+
+The papers trained on several GPUs, each normalising its own shard of the batch
+(He et al. 2015, §3.4: "BN ... with a mini-batch of 256 on 8 GPUs"). Which
+examples share statistics is therefore part of the experiment, so it is a field
+here rather than an accident of how the step is parallelised:
+
+* ``axis_name=None, group_size=None``: statistics over every example the module
+  sees. Under a plain ``jax.jit`` over a sharded batch this is the whole global
+  batch; inside ``jax.shard_map`` it is the device's own shard ("per device").
+* ``axis_name="data"``: inside ``jax.shard_map``, moments are averaged over the
+  named axis, i.e. synchronised over the whole batch.
+* ``group_size=N``: "ghost" batch norm, statistics over groups of N consecutive
+  examples.
+
+Parameters are named as in ``flax.linen.BatchNorm`` (``scale``, ``bias``;
+``batch_stats``: ``mean``, ``var``) so tools written for Flax keep working.
+Statistics are always computed and stored in float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation over all axes but the last (channels)."""
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+  group_size: Optional[int] = None
+  scale_init: Initializer = nn.initializers.ones
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+    xf = x.astype(jnp.float32)
+    if not train:
+      mean, var = running_mean.value, running_var.value
+      y = (xf - mean) * (scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon))
+      return (y + bias.astype(jnp.float32)).astype(self.dtype)
+
+    if self.group_size is not None:
+      batch = x.shape[0]
+      if self.group_size <= 0 or batch % self.group_size:
+        raise ValueError(
+            f"ghost batch norm group_size={self.group_size} must be a positive divisor of the "
+            f"(per-device) batch {batch}")
+      grouped = xf.reshape((batch // self.group_size, self.group_size) + x.shape[1:])
+      axes = tuple(range(1, grouped.ndim - 1))
+      mean = grouped.mean(axis=axes, keepdims=True)
+      var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
+      y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      batch_mean = mean.reshape(-1, features).mean(axis=0)
+      batch_var = var.reshape(-1, features).mean(axis=0)
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = xf.mean(axis=axes)
+      if self.axis_name is not None:
+        mean = jax.lax.pmean(mean, self.axis_name)
+      var = jnp.square(xf - mean).mean(axis=axes)
+      if self.axis_name is not None:
+        var = jax.lax.pmean(var, self.axis_name)
+      y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+      batch_mean, batch_var = mean, var
+
+    if not self.is_initializing():
+      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * batch_mean
+      running_var.value = self.momentum * running_var.value + (1 - self.momentum) * batch_var
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(self.dtype)

@@ -1,0 +1,110 @@
+"""Named networks of the three papers, as ``ResNet`` field tables.
+
+``create(name, **overrides)`` builds one; any ``ResNet`` field can be overridden,
+e.g. ``create("cifar_resnet110", shortcut="gate")``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+from resnet_jax.models.resnet import ResNet
+
+_REGISTRY: dict[str, dict[str, Any]] = {}
+
+
+def register(name: str, **fields: Any) -> None:
+  """Registers a named network as a table of ``ResNet`` fields."""
+  _check_fields(fields, context=f"network {name!r}")
+  _REGISTRY[name] = dict(fields)
+
+
+def names() -> list[str]:
+  """Every registered network name, sorted."""
+  return sorted(_REGISTRY)
+
+
+def config(name: str) -> dict[str, Any]:
+  """The ``ResNet`` fields of a named network."""
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, _REGISTRY, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"unknown model {name!r}{hint}; valid names: {', '.join(names())}")
+  return dict(_REGISTRY[name])
+
+
+def create(name: str, **overrides: Any) -> ResNet:
+  """Builds the named network, with any ``ResNet`` field overridden."""
+  fields = config(name)
+  _check_fields(overrides, context=f"create({name!r})")
+  fields.update(overrides)
+  return ResNet(**fields)
+
+
+def field_names() -> list[str]:
+  return sorted(f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name"))
+
+
+def _check_fields(fields: Mapping[str, Any], context: str) -> None:
+  valid = field_names()
+  for key in fields:
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=3)
+      hint = f" (did you mean {', '.join(close)}?)" if close else ""
+      raise ValueError(f"{context}: unknown model field {key!r}{hint}; valid fields: {', '.join(valid)}")
+
+
+# He et al. 2015, §4.2: CIFAR-10 networks of 6n+2 layers, 16/32/64 filters, option A.
+_CIFAR = dict(block="basic", stem="cifar", stem_width=16, stage_widths=(16, 32, 64), num_classes=10,
+              shortcut="A")
+for _depth in (20, 32, 44, 56, 110, 1202):
+  _n = (_depth - 2) // 6
+  register(f"cifar_resnet{_depth}", stage_sizes=(_n, _n, _n), **_CIFAR)
+for _depth in (20, 32, 44, 56):
+  _n = (_depth - 2) // 6
+  register(f"cifar_plain{_depth}", stage_sizes=(_n, _n, _n), **dict(_CIFAR, shortcut="none"))
+
+# He et al. 2016 ("Identity Mappings"): pre-activation ResNet-110 (basic units, as
+# the ResNet-110 it is compared with) and the 9n+2 bottleneck ResNet-164/1001
+# (appendix; projection shortcuts where dimensions increase, stride on the first 1×1).
+register("cifar_preact_resnet110", stage_sizes=(18, 18, 18), unit_order="full_preact", **_CIFAR)
+for _depth in (164, 1001):
+  _n = (_depth - 2) // 9
+  register(f"cifar_preact_resnet{_depth}", stage_sizes=(_n, _n, _n), block="bottleneck", stem="cifar",
+           stem_width=16, stage_widths=(16, 32, 64), num_classes=10, shortcut="B",
+           unit_order="full_preact", stride_on="conv1x1")
+
+# Xie et al. 2017, §5.3 / appendix A: ResNeXt-29 on CIFAR (3 stages × 3 units, 64-wide stem,
+# template [1×1,64; 3×3,64; 1×1,256] with C·d channels in the grouped 3×3).
+for _c in (8, 16):
+  register(f"resnext29_{_c}x64d", stage_sizes=(3, 3, 3), block="bottleneck", stem="cifar", stem_width=64,
+           stage_widths=(64, 128, 256), num_classes=10, cardinality=_c, bottleneck_width=64,
+           stride_on="conv3x3", shortcut="B")
+
+# He et al. 2015, Table 1: ImageNet networks (option B; stride on the first 1×1 as in the paper —
+# use stride_on="conv3x3" for the torchvision "v1.5" layout).
+_IMAGENET_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+for _depth, (_block, _sizes) in _IMAGENET_DEPTHS.items():
+  register(f"resnet{_depth}", block=_block, stage_sizes=_sizes, shortcut="B")
+  register(f"preact_resnet{_depth}", block=_block, stage_sizes=_sizes, shortcut="B",
+           unit_order="full_preact")
+for _depth in (18, 34):
+  register(f"plain{_depth}", block="basic", stage_sizes=_IMAGENET_DEPTHS[_depth][1], shortcut="none")
+
+# Xie et al. 2017, Tables 1, 3, 4: ResNeXt C×d (stride on the grouped 3×3).
+for _depth, _c, _d in ((50, 32, 4), (101, 32, 4), (101, 64, 4), (101, 32, 8)):
+  register(f"resnext{_depth}_{_c}x{_d}d", block="bottleneck", stage_sizes=_IMAGENET_DEPTHS[_depth][1],
+           cardinality=_c, bottleneck_width=_d, stride_on="conv3x3", shortcut="B")
+
+# Wide ResNet-50/101-2 (torchvision's layout: bottleneck width doubled, stride on the 3×3).
+for _depth in (50, 101):
+  register(f"wide_resnet{_depth}_2", block="bottleneck", stage_sizes=_IMAGENET_DEPTHS[_depth][1],
+           width_multiplier=2.0, stride_on="conv3x3", shortcut="B")
