@@ -1,0 +1,250 @@
+"""CIFAR-10/100 (Krizhevsky 2009) from the official files, prepared as TFDS ArrayRecord without TensorFlow.
+
+The prepared dataset is TFDS's own `cifar10` / `cifar100` (same name, version 3.0.2,
+features `id`, `image`, `label` [, `coarse_label`], same example keys and therefore
+the same record order), so plain TFDS reads it and an existing TFDS CIFAR prepared as
+ArrayRecord is read by `resnet_jax` too. Only the generation differs: the official
+builder encodes PNGs with TensorFlow, this one with Pillow (same pixels).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import pathlib
+import pickle
+import tarfile
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from tensorflow_datasets.image_classification import cifar as tfds_cifar
+
+IMAGE_SHAPE = (32, 32, 3)
+RECORD_PIXELS = 32 * 32 * 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where one official CIFAR format keeps its files (www.cs.toronto.edu/~kriz/cifar.html)."""
+  folder: str                   # folder inside the archive
+  archive: str                  # official archive name
+  train_files: Tuple[str, ...]
+  test_files: Tuple[str, ...]
+  meta_file: str                # label names
+  binary: bool
+
+
+LAYOUTS: Dict[str, Tuple[Layout, ...]] = {
+    "cifar10": (
+        Layout("cifar-10-batches-bin", "cifar-10-binary.tar.gz",
+               tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",),
+               "batches.meta.txt", True),
+        Layout("cifar-10-batches-py", "cifar-10-python.tar.gz",
+               tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta", False),
+    ),
+    "cifar100": (
+        Layout("cifar-100-binary", "cifar-100-binary.tar.gz", ("train.bin",), ("test.bin",),
+               "fine_label_names.txt", True),
+        Layout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), "meta", False),
+    ),
+}
+# TFDS's label keys in the binary records' byte order (CIFAR-100: coarse byte first).
+LABEL_KEYS = {"cifar10": ("label",), "cifar100": ("coarse_label", "label")}
+NUM_CLASSES = {"label": {"cifar10": 10, "cifar100": 100}, "coarse_label": {"cifar100": 20}}
+OFFICIAL_URLS = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+                "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+                 "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"),
+}
+
+
+@dataclasses.dataclass
+class CifarSplit:
+  images: np.ndarray            # uint8 [N, 32, 32, 3]
+  labels: Dict[str, np.ndarray]  # TFDS label key -> int64 [N]
+
+
+@dataclasses.dataclass
+class CifarFiles:
+  """One CIFAR dataset read from the official files, in the official order."""
+  label_names: Dict[str, List[str]]
+  splits: Dict[str, CifarSplit]
+
+
+def _archive_for(name: str, path: pathlib.Path) -> Optional[Layout]:
+  for layout in LAYOUTS[name]:
+    if path.name == layout.archive or path.name.startswith(layout.archive.split(".")[0] + "."):
+      return layout
+  return None
+
+
+def _folder_layout(name: str, path: pathlib.Path) -> Optional[Tuple[Layout, pathlib.Path]]:
+  """The official layout found in `path` itself or in its official subfolder."""
+  for layout in LAYOUTS[name]:
+    for folder in (path, path / layout.folder):
+      if all((folder / f).is_file() for f in layout.train_files + layout.test_files):
+        return layout, folder
+  return None
+
+
+def _expected(name: str) -> str:
+  return "; ".join(f"{l.folder}/ ({', '.join(l.train_files + l.test_files)}) or {l.archive}"
+                   for l in LAYOUTS[name])
+
+
+def extract_archive(name: str, archive: pathlib.Path, extract_root: pathlib.Path) -> pathlib.Path:
+  """Extracts an official CIFAR archive once; returns the folder holding its files."""
+  layout = _archive_for(name, archive)
+  if layout is None:
+    raise ValueError(f"{archive} is not an official {name} archive; expected one of: "
+                     f"{', '.join(l.archive for l in LAYOUTS[name])}")
+  target = extract_root / archive.name.split(".")[0]
+  done = target / ".extracted"
+  if not done.is_file():
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+      with tarfile.open(archive, "r:*") as tar:
+        tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+      raise ValueError(f"cannot extract {archive} ({e}); the archive is corrupt or incomplete: "
+                       "download it again") from e
+    done.touch()
+  found = _folder_layout(name, target)
+  if found is None:
+    raise ValueError(f"{archive} holds no official {name} files; expected {_expected(name)}")
+  return found[1]
+
+
+def find_source(name: str, source: pathlib.Path, extract_root: pathlib.Path) -> pathlib.Path:
+  """The folder with the official files, from a folder, its parent or an archive."""
+  if not source.exists():
+    raise FileNotFoundError(f"{name} source {source} does not exist; pass a folder or archive "
+                            f"in an official layout: {_expected(name)}")
+  if source.is_file():
+    return extract_archive(name, source, extract_root)
+  found = _folder_layout(name, source)
+  if found is not None:
+    return found[1]
+  for layout in LAYOUTS[name]:
+    if (source / layout.archive).is_file():
+      return extract_archive(name, source / layout.archive, extract_root)
+  raise FileNotFoundError(f"no official {name} files in {source}; expected {_expected(name)}")
+
+
+def _read_binary(path: pathlib.Path, num_labels: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Records of `num_labels` label bytes then 1024 R, 1024 G, 1024 B bytes (row-major)."""
+  data = np.fromfile(path, dtype=np.uint8)
+  record = num_labels + RECORD_PIXELS
+  if data.size == 0 or data.size % record:
+    raise ValueError(f"corrupt CIFAR file {path}: {data.size} bytes is not a positive multiple of "
+                     f"the {record}-byte record; replace it with the official file")
+  data = data.reshape(-1, record)
+  images = data[:, num_labels:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), data[:, :num_labels].astype(np.int64)
+
+
+def _unpickle(path: pathlib.Path) -> dict:
+  try:
+    with open(path, "rb") as f:
+      return pickle.load(f, encoding="bytes")
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+    raise ValueError(f"corrupt CIFAR file {path} ({e}); replace it with the official file") from e
+
+
+def _read_python(path: pathlib.Path, keys: Tuple[bytes, ...]) -> Tuple[np.ndarray, np.ndarray]:
+  batch = _unpickle(path)
+  try:
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.stack([np.asarray(batch[k], dtype=np.int64) for k in keys], axis=1)
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"corrupt CIFAR file {path}: no {e} entry of the official layout") from e
+  if data.ndim != 2 or data.shape[1] != RECORD_PIXELS or len(labels) != len(data):
+    raise ValueError(f"corrupt CIFAR file {path}: data shape {data.shape} for {len(labels)} labels, "
+                     f"expected [N, {RECORD_PIXELS}]")
+  return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
+
+
+def _label_names(name: str, layout: Layout, folder: pathlib.Path) -> Dict[str, List[str]]:
+  if layout.binary:
+    files = {"label": layout.meta_file}
+    if name == "cifar100":
+      files["coarse_label"] = "coarse_label_names.txt"
+    names = {}
+    for key, file in files.items():
+      path = folder / file
+      if not path.is_file():
+        raise FileNotFoundError(f"label names file {path} is missing; it ships with the official "
+                                f"{layout.archive}")
+      names[key] = [n.strip() for n in path.read_text().splitlines() if n.strip()]
+  else:
+    meta = _unpickle(folder / layout.meta_file)
+    pick = {"label": b"label_names"} if name == "cifar10" else {
+        "label": b"fine_label_names", "coarse_label": b"coarse_label_names"}
+    names = {k: [n.decode() if isinstance(n, bytes) else str(n) for n in meta[v]] for k, v in pick.items()}
+  for key, values in names.items():
+    if len(values) != NUM_CLASSES[key][name]:
+      raise ValueError(f"{folder / layout.meta_file}: {len(values)} {key} names, expected "
+                       f"{NUM_CLASSES[key][name]}")
+  return names
+
+
+def read_files(name: str, folder: pathlib.Path) -> CifarFiles:
+  """Reads every split of an official CIFAR folder (binary or python layout)."""
+  found = _folder_layout(name, folder)
+  if found is None:
+    raise FileNotFoundError(f"no official {name} files in {folder}; expected {_expected(name)}")
+  layout, folder = found
+  keys = LABEL_KEYS[name]
+  python_keys = (b"labels",) if name == "cifar10" else (b"coarse_labels", b"fine_labels")
+  splits = {}
+  for split, files in (("train", layout.train_files), ("test", layout.test_files)):
+    parts = [_read_binary(folder / f, len(keys)) if layout.binary else _read_python(folder / f, python_keys)
+             for f in files]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    for i, key in enumerate(keys):
+      bad = np.flatnonzero(labels[:, i] >= NUM_CLASSES[key][name])
+      if bad.size:
+        raise ValueError(f"corrupt {name} {split} record {bad[0]} in {folder}: {key} "
+                         f"{labels[bad[0], i]} is not below {NUM_CLASSES[key][name]}")
+    splits[split] = CifarSplit(images, {k: labels[:, i] for i, k in enumerate(keys)})
+  return CifarFiles(_label_names(name, layout, folder), splits)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+class _FromFilesMixin:
+  """Overrides the official builders' TensorFlow-dependent generation with in-memory arrays."""
+
+  def __init__(self, *, files: CifarFiles, **kwargs):
+    self._files = files
+    super().__init__(**kwargs)
+
+  def _split_generators(self, dl_manager):  # pylint: disable=unused-argument
+    for key, names in self._files.label_names.items():
+      self.info.features[key].names = names
+    return {split: self._generate_examples(f"{split}_", split) for split in self._files.splits}
+
+  def _generate_examples(self, split_prefix: str, split: str) -> Iterator[Tuple[int, dict]]:
+    data = self._files.splits[split]
+    for index in range(len(data.images)):
+      record = {key: int(values[index]) for key, values in data.labels.items()}
+      record["id"] = f"{split_prefix}{index:05d}"
+      record["image"] = encode_png(data.images[index])
+      yield index, record  # the official keys: same TFDS shuffling, same record order
+
+
+class Cifar10FromFiles(_FromFilesMixin, tfds_cifar.Cifar10, skip_registration=True):
+  name = "cifar10"
+
+
+class Cifar100FromFiles(_FromFilesMixin, tfds_cifar.Cifar100, skip_registration=True):
+  name = "cifar100"
+
+
+BUILDERS = {"cifar10": Cifar10FromFiles, "cifar100": Cifar100FromFiles}

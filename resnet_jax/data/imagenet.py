@@ -1,0 +1,210 @@
+"""ImageNet (ILSVRC 2012): TF-free preparation as TFDS's `imagenet2012`, and host-side JPEG decoding.
+
+Preparation reads either the manual download (`ILSVRC2012_img_train.tar`,
+`ILSVRC2012_img_val.tar`, as the official TFDS builder does) or a folder tree
+(`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), and writes TFDS's own `imagenet2012`
+(version 5.1.0, features `image` JPEG, `label`, `file_name`, same keys). The official
+builder re-encodes the few CMYK and PNG files with TensorFlow; here Pillow does it.
+
+Decoding (He et al. 2015 §3.4): train images have the shorter side resized to a random
+size in [256, 480] and a random 224 crop and flip ("scale"), or the Inception
+random-resized crop ("inception"); eval images have the shorter side resized to 256 and a
+center 224 crop. Pillow's JPEG `draft` mode decodes at 1/2, 1/4 or 1/8 size whenever the
+output still has at least the pixels the crop needs.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import pathlib
+import tarfile
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as tfds_imagenet
+
+from PIL import Image
+
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+VAL_FOLDERS = ("val", "validation")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def _wnids() -> List[str]:
+  path = tfds.core.tfds_path("datasets/imagenet2012/labels.txt")
+  return path.read_text().split()
+
+
+def _validation_labels(names: List[str]) -> Dict[str, str]:
+  """TFDS's labels of the 50,000 validation images, in the sorted order of their file names."""
+  path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
+  labels = path.read_text().strip().splitlines()
+  if len(names) != len(labels):
+    raise ValueError(f"{VAL_TAR} holds {len(names)} images, the official one {len(labels)}; "
+                     "download it again")
+  return dict(zip(sorted(names), labels))
+
+
+def as_rgb_jpeg(data: bytes, name: str) -> bytes:
+  """JPEG bytes as stored by TFDS: CMYK JPEGs and PNGs (a few in ImageNet) re-encoded as RGB JPEG."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        return data
+      buf = io.BytesIO()
+      image.convert("RGB").save(buf, format="JPEG", quality=100)
+      return buf.getvalue()
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"corrupt image {name} ({e}); replace it or remove it from the source") from e
+
+
+def _tree_split(root: pathlib.Path, wnids: set) -> Iterator[Tuple[str, dict]]:
+  classes = sorted(p for p in root.iterdir() if p.is_dir())
+  unknown = [p.name for p in classes if p.name not in wnids]
+  if unknown:
+    raise ValueError(f"{root} has class folder {unknown[0]!r}, not an ILSVRC 2012 wnid (e.g. n01440764)")
+  for folder in classes:
+    for path in sorted(folder.iterdir()):
+      if path.suffix.lower() in IMAGE_SUFFIXES:
+        yield path.name, {"file_name": path.name, "label": folder.name,
+                          "image": as_rgb_jpeg(path.read_bytes(), str(path))}
+
+
+def _train_tar(path: pathlib.Path) -> Iterator[Tuple[str, dict]]:
+  with tarfile.open(path, "r:") as outer:
+    for member in outer:
+      if not member.name.endswith(".tar"):
+        continue
+      wnid = os.path.basename(member.name)[:-4]
+      inner_bytes = outer.extractfile(member).read()
+      with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:") as inner:
+        for image in inner:
+          if image.isfile():
+            name = os.path.basename(image.name)
+            yield name, {"file_name": name, "label": wnid,
+                         "image": as_rgb_jpeg(inner.extractfile(image).read(), f"{path}:{image.name}")}
+
+
+def _val_tar(path: pathlib.Path) -> Iterator[Tuple[str, dict]]:
+  with tarfile.open(path, "r:") as tar:
+    names = [os.path.basename(m.name) for m in tar.getmembers() if m.isfile()]
+  labels = _validation_labels(names)
+  with tarfile.open(path, "r:") as tar:
+    for member in tar:
+      if member.isfile():
+        name = os.path.basename(member.name)
+        yield name, {"file_name": name, "label": labels[name],
+                     "image": as_rgb_jpeg(tar.extractfile(member).read(), f"{path}:{member.name}")}
+
+
+def find_splits(source: pathlib.Path) -> Dict[str, Tuple[str, pathlib.Path]]:
+  """{"train"|"validation": ("tar"|"tree", path)} found in `source`."""
+  if not source.is_dir():
+    raise FileNotFoundError(f"imagenet2012 source {source} is not a folder; pass a folder with "
+                            f"{TRAIN_TAR} and {VAL_TAR}, or with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+  splits = {}
+  if (source / TRAIN_TAR).is_file():
+    splits["train"] = ("tar", source / TRAIN_TAR)
+  elif (source / "train").is_dir():
+    splits["train"] = ("tree", source / "train")
+  if (source / VAL_TAR).is_file():
+    splits["validation"] = ("tar", source / VAL_TAR)
+  else:
+    for folder in VAL_FOLDERS:
+      if (source / folder).is_dir():
+        splits["validation"] = ("tree", source / folder)
+        break
+  if not splits:
+    raise FileNotFoundError(f"no ImageNet in {source}: expected {TRAIN_TAR} and {VAL_TAR} "
+                            "(manual download), or train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+  return splits
+
+
+class ImageNetFromFiles(tfds_imagenet.Builder, skip_registration=True):
+  """TFDS's `imagenet2012`, generated without TensorFlow from the tars or a folder tree."""
+  name = "imagenet2012"
+
+  def __init__(self, *, source: pathlib.Path, **kwargs):
+    self._splits = find_splits(source)
+    super().__init__(**kwargs)
+
+  def _split_generators(self, dl_manager):  # pylint: disable=unused-argument
+    wnids = set(_wnids())
+    return {split: self._generate_examples(kind, path, wnids)
+            for split, (kind, path) in self._splits.items()}
+
+  def _generate_examples(self, kind: str, path: pathlib.Path, wnids: set):  # pylint: disable=arguments-renamed
+    if kind == "tree":
+      yield from _tree_split(path, wnids)
+    elif path.name == TRAIN_TAR:
+      yield from _train_tar(path)
+    else:
+      yield from _val_tar(path)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _open(data: bytes) -> Image.Image:
+  return Image.open(io.BytesIO(data))
+
+
+def _resize_box(image: Image.Image, box: Tuple[float, float, float, float], size: int) -> np.ndarray:
+  """Resamples `box` (in the full-resolution coordinates of `image`) to size×size RGB."""
+  full_w, full_h = image.size
+  # Reduced-size JPEG decoding: keep at least `size` pixels across the box.
+  scale = max(size / max(box[2] - box[0], 1e-6), size / max(box[3] - box[1], 1e-6))
+  if image.format == "JPEG" and scale < 1:
+    image.draft("RGB", (math.ceil(full_w * scale), math.ceil(full_h * scale)))
+  image = image.convert("RGB")
+  sx, sy = image.size[0] / full_w, image.size[1] / full_h
+  box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
+
+
+def decode_scale_augment(data: bytes, rng: np.random.Generator, size: int,
+                         scale_range: Tuple[int, int]) -> np.ndarray:
+  """He et al. 2015 §3.4: shorter side resized to S ~ U[256, 480], random size² crop, flip."""
+  with _open(data) as image:
+    w, h = image.size
+    s = rng.integers(scale_range[0], scale_range[1] + 1)
+    crop = size * min(w, h) / s              # the crop's side in original pixels
+    x0 = rng.uniform(0, max(w - crop, 0))
+    y0 = rng.uniform(0, max(h - crop, 0))
+    out = _resize_box(image, (x0, y0, x0 + min(crop, w), y0 + min(crop, h)), size)
+  return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def decode_inception_augment(data: bytes, rng: np.random.Generator, size: int,
+                             area_range: Tuple[float, float],
+                             aspect_ratio_range: Tuple[float, float]) -> np.ndarray:
+  """Szegedy et al. 2015 (as in Xie et al. 2017): random area and aspect crop, resized; flip."""
+  with _open(data) as image:
+    w, h = image.size
+    box = None
+    for _ in range(10):
+      area = w * h * rng.uniform(*area_range)
+      ratio = math.exp(rng.uniform(math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1])))
+      cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
+      if cw <= w and ch <= h:
+        x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+        box = (x0, y0, x0 + cw, y0 + ch)
+        break
+    if box is None:  # torchvision's fallback: the whole center, aspect clipped to the range
+      ratio = min(max(w / h, aspect_ratio_range[0]), aspect_ratio_range[1])
+      cw, ch = (w, w / ratio) if w / h < ratio else (h * ratio, h)
+      box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+    out = _resize_box(image, box, size)
+  return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def decode_center(data: bytes, size: int, resize: int) -> np.ndarray:
+  """Shorter side resized to `resize`, center size² crop (the single-crop evaluation)."""
+  with _open(data) as image:
+    w, h = image.size
+    crop = size * min(w, h) / resize
+    x0, y0 = (w - crop) / 2, (h - crop) / 2
+    return _resize_box(image, (x0, y0, x0 + crop, y0 + crop), size)
