@@ -1,0 +1,272 @@
+"""The training loop: data-parallel steps, periodic eval, checkpoints, preemption and NaN guard."""
+from __future__ import annotations
+
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import resnet_jax.data as rjd
+from resnet_jax import models
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train import optim
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import step as step_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss or gradient became NaN or Inf; the run stops instead of continuing."""
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The configured network with the run's classes, dtype and BatchNorm mode."""
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
+  return models.create(config.model.name, num_classes=num_classes,
+                       dtype=step_lib.compute_dtype(config), param_dtype=jnp.float32,
+                       **step_lib.bn_model_fields(config), **fields)
+
+
+def create_pipeline(config: ml_collections.ConfigDict, mesh: Mesh):
+  return rjd.create_pipeline(config.data, global_batch_size=config.global_batch_size,
+                             eval_batch_size=config.eval_batch_size, mesh=mesh, seed=config.seed)
+
+
+class Preemption:
+  """SIGTERM (a preempted TPU VM, `scancel`, SLURM's time limit) as a flag the loop polls.
+
+  With several processes JAX's preemption service (started by
+  `jax.distributed.initialize`) receives the signal and agrees on a common step,
+  so every process saves the same checkpoint.
+  """
+
+  def __init__(self):
+    self.multiprocess = mesh_lib.is_multiprocess()
+    self.requested = False
+    self._previous = None
+
+  def start(self) -> None:
+    """Listens for SIGTERM from now on (single process, main thread)."""
+    if not self.multiprocess and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def reached(self, counter: int) -> bool:
+    if self.multiprocess:
+      try:
+        return multihost_utils.reached_preemption_sync_point(counter)
+      except RuntimeError:  # preemption service disabled
+        return False
+    return self.requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _fetch(tree: Any) -> Any:
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def evaluate_params(eval_step, state_params, state_batch_stats, pipe, mesh: Mesh) -> Dict[str, float]:
+  """Error, top-5 error (percent), mean loss and example count over the whole eval split."""
+  sums = step_lib.new_metrics(step_lib.zero_eval_metrics, mesh)
+  for batch in pipe.eval_iterator():
+    sums = eval_step(state_params, state_batch_stats, sums, batch)
+  sums = _fetch(sums)
+  count = float(sums["count"])
+  if count == 0:
+    raise ValueError("the eval split is empty")
+  return {"error": 100.0 * float(sums["errors"]) / count,
+          "top5_error": 100.0 * float(sums["top5_errors"]) / count,
+          "loss": float(sums["loss"]) / count, "num_examples": int(count)}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+          mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns the last train and eval metrics, the final step and whether the run
+  stopped early on SIGTERM (`preempted`).
+  """
+  config_lib.validate(config)
+  workdir = pathlib.Path(workdir).absolute()
+  mesh = mesh_lib.create_mesh() if mesh is None else mesh
+  pipe = create_pipeline(config, mesh)
+  steps_per_epoch = int(pipe.steps_per_epoch)
+  if steps_per_epoch < 1:
+    raise config_lib.ConfigError(
+        f"global_batch_size={config.global_batch_size} is larger than the {pipe.num_train_examples} "
+        f"examples of data.train_split={config.data.train_split!r}")
+  total_steps = config_lib.num_train_steps(config, steps_per_epoch)
+  model = build_model(config, pipe.num_classes)
+  schedule = optim.create_learning_rate_schedule(config, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(config, schedule)
+  image_shape = tuple(pipe.image_shape)
+  abstract_state = state_lib.abstract_train_state(model, tx, mesh, image_shape, config.seed)
+  meta = ckpt_lib.fingerprint(dict(config.model), pipe.num_classes, image_shape, abstract_state)
+  replicated = mesh_lib.replicated(mesh)
+
+  writer = metrics_lib.MetricWriter(workdir)
+  checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
+                                       keep_best=config.keep_best_checkpoints,
+                                       async_save=config.async_checkpoints)
+  preemption = Preemption()
+  try:
+    train_iter = pipe.train_iterator()
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                                   jax.eval_shape(step_lib.zero_train_metrics))
+      state, sums, data_state = checkpointer.restore(latest, abstract_state, abstract_sums, meta)
+      train_iter.set_state(data_state)
+      writer.print(f"resumed from {checkpointer.directory / str(latest)}")
+    else:
+      state = state_lib.create_train_state(model, tx, mesh, image_shape, config.seed)
+      sums = step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
+    if jax.process_index() == 0:
+      config_lib.save_config(config, workdir)
+
+    k = int(config.steps_per_dispatch)
+    train_step = step_lib.make_train_step(model, tx, config, mesh, pipe.preprocess, pipe.num_classes)
+    multi_step = (step_lib.make_train_step(model, tx, config, mesh, pipe.preprocess, pipe.num_classes,
+                                           steps_per_call=k) if k > 1 else None)
+    stack = jax.jit(lambda *bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
+                    out_shardings=NamedSharding(mesh, P(None, mesh_lib.DATA_AXIS)))
+    eval_step = step_lib.make_eval_step(model, mesh, pipe.preprocess, pipe.num_classes)
+    eval_every = steps_per_epoch * int(config.eval_every_epochs)
+
+    step = int(jax.device_get(state.step))
+    writer.print(f"{config.model.name}: {models.count_params({'params': state.params}):,} params, "
+                 f"{jax.device_count()} devices in {jax.process_count()} processes, bn={config.bn.mode}, "
+                 f"batch {config.global_batch_size}, {steps_per_epoch} steps/epoch, "
+                 f"steps {step}->{total_steps}")
+    preemption.start()
+    last_train: Dict[str, float] = {}
+    last_eval: Dict[str, float] = {}
+    window_start, window_step = time.perf_counter(), step
+    dispatches = 0
+    preempted = False
+
+    def check_finite(current_sums) -> None:
+      bad = int(jax.device_get(current_sums["first_nonfinite_step"]))
+      if bad >= 0:
+        good = checkpointer.latest_step()
+        where = (f"last good checkpoint: {checkpointer.directory / str(good)} (step {good})"
+                 if good is not None else "no checkpoint was saved before it")
+        raise NonFiniteLossError(
+            f"training loss or gradient is NaN/Inf at step {bad + 1}; stopped. {where}. "
+            "Lower optimizer.learning_rate or add schedule.warmup_length.")
+
+    def save(current_state, current_sums, eval_metrics=None) -> None:
+      check_finite(current_sums)
+      checkpointer.save(step, current_state, current_sums, train_iter.get_state(), meta, eval_metrics)
+
+    while step < total_steps:
+      events = [total_steps, (step // config.log_every_steps + 1) * config.log_every_steps,
+                (step // config.checkpoint_every_steps + 1) * config.checkpoint_every_steps,
+                (step // eval_every + 1) * eval_every]
+      if multi_step is not None and min(events) - step >= k:
+        state, sums = multi_step(state, sums, stack(*[next(train_iter) for _ in range(k)]))
+        step += k
+      else:
+        state, sums = train_step(state, sums, next(train_iter))
+        step += 1
+      dispatches += 1
+
+      if step % config.log_every_steps == 0 or step == total_steps:
+        host = _fetch(sums)
+        sums = step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
+        if int(host["first_nonfinite_step"]) >= 0:
+          check_finite(host)
+        n = max(int(host["steps"]), 1)
+        now = time.perf_counter()
+        images_per_sec = (step - window_step) * config.global_batch_size / max(now - window_start, 1e-9)
+        steps_per_sec = (step - window_step) / max(now - window_start, 1e-9)
+        last_train = {"loss": float(host["loss"]) / n, "error": 100.0 * float(host["error"]) / n,
+                      "learning_rate": float(schedule(jnp.asarray(step - 1))),
+                      "images_per_sec": images_per_sec, "epoch": step / steps_per_epoch}
+        writer.write(step, last_train, "train")
+        eta = metrics_lib.format_duration((total_steps - step) / max(steps_per_sec, 1e-9))
+        writer.print(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | "
+                     f"loss {last_train['loss']:.4f} | train error {last_train['error']:.2f}% | "
+                     f"lr {last_train['learning_rate']:.4g} | {images_per_sec:.0f} img/s | ETA {eta}")
+        window_start, window_step = now, step
+
+      if step % eval_every == 0 or step == total_steps:
+        check_finite(sums)
+        last_eval = evaluate_params(eval_step, state.params, state.batch_stats, pipe, mesh)
+        eval_metrics = {"error": last_eval["error"], "top5_error": last_eval["top5_error"]}
+        writer.write(step, {**last_eval, "epoch": step / steps_per_epoch}, "eval")
+        writer.print(f"eval step {step} | epoch {step / steps_per_epoch:.2f} | "
+                     f"test error {last_eval['error']:.2f}% | top-5 {last_eval['top5_error']:.2f}% | "
+                     f"loss {last_eval['loss']:.4f} | {last_eval['num_examples']} images")
+        save(state, sums, eval_metrics)
+      elif step % config.checkpoint_every_steps == 0:
+        save(state, sums)
+
+      if step < total_steps and preemption.reached(dispatches):
+        save(state, sums)
+        checkpointer.wait()
+        writer.print(f"preempted: saved step {step} to {checkpointer.directory}; "
+                     "run the same command again to resume")
+        preempted = True
+        break
+    checkpointer.wait()
+  finally:
+    preemption.close()
+    checkpointer.close()
+    writer.close()
+  return {"step": step, "train": last_train, "eval": last_eval, "preempted": preempted,
+          "state": state}
+
+
+def evaluate(workdir: str | pathlib.Path, step: Optional[int] = None, split: Optional[str] = None,
+             mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+  """Evaluates a checkpoint of `workdir` (the latest by default) on every example of a split.
+
+  The split is the run's `data.eval_split` unless `split` is given.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  config = config_lib.load_config(workdir)
+  if split:
+    config.data.eval_split = split
+  mesh = mesh_lib.create_mesh() if mesh is None else mesh
+  pipe = create_pipeline(config, mesh)
+  steps_per_epoch = int(pipe.steps_per_epoch)
+  model = build_model(config, pipe.num_classes)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(
+      config, steps_per_epoch, config_lib.num_train_steps(config, steps_per_epoch)))
+  image_shape = tuple(pipe.image_shape)
+  abstract_state = state_lib.abstract_train_state(model, tx, mesh, image_shape, config.seed)
+  meta = ckpt_lib.fingerprint(dict(config.model), pipe.num_classes, image_shape, abstract_state)
+  checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
+                                       keep_best=config.keep_best_checkpoints, async_save=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+    replicated = mesh_lib.replicated(mesh)
+    abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                                 jax.eval_shape(step_lib.zero_train_metrics))
+    state, _, _ = checkpointer.restore(step, abstract_state, abstract_sums, meta)
+  finally:
+    checkpointer.close()
+  eval_step = step_lib.make_eval_step(model, mesh, pipe.preprocess, pipe.num_classes)
+  result = evaluate_params(eval_step, state.params, state.batch_stats, pipe, mesh)
+  return {"step": int(step), **result, "model": config.model.name, "split": config.data.eval_split}

@@ -1,0 +1,91 @@
+"""`resnet-jax` subcommands: train/eval end to end, config overrides and errors, models, prepare."""
+import json
+import pathlib
+
+import pytest
+
+from resnet_jax import cli
+from resnet_jax.data import testing as data_testing
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py") + ":smoke"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  tmp = tmp_path_factory.mktemp("cli")
+  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=32, num_test=30, seed=1)
+  assert cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp / "tfds")]) == 0
+  return tmp / "tfds"
+
+
+def test_train_then_eval_json(data_dir, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  rc = cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+                 "--config.data.train_split=train", "--config.data.eval_split=test",
+                 "--config.num_steps=6", "--config.log_every_steps=3", "--config.eval_batch_size=16",
+                 "--config.optimizer.learning_rate=0.05", "--config.bn.mode=ghost",
+                 "--config.bn.ghost_batch_size=8", "--config.steps_per_dispatch=3"])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert "step 3/6 | epoch 0.60 | loss" in out and "lr 0.05 |" in out and "img/s | ETA" in out
+  assert "test error" in out
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["optimizer"]["learning_rate"] == 0.05 and saved["bn"]["mode"] == "ghost"
+
+  assert cli.main(["eval", "--workdir", str(workdir), "--json"]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["step"] == 6 and result["num_examples"] == 30
+  assert 0.0 <= result["top5_error"] <= result["error"] <= 100.0
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.optimizer.learning_rat=0.05", "unknown config field 'optimizer.learning_rat'; did you mean "
+                                             "optimizer.learning_rate?"),
+    ("--config.optimiser.momentum=0.5", "unknown config field 'optimiser.momentum'; did you mean "
+                                        "optimizer.momentum"),
+    ("--config.bn.mode=sync", "bn.mode='sync' is not one of ('global', 'per_device', 'ghost')"),
+    ("--config.num_epochs=3", "exactly one of num_steps=20 and num_epochs=3.0 must be positive"),
+])
+def test_config_errors_are_one_line(flag, message, tmp_path, capsys):
+  assert cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), flag]) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_any_model_field_can_be_overridden(data_dir, tmp_path, capsys):
+  # The smoke config names only a few ResNet fields; `shortcut`/`unit_order` are still settable.
+  workdir = tmp_path / "gate"
+  rc = cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+                 "--config.data.train_split=train", "--config.data.eval_split=test",
+                 "--config.num_steps=2", "--config.eval_batch_size=16",
+                 "--config.model.shortcut=gate", "--config.model.gate_bias_init", "-2.0",
+                 "--config.model.unit_order=full_preact"])
+  assert rc == 0, capsys.readouterr().err
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["shortcut"] == "gate" and saved["model"]["gate_bias_init"] == -2.0
+  assert saved["model"]["unit_order"] == "full_preact"
+
+
+def test_bad_model_field_value_is_one_line(data_dir, tmp_path, capsys):
+  rc = cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}",
+                 "--config.data.train_split=train", "--config.data.eval_split=test",
+                 "--config.model.shortcut=D"])
+  err = capsys.readouterr().err
+  assert rc == 2 and "unknown shortcut 'D'" in err and "gate" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unknown_variant_and_missing_workdir(tmp_path, capsys):
+  assert cli.main(["train", "--config", SMOKE + "x", "--workdir", str(tmp_path)]) == 2
+  assert "unknown config variant 'smokex'" in capsys.readouterr().err
+  assert cli.main(["train", "--config", SMOKE]) == 2
+  assert "--workdir is required" in capsys.readouterr().err
+  assert cli.main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
+  assert "nothing the --workdir of a `resnet-jax train` run?" in capsys.readouterr().err
+
+
+def test_models_lists_params_and_macs(capsys):
+  assert cli.main(["models", "--filter", "cifar_resnet20"]) == 0
+  out = capsys.readouterr().out
+  # He et al. 2015, Table 6: 0.27M parameters; 40.6M multiply-adds (paper-results.md, CALC).
+  assert "cifar_resnet20" in out and "269,722" in out and "40,551,040" in out

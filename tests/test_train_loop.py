@@ -1,0 +1,153 @@
+"""The training loop end to end on a tiny prepared CIFAR-10: checkpoints, resume, preemption, NaN."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import resnet_jax.data as rjd
+from configs import cifar10_resnet20
+from resnet_jax import train as rt
+from resnet_jax.data import testing as data_testing
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import metrics as metrics_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  """320 train / 50 test random CIFAR-10-format images, prepared as TFDS ArrayRecord."""
+  tmp = tmp_path_factory.mktemp("cifar")
+  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=64, num_test=50, seed=0)
+  rjd.prepare("cifar10", source=source, data_dir=tmp / "tfds")
+  return tmp / "tfds"
+
+
+OVERRIDES = {"data.train_split": "train", "data.eval_split": "test", "eval_batch_size": 20}
+
+
+def smoke_config(data_dir, **overrides):
+  config = cifar10_resnet20.get_config("smoke")
+  for key, value in {**OVERRIDES, "data.data_dir": str(data_dir), **overrides}.items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
+      (state.params, state.batch_stats, state.opt_state, state.step)))]
+
+
+def _last_per_step(records, kind):
+  out = {}
+  for r in records:
+    if r["kind"] == kind:
+      out[r["step"]] = {k: r[k] for k in ("loss", "error", "learning_rate", "top5_error") if k in r}
+  return out
+
+
+def test_train_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = rt.train(smoke_config(data_dir, num_steps=12), workdir)
+  assert result["step"] == 12 and not result["preempted"]
+  records = metrics_lib.read_metrics(workdir)
+  assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 12]
+  evals = [r for r in records if r["kind"] == "eval"]
+  assert [r["step"] for r in evals] == [10, 12] and evals[-1]["num_examples"] == 50
+  assert {"loss", "error", "learning_rate", "images_per_sec", "epoch"} <= set(records[0])
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "cifar_resnet20"
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [10, 12]
+
+  # A longer run in the same workdir continues from step 12.
+  more = rt.train(smoke_config(data_dir, num_steps=15), workdir)
+  assert more["step"] == 15
+  assert [r["step"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "train"][-1] == 15
+
+  # An unfinished save (Orbax's temporary directory) is never taken for a checkpoint.
+  shutil.copytree(workdir / "checkpoints" / "15", workdir / "checkpoints" / "16.orbax-checkpoint-tmp-1")
+  assert rt.evaluate(workdir)["step"] == 15
+  assert not (workdir / "checkpoints" / "16.orbax-checkpoint-tmp-1").exists()
+
+  # A different network in the same workdir: a one-line error naming the field.
+  with pytest.raises(rt.CheckpointMismatchError, match=r"model.stage_widths: checkpoint \[4, 8, 16\] vs "
+                     r"config \[4, 8, 32\]"):
+    rt.train(smoke_config(data_dir, num_steps=20, **{"model.stage_widths": (4, 8, 32)}), workdir)
+  with pytest.raises(rt.CheckpointMismatchError, match="opt_state"):
+    rt.train(smoke_config(data_dir, num_steps=20, **{"optimizer.momentum": 0.0}), workdir)
+
+
+def test_sigterm_saves_and_resume_is_bit_exact(data_dir, tmp_path):
+  steps = 100
+  overrides = {"num_steps": steps, "log_every_steps": 1, "checkpoint_every_steps": 7}
+  straight = rt.train(smoke_config(data_dir, **overrides), tmp_path / "straight")
+
+  workdir = tmp_path / "preempted"
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides, "data.data_dir": data_dir}.items()]
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "resnet_jax.cli", "train", "--config",
+       str(ROOT / "configs" / "cifar10_resnet20.py:smoke"), "--workdir", str(workdir), *flags],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if any(r["kind"] == "train" and r["step"] >= 3 for r in metrics_lib.read_metrics(workdir)):
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted: saved step" in out, out
+  saved = ckpt_lib.Checkpointer(workdir / "checkpoints").latest_step()
+  assert 3 <= saved < steps
+
+  resumed = rt.train(smoke_config(data_dir, **overrides), workdir)
+  assert resumed["step"] == steps
+  for a, b in zip(_leaves(straight["state"]), _leaves(resumed["state"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  straight_records = metrics_lib.read_metrics(tmp_path / "straight")
+  resumed_records = metrics_lib.read_metrics(workdir)
+  for kind in ("train", "eval"):
+    assert _last_per_step(straight_records, kind) == _last_per_step(resumed_records, kind)
+
+
+def test_nan_loss_stops_and_names_the_step_and_last_good_checkpoint(data_dir, tmp_path):
+  config = smoke_config(data_dir, checkpoint_every_steps=1, **{"optimizer.learning_rate": 1e30})
+  with pytest.raises(rt.NonFiniteLossError,
+                     match=r"NaN/Inf at step 2; stopped. last good checkpoint: .*checkpoints/1 \(step 1\)"):
+    rt.train(config, tmp_path / "nan")
+  assert ckpt_lib.Checkpointer(tmp_path / "nan" / "checkpoints").latest_step() == 1
+
+
+def test_keep_last_n_plus_best(tmp_path):
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2, keep_best=1, async_save=False)
+  state = {"w": np.ones(3, np.float32)}
+  for step, error in zip(range(1, 7), (50.0, 10.0, 40.0, 45.0, 48.0, 47.0)):
+    ckpt.save(step, state, {"n": np.zeros((), np.int32)}, {"pos": step}, {"model": {}},
+              {"error": error, "top5_error": 0.0})
+  ckpt.wait()
+  assert ckpt.manager.all_steps() == [2, 5, 6]
+  ckpt.close()
+
+
+@pytest.mark.slow
+def test_loss_decreases_on_real_cifar10_subset(cifar10_source, tmp_path):
+  rjd.prepare("cifar10", source=cifar10_source, data_dir=tmp_path / "tfds")
+  config = smoke_config(tmp_path / "tfds", num_steps=80, log_every_steps=20,
+                        **{"data.train_split": "train[:2560]", "data.eval_split": "test[:500]",
+                           "schedule.boundaries": (1000,), "eval_batch_size": 100,
+                           "model.stage_widths": (8, 16, 32), "model.stem_width": 8})
+  rt.train(config, tmp_path / "run")
+  records = metrics_lib.read_metrics(tmp_path / "run")
+  losses = [r["loss"] for r in records if r["kind"] == "train"]
+  assert len(losses) == 4 and losses[-1] < losses[0] - 0.15, losses
+  assert [r for r in records if r["kind"] == "eval"][-1]["error"] < 85.0  # chance: 90%
