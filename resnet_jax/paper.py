@@ -1,0 +1,100 @@
+"""The papers' published numbers, for printing beside ours.
+
+Errors are top-1 test error in percent, as printed in the papers. ``None`` marks a
+result the paper reports only as a curve or as "fail" (>20 % error). Sources:
+He et al. 2015 (arXiv:1512.03385), He et al. 2016 (arXiv:1603.05027), Xie et al.
+2017 (arXiv:1611.05431); table numbers in each entry's ``source``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperResult:
+  error: Optional[float]          # percent; None: curve only, or "fail"
+  source: str
+  note: str = ""
+
+
+FAIL = "fail"
+
+# He et al. 2015, Table 6 (CIFAR-10, 45k/5k split for the schedule, test error on the 10k test set).
+CIFAR10_DEPTH = {
+    "cifar_resnet20": PaperResult(8.75, "He et al. 2015, Table 6"),
+    "cifar_resnet32": PaperResult(7.51, "He et al. 2015, Table 6"),
+    "cifar_resnet44": PaperResult(7.17, "He et al. 2015, Table 6"),
+    "cifar_resnet56": PaperResult(6.97, "He et al. 2015, Table 6"),
+    "cifar_resnet110": PaperResult(6.61, "He et al. 2015, Table 6", "mean of 5 runs; best 6.43"),
+    "cifar_resnet1202": PaperResult(7.93, "He et al. 2015, Table 6"),
+    "cifar_plain20": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
+    "cifar_plain32": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
+    "cifar_plain44": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
+    "cifar_plain56": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
+}
+
+# He et al. 2016, Table 1: shortcut variants on ResNet-110, CIFAR-10 (median of 5 runs).
+IDENTITY_SHORTCUTS = {
+    "original": PaperResult(6.61, "He et al. 2016, Table 1"),
+    "scale_shortcut_0.5": PaperResult(None, "He et al. 2016, Table 1", FAIL),
+    "scale_both_0.5": PaperResult(12.35, "He et al. 2016, Table 1", "frozen gating"),
+    "exclusive_gate_b-6": PaperResult(8.70, "He et al. 2016, Table 1"),
+    "exclusive_gate_b-7": PaperResult(9.81, "He et al. 2016, Table 1"),
+    "exclusive_gate_b0": PaperResult(None, "He et al. 2016, Table 1", FAIL),
+    "shortcut_gate_b0": PaperResult(12.86, "He et al. 2016, Table 1"),
+    "shortcut_gate_b-6": PaperResult(6.91, "He et al. 2016, Table 1"),
+    "conv1x1": PaperResult(12.22, "He et al. 2016, Table 1"),
+    "dropout_0.5": PaperResult(None, "He et al. 2016, Table 1", FAIL),
+}
+
+# He et al. 2016, Table 2: activation placement, CIFAR-10.
+UNIT_ORDERS = {
+    ("cifar_resnet110", "original"): PaperResult(6.61, "He et al. 2016, Table 2"),
+    ("cifar_resnet110", "bn_after_add"): PaperResult(8.17, "He et al. 2016, Table 2"),
+    ("cifar_resnet110", "relu_before_add"): PaperResult(7.84, "He et al. 2016, Table 2"),
+    ("cifar_resnet110", "relu_preact"): PaperResult(6.71, "He et al. 2016, Table 2"),
+    ("cifar_resnet110", "full_preact"): PaperResult(6.37, "He et al. 2016, Table 2"),
+    ("cifar_preact_resnet164", "original"): PaperResult(5.93, "He et al. 2016, Table 2"),
+    ("cifar_preact_resnet164", "bn_after_add"): PaperResult(6.50, "He et al. 2016, Table 2"),
+    ("cifar_preact_resnet164", "relu_before_add"): PaperResult(6.14, "He et al. 2016, Table 2"),
+    ("cifar_preact_resnet164", "relu_preact"): PaperResult(5.91, "He et al. 2016, Table 2"),
+    ("cifar_preact_resnet164", "full_preact"): PaperResult(5.46, "He et al. 2016, Table 2"),
+}
+
+# He et al. 2016, Table 3: original vs pre-activation units (median of 5 runs).
+PREACT = {
+    ("cifar10", "cifar_preact_resnet164", "original"): PaperResult(5.93, "He et al. 2016, Table 3"),
+    ("cifar10", "cifar_preact_resnet164", "full_preact"): PaperResult(5.46, "He et al. 2016, Table 3"),
+    ("cifar10", "cifar_preact_resnet1001", "original"): PaperResult(7.61, "He et al. 2016, Table 3"),
+    ("cifar10", "cifar_preact_resnet1001", "full_preact"): PaperResult(4.92, "He et al. 2016, Table 3"),
+    ("cifar100", "cifar_preact_resnet164", "original"): PaperResult(25.16, "He et al. 2016, Table 3"),
+    ("cifar100", "cifar_preact_resnet164", "full_preact"): PaperResult(24.33, "He et al. 2016, Table 3"),
+    ("cifar100", "cifar_preact_resnet1001", "original"): PaperResult(27.82, "He et al. 2016, Table 3"),
+    ("cifar100", "cifar_preact_resnet1001", "full_preact"): PaperResult(22.71, "He et al. 2016, Table 3"),
+}
+
+# Xie et al. 2017, Table 7 (average of 10 runs).
+RESNEXT_CIFAR = {
+    ("cifar10", "resnext29_8x64d"): PaperResult(3.65, "Xie et al. 2017, Table 7"),
+    ("cifar10", "resnext29_16x64d"): PaperResult(3.58, "Xie et al. 2017, Table 7"),
+    ("cifar100", "resnext29_8x64d"): PaperResult(17.77, "Xie et al. 2017, Table 7"),
+    ("cifar100", "resnext29_16x64d"): PaperResult(17.31, "Xie et al. 2017, Table 7"),
+}
+
+# He et al. 2015, Tables 2 and 3 (ImageNet val, 10-crop top-1); Xie et al. 2017, Table 3 (1-crop).
+IMAGENET = {
+    ("plain18", "10-crop"): PaperResult(27.94, "He et al. 2015, Table 2"),
+    ("resnet18", "10-crop"): PaperResult(27.88, "He et al. 2015, Table 2 (option A)"),
+    ("plain34", "10-crop"): PaperResult(28.54, "He et al. 2015, Table 2"),
+    ("resnet34_A", "10-crop"): PaperResult(25.03, "He et al. 2015, Table 3"),
+    ("resnet34_B", "10-crop"): PaperResult(24.52, "He et al. 2015, Table 3"),
+    ("resnet34_C", "10-crop"): PaperResult(24.19, "He et al. 2015, Table 3"),
+    ("resnet50", "10-crop"): PaperResult(22.85, "He et al. 2015, Table 3"),
+    ("resnet101", "10-crop"): PaperResult(21.75, "He et al. 2015, Table 3"),
+    ("resnet152", "10-crop"): PaperResult(21.43, "He et al. 2015, Table 3"),
+    ("resnet50", "1-crop"): PaperResult(23.9, "Xie et al. 2017, Table 3"),
+    ("resnext50_32x4d", "1-crop"): PaperResult(22.2, "Xie et al. 2017, Table 3"),
+    ("resnet101", "1-crop"): PaperResult(22.0, "Xie et al. 2017, Table 3"),
+    ("resnext101_32x4d", "1-crop"): PaperResult(21.2, "Xie et al. 2017, Table 3"),
+}

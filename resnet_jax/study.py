@@ -1,0 +1,260 @@
+"""Programmatic comparison of network variants: train each (variant, seed), tabulate, plot.
+
+>>> study = rj.compare(base="cifar10_resnet110",
+...                    variants={"identity": {"model.shortcut": "B"}, "gate": {"model.shortcut": "gate"}},
+...                    seeds=(0, 1, 2), workdir="runs/skip", overrides={"num_steps": 64000})
+>>> print(study.table())
+>>> study.plot("curves.png")
+
+Every run trains in ``workdir/<variant>/seed<k>`` and resumes from its checkpoint
+when the study is run again; a finished run (its ``result.json`` written) is not
+redone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import ml_collections
+
+from resnet_jax.paper import PaperResult
+
+RESULT_FILE = "result.json"
+# A variant may train from another config file: {"resnet110": {"config": "cifar10_resnet110"}}.
+CONFIG_KEY = "config"
+CONFIGS_ENV = "RESNET_JAX_CONFIGS"
+
+
+def configs_dir() -> pathlib.Path:
+  """Where named experiment configs live: ``$RESNET_JAX_CONFIGS``, else the repository's ``configs/``."""
+  if os.environ.get(CONFIGS_ENV):
+    return pathlib.Path(os.environ[CONFIGS_ENV])
+  return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_names() -> list[str]:
+  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_") and p.stem != "base")
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+  """An experiment config by name (``cifar10_resnet110``), path, and optional ``:arg`` (``:smoke``)."""
+  spec, _, arg = name.partition(":")
+  path = pathlib.Path(spec)
+  if path.suffix != ".py":
+    path = configs_dir() / f"{spec}.py"
+  if not path.is_file():
+    close = difflib.get_close_matches(spec, config_names(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"unknown config {spec!r}{hint}; valid names: {', '.join(config_names())}")
+  # Config files import their shared base as `configs.base`.
+  root = str(path.resolve().parent.parent)
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  module_spec = importlib.util.spec_from_file_location(f"_resnet_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted-key overrides (see `resnet_jax.train.config.apply_overrides`)."""
+  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.apply_overrides(config, overrides)
+
+
+def git_commit() -> str:
+  try:
+    out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True, timeout=10,
+                         cwd=pathlib.Path(__file__).resolve().parents[1])
+    return out.stdout.strip() or "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def device_description() -> str:
+  import jax
+  devices = jax.devices()
+  return f"{len(devices)}x {devices[0].device_kind} ({jax.default_backend()}), {platform.node()}"
+
+
+@dataclasses.dataclass
+class Run:
+  variant: str
+  seed: int
+  workdir: pathlib.Path
+
+  @property
+  def result_path(self) -> pathlib.Path:
+    return self.workdir / RESULT_FILE
+
+  @property
+  def finished(self) -> bool:
+    return self.result_path.is_file()
+
+  def result(self) -> Optional[dict]:
+    return json.loads(self.result_path.read_text()) if self.finished else None
+
+  def curves(self) -> list[dict]:
+    from resnet_jax.train import metrics
+    return metrics.read_metrics(self.workdir)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  mean = sum(values) / len(values)
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+  return mean, std
+
+
+class Study:
+  """A set of runs: every variant of a base config, trained with every seed."""
+
+  def __init__(self, base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
+               workdir: str | pathlib.Path,
+               overrides: Optional[Mapping[str, Any] | Callable[[ml_collections.ConfigDict], Mapping[str, Any]]] = None,
+               paper: Optional[Mapping[str, PaperResult | float | None]] = None,
+               error_label: str = "test error"):
+    if not variants:
+      raise ValueError("compare needs at least one variant, e.g. {'identity': {}}")
+    if not seeds:
+      raise ValueError("compare needs at least one seed")
+    self.base = base
+    self.variants = {k: dict(v) for k, v in variants.items()}
+    self.seeds = tuple(int(s) for s in seeds)
+    self.workdir = pathlib.Path(workdir)
+    self.overrides = overrides if callable(overrides) else dict(overrides or {})
+    self.paper = dict(paper or {})
+    self.error_label = error_label
+    self.configs = {}
+    for name, variant in self.variants.items():
+      if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"variant name {name!r} must be usable as a folder name")
+      variant = dict(variant)
+      base_config = load_config(variant.pop(CONFIG_KEY, base))
+      common = self.overrides(base_config) if callable(self.overrides) else self.overrides
+      self.configs[name] = apply_overrides(base_config, {**common, **variant})
+    self.runs = [Run(v, s, self.workdir / v / f"seed{s}") for v in self.variants for s in self.seeds]
+
+  def config_for(self, run: Run) -> ml_collections.ConfigDict:
+    return apply_overrides(self.configs[run.variant], {"seed": run.seed})
+
+  def run(self, train_fn: Optional[Callable[..., dict]] = None, log: Callable[[str], None] = print) -> "Study":
+    """Trains every unfinished run (resuming from its checkpoint); finished runs are skipped."""
+    if train_fn is None:
+      from resnet_jax import train as train_lib
+      train_fn = train_lib.train
+    for run in self.runs:
+      if run.finished:
+        log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")
+        continue
+      log(f"[{run.variant} seed {run.seed}] training in {run.workdir}")
+      config = self.config_for(run)
+      start = time.time()
+      out = train_fn(config, run.workdir)
+      if out.get("preempted"):
+        raise KeyboardInterrupt(f"{run.workdir} was preempted; rerun the study to resume")
+      record = {
+          "base": self.base, "variant": run.variant, "seed": run.seed, "step": int(out["step"]),
+          "eval": out["eval"], "train": out["train"], "wall_time_s": time.time() - start,
+          "commit": git_commit(), "device": device_description(), "config": config.to_dict(),
+      }
+      run.result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return self
+
+  def results(self) -> list[dict]:
+    return [r.result() for r in self.runs if r.finished]
+
+  def summary(self) -> dict[str, dict[str, Any]]:
+    """Per variant: mean and std of the final eval error over finished seeds, and the paper's figure."""
+    out = {}
+    for variant in self.variants:
+      errors = [r.result()["eval"]["error"] for r in self.runs if r.variant == variant and r.finished]
+      paper = self.paper.get(variant)
+      if isinstance(paper, (int, float)):
+        paper = PaperResult(float(paper), "given")
+      mean, std = _mean_std(errors) if errors else (float("nan"), float("nan"))
+      out[variant] = {"runs": len(errors), "mean": mean, "std": std, "paper": paper}
+    return out
+
+  def table(self) -> str:
+    """A markdown table: ours (mean ± std over seeds), the paper's, and the difference."""
+    lines = [f"| variant | runs | ours: {self.error_label} (%) | paper (%) | difference |",
+             "|---|---|---|---|---|"]
+    for variant, s in self.summary().items():
+      ours = "not run" if not s["runs"] else (f"{s['mean']:.2f} ± {s['std']:.2f}" if s["runs"] > 1
+                                              else f"{s['mean']:.2f}")
+      paper = s["paper"]
+      if paper is None:
+        paper_text, diff = "–", "–"
+      elif paper.error is None:
+        paper_text, diff = ("fail (>20)" if paper.note == "fail" else "curve only"), "–"
+      else:
+        paper_text = f"{paper.error:.2f}"
+        diff = f"{s['mean'] - paper.error:+.2f}" if s["runs"] else "–"
+      lines.append(f"| {variant} | {s['runs']} | {ours} | {paper_text} | {diff} |")
+    return "\n".join(lines)
+
+  def plot(self, path: str | pathlib.Path, title: Optional[str] = None) -> pathlib.Path:
+    """Training loss and eval error vs iteration, one line per variant (mean over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for variant in self.variants:
+      runs = [r for r in self.runs if r.variant == variant]
+      for kind, key, ax in (("train", "loss", ax_loss), ("eval", "error", ax_err)):
+        by_step: dict[int, list[float]] = {}
+        for run in runs:
+          last = {}
+          for rec in run.curves():  # a resumed run may log a step twice: keep the last
+            if rec.get("kind") == kind and key in rec:
+              last[rec["step"]] = rec[key]
+          for step, value in last.items():
+            by_step.setdefault(step, []).append(value)
+        if by_step:
+          steps = sorted(by_step)
+          ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=variant,
+                  marker="." if len(steps) < 30 else None)
+    ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss")
+    ax_err.set(xlabel="iteration", ylabel=f"{self.error_label} (%)", title=self.error_label)
+    for ax in (ax_loss, ax_err):
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    if title:
+      fig.suptitle(title)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0,),
+            workdir: str | pathlib.Path = "runs/compare", overrides: Any = None,
+            paper: Optional[Mapping[str, Any]] = None, run: bool = True,
+            error_label: str = "test error") -> Study:
+  """Trains every variant of ``base`` with every seed (resuming, skipping finished runs).
+
+  Args:
+    base: a config name in ``configs/`` (``"cifar10_resnet110"``, ``":smoke"`` allowed) or a path.
+    variants: variant name → dotted-key overrides, e.g. ``{"gate": {"model.shortcut": "gate"}}``;
+      the key ``"config"`` trains that variant from another config (``{"config": "cifar10_plain20"}``).
+    seeds: one run per seed and variant.
+    workdir: runs go to ``workdir/<variant>/seed<k>``.
+    overrides: applied to every variant (before the variant's own); or a function of the
+      variant's base config returning them (e.g. to scale its schedule).
+    paper: variant name → the paper's error (a float or ``resnet_jax.paper.PaperResult``).
+    run: False builds the study without training (e.g. to tabulate finished runs).
+  """
+  study = Study(base, variants, seeds, workdir, overrides, paper, error_label)
+  return study.run() if run else study

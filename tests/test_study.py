@@ -1,0 +1,93 @@
+"""rj.compare: configs per variant, resume/skip of finished runs, the table and the figure."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+import resnet_jax as rj
+from resnet_jax import study as study_lib
+from resnet_jax.paper import PaperResult
+
+
+def test_load_config_by_name_and_variant():
+  full = study_lib.load_config("cifar10_resnet110")
+  smoke = study_lib.load_config("cifar10_resnet110:smoke")
+  assert full.model.name == smoke.model.name == "cifar_resnet110"
+  assert full.num_steps == 64000 and smoke.num_steps < 100
+  assert full.schedule.warmup_length == 400
+  assert "cifar10_resnet20" in study_lib.config_names()
+
+
+def test_unknown_config_name_lists_near_matches():
+  with pytest.raises(ValueError, match=r"unknown config 'cifar10_resnet21'.*did you mean.*cifar10_resnet20"):
+    study_lib.load_config("cifar10_resnet21")
+
+
+def test_overrides_apply_and_unknown_keys_fail():
+  config = study_lib.load_config("cifar10_resnet20")
+  out = study_lib.apply_overrides(config, {"optimizer.learning_rate": 0.05, "model.shortcut": "gate"})
+  assert out.optimizer.learning_rate == 0.05 and out.model.shortcut == "gate"
+  assert config.optimizer.learning_rate == 0.1  # the original is untouched
+  with pytest.raises(ValueError, match=r"optimizer\.learning_rte.*did you mean optimizer\.learning_rate"):
+    study_lib.apply_overrides(config, {"optimizer.learning_rte": 0.05})
+
+
+def _fake_train(calls):
+  """Stands in for resnet_jax.train.train: writes a metrics file and returns final metrics."""
+  def train(config, workdir):
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    calls.append((config.model.get("shortcut"), config.seed, config.num_steps))
+    error = {"B": 7.0, "gate": 9.0}[config.model.shortcut] + config.seed
+    with open(workdir / "metrics.jsonl", "w") as f:
+      for step in (10, 20):
+        f.write(json.dumps({"step": step, "kind": "train", "loss": 2.0 / step}) + "\n")
+        f.write(json.dumps({"step": step, "kind": "eval", "error": error + 20 - step}) + "\n")
+    return {"step": config.num_steps, "eval": {"error": error, "top5_error": 0.5}, "train": {"loss": 0.1},
+            "preempted": False}
+  return train
+
+
+def test_compare_trains_each_variant_and_seed_once_and_tabulates(tmp_path):
+  variants = {"identity": {"model.shortcut": "B"}, "gate": {"model.shortcut": "gate"}}
+  study = rj.compare(base="cifar10_resnet110", variants=variants, seeds=(0, 1), workdir=tmp_path,
+                     overrides={"num_steps": 20}, paper={"identity": 6.61, "gate": PaperResult(8.70, "T1")},
+                     run=False)
+  calls = []
+  study.run(train_fn=_fake_train(calls), log=lambda _: None)
+  assert sorted(calls) == [("B", 0, 20), ("B", 1, 20), ("gate", 0, 20), ("gate", 1, 20)]
+  record = json.loads((tmp_path / "gate" / "seed1" / "result.json").read_text())
+  assert record["eval"]["error"] == 10.0 and record["config"]["model"]["shortcut"] == "gate"
+  assert {"commit", "device", "wall_time_s", "seed"} <= set(record)
+
+  summary = study.summary()
+  assert summary["identity"]["mean"] == pytest.approx(7.5)
+  assert summary["identity"]["std"] == pytest.approx(0.7071, rel=1e-3)
+  table = study.table()
+  assert "| identity | 2 | 7.50 ± 0.71 | 6.61 | +0.89 |" in table
+  assert "| gate | 2 | 9.50 ± 0.71 | 8.70 | +0.80 |" in table
+
+  # Rerunning skips finished runs.
+  again = []
+  rj.compare(base="cifar10_resnet110", variants=variants, seeds=(0, 1), workdir=tmp_path,
+             overrides={"num_steps": 20}, run=False).run(train_fn=_fake_train(again), log=lambda _: None)
+  assert again == []
+
+  png = study.plot(tmp_path / "curves.png")
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_variant_can_train_from_another_config(tmp_path):
+  study = rj.compare(base="cifar10_resnet20", variants={"plain56": {"config": "cifar10_plain56"}, "resnet20": {}},
+                     workdir=tmp_path, overrides=lambda c: {"num_steps": c.num_steps // 64}, run=False)
+  assert study.configs["plain56"].model.name == "cifar_plain56"
+  assert study.configs["resnet20"].model.name == "cifar_resnet20"
+  assert study.configs["plain56"].num_steps == 1000
+
+
+def test_table_marks_runs_not_done_and_failed_paper_results(tmp_path):
+  study = rj.compare(base="cifar10_resnet110", variants={"dropout": {"model.shortcut": "dropout"}},
+                     workdir=tmp_path, paper={"dropout": PaperResult(None, "T1", "fail")}, run=False)
+  assert "| dropout | 0 | not run | fail (>20) | – |" in study.table()
