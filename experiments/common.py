@@ -114,16 +114,21 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
   protocols and data preparation (the ImageNet script passes its own).
   """
   start = time.time()
-  protocol = splits[2] if splits is not None else None
-  if splits is None:
-    data_dir = prepare_data(args)
+  cifar = splits is None
+  if cifar:
+    data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR")
     splits = (SMOKE_PROTOCOLS if args.smoke else PROTOCOLS)[args.protocol]
     protocol = f"{args.protocol} ({splits[2]})"
+  else:
+    protocol = splits[2]
   workdir = pathlib.Path(args.workdir)
   results_dir = pathlib.Path(args.results) if args.results else workdir
-  results_dir.mkdir(parents=True, exist_ok=True)
+  bad = [kv for kv in args.set if "=" not in kv]
+  if bad:
+    raise ValueError(f"--set {bad[0]!r} is not KEY=VALUE, e.g. --set global_batch_size=256")
   extra = dict(kv.split("=", 1) for kv in args.set)
-  tables, records = [], []
+  # Build every study first: a bad variant or --set key fails before any data or training.
+  studies = []
   for group in groups:
     variants = {k: v for k, v in group.variants.items() if args.only is None or k in args.only}
     if not variants:
@@ -140,13 +145,21 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
         out["data.data_dir"] = data_dir
       return out
 
-    study = rj.compare(base=base, variants=variants, seeds=args.seeds, workdir=workdir / group.name,
-                       overrides=overrides, paper=group.paper, error_label=splits[2])
+    studies.append((group, base, rj.compare(base=base, variants=variants, seeds=args.seeds,
+                                            workdir=workdir / group.name, overrides=overrides,
+                                            paper=group.paper, error_label=splits[2], run=False)))
+  if not studies:
+    raise ValueError(f"--only {args.only} matches no variant of this experiment")
+  if cifar:
+    prepare_data(args)
+  results_dir.mkdir(parents=True, exist_ok=True)
+  tables, records = [], []
+  for group, base, study in studies:
+    study.run()
     table = study.table()
     tables.append(f"### {group.name} ({base})\n\n{table}")
     figure = study.plot(results_dir / f"{experiment}_{group.name}.png", title=f"{title}: {group.name}")
-    for r in study.results():
-      records.append(r)
+    records.extend(study.results())
     print(f"\n### {group.name} ({base})\n\n{table}\n\nfigure: {figure}", flush=True)
   budget = ("smoke (tiny networks, a few steps)" if args.smoke else
             f"reduced: --steps {args.steps}" if args.steps else

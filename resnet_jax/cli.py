@@ -157,7 +157,7 @@ def train_main(argv: Sequence[str]) -> int:
   if result["eval"]:
     ev = result["eval"]
     where = "preempted at" if result["preempted"] else "finished at"
-    print(f"{where} step {result['step']}: test error {ev['error']:.2f}% "
+    print(f"{where} step {result['step']}: error {ev['error']:.2f}% "
           f"(top-5 {ev['top5_error']:.2f}%) on {ev['num_examples']} images of "
           f"{config.data.eval_split!r}", flush=True)
   return 0

@@ -29,7 +29,7 @@ def test_train_then_eval_json(data_dir, tmp_path, capsys):
   out = capsys.readouterr().out
   assert rc == 0, out
   assert "step 3/6 | epoch 0.60 | loss" in out and "lr 0.05 |" in out and "img/s | ETA" in out
-  assert "test error" in out
+  assert "| error " in out and "30 images of test" in out and "finished at step 6: error" in out
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["optimizer"]["learning_rate"] == 0.05 and saved["bn"]["mode"] == "ghost"
 

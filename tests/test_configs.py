@@ -72,5 +72,6 @@ def test_apply_overrides_accepts_any_model_field_and_rejects_typos():
   assert out.model.shortcut == "gate" and out.schedule.boundaries == (100, 200)
   assert "shortcut" not in c.model  # the original is untouched
   rt.build_model(out, 10)
+  assert config_lib.apply_overrides(c, {"train.num_steps": 100}).num_steps == 100
   with pytest.raises(config_lib.ConfigError, match="model.shortcutt"):
     config_lib.apply_overrides(c, {"model.shortcutt": "gate"})

@@ -51,6 +51,9 @@ def check_override_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A copy of ``config`` with dotted-key overrides; an unknown key is an error naming near matches."""
   config = ml_collections.ConfigDict(config.to_dict())
+  # Training fields live at the top level (`num_steps`); `train.num_steps` names the same field.
+  if "train" not in config:
+    overrides = {(k[len("train."):] if k.startswith("train.") else k): v for k, v in overrides.items()}
   # Any ResNet field may be set under `model.`, whether or not the config lists it.
   model_fields = set(models.field_names())
   check_override_keys(

@@ -214,8 +214,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         eval_metrics = {"error": last_eval["error"], "top5_error": last_eval["top5_error"]}
         writer.write(step, {**last_eval, "epoch": step / steps_per_epoch}, "eval")
         writer.print(f"eval step {step} | epoch {step / steps_per_epoch:.2f} | "
-                     f"test error {last_eval['error']:.2f}% | top-5 {last_eval['top5_error']:.2f}% | "
-                     f"loss {last_eval['loss']:.4f} | {last_eval['num_examples']} images")
+                     f"error {last_eval['error']:.2f}% | top-5 {last_eval['top5_error']:.2f}% | "
+                     f"loss {last_eval['loss']:.4f} | {last_eval['num_examples']} images of {config.data.eval_split}")
         save(state, sums, eval_metrics)
       elif step % config.checkpoint_every_steps == 0:
         save(state, sums)
