@@ -24,16 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import TRAIN_EXAMPLES
+
 from resnet_jax import models
 from resnet_jax import study
+from resnet_jax.data.pipeline import NUM_CLASSES
 from resnet_jax.train import loop
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import optim
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 
-TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 
 
 def _identity_preprocess(images, rng, train):

@@ -27,6 +27,8 @@ PROTOCOLS = {
     "heldout": ("train[:45000]", "train[45000:]", "held-out error, train[45000:]"),
     "test": ("train", "test", "test error"),
 }
+# Training images per dataset (full train split), for cost and epoch-time estimates.
+TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
 SMOKE_PROTOCOLS = {
     "heldout": ("train[:640]", "train[45000:45200]", "held-out error, train[45000:45200] (smoke)"),
     "test": ("train[:640]", "test[:200]", "test error, test[:200] (smoke)"),
@@ -98,12 +100,11 @@ def budget_overrides(base_config, args) -> dict[str, Any]:
   return out
 
 
-def prepare_data(args) -> Optional[str]:
-  data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR")
+def prepare_data(args, data_dir: Optional[str]) -> None:
+  """Prepares CIFAR-10 from ``--cifar10-source`` into ``data_dir`` (a no-op once prepared)."""
   if args.cifar10_source:
     import resnet_jax.data as rjd
     rjd.prepare("cifar10", args.cifar10_source, data_dir)
-  return data_dir
 
 
 def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Sequence[str] = (),
@@ -151,7 +152,7 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
   if not studies:
     raise ValueError(f"--only {args.only} matches no variant of this experiment")
   if cifar:
-    prepare_data(args)
+    prepare_data(args, data_dir)
   results_dir.mkdir(parents=True, exist_ok=True)
   tables, records = [], []
   for group, base, study in studies:

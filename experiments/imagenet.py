@@ -18,13 +18,14 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from common import Group, main_guard, parser, run
+from common import TRAIN_EXAMPLES, Group, main_guard, parser, run
 
 from resnet_jax import models
 from resnet_jax import paper
 from resnet_jax import study
+from resnet_jax.train import loop
 
-TRAIN_IMAGES = 1_281_167
+TRAIN_IMAGES = TRAIN_EXAMPLES["imagenet2012"]
 # Reference: the Flax ImageNet example's ResNet-50 train step, bf16, batch 256, on one H100
 # (5,666 img/s, synthetic data; measured for this project, see experiments/README.md).
 REFERENCE_MODEL, REFERENCE_IMG_S = "resnet50", 5666.0
@@ -75,8 +76,7 @@ def plan(groups) -> str:
     for variant, overrides in group.variants.items():
       overrides = dict(overrides)
       config = study.apply_overrides(study.load_config(overrides.pop("config", group.base)), overrides)
-      fields = {k: v for k, v in config.model.items() if k != "name"}
-      model = models.create(config.model.name, **fields)
+      model = loop.build_model(config, 1000)
       shape = (1, config.data.image_size, config.data.image_size, 3)
       params = models.count_params(models.abstract_variables(model, shape))
       macs = models.flops(model, shape)
