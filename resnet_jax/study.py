@@ -16,10 +16,10 @@ import dataclasses
 import difflib
 import importlib.util
 import json
-import math
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -110,9 +110,8 @@ class Run:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  mean = sum(values) / len(values)
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-  return mean, std
+  """Mean and sample standard deviation (0 for a single run)."""
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 class Study:
