@@ -226,6 +226,12 @@ COMMANDS = {"train": train_main, "eval": eval_main, "models": models_main, "prep
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The `resnet-jax` program; `argv` None means the command line (sys.argv).
+
+  From the command line, `train` and `eval` on a CPU-only machine re-execute once
+  with jemalloc/tcmalloc preloaded when available (`resnet_jax.allocator`).
+  """
+  from_command_line = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.getLogger().setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -235,6 +241,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   command = COMMANDS.get(argv[0])
   if command is None:
     return _error(argv[0], f"unknown command; valid commands: {', '.join(COMMANDS)}")
+  if from_command_line and argv[0] in ("train", "eval"):
+    from resnet_jax import allocator  # pylint: disable=g-import-not-at-top
+    try:
+      note = allocator.reexec_if_useful(argv)
+    except allocator.AllocatorError as e:
+      return _error(argv[0], str(e))
+    if argv[0] == "train":
+      print(note, flush=True)
   return command(argv[1:])
 
 

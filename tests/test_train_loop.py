@@ -118,6 +118,13 @@ def test_sigterm_saves_and_resume_is_bit_exact(data_dir, tmp_path):
   resumed_records = metrics_lib.read_metrics(workdir)
   for kind in ("train", "eval"):
     assert _last_per_step(straight_records, kind) == _last_per_step(resumed_records, kind)
+  # The workdir's session history: started at 0, preempted at `saved`, resumed from it, finished.
+  sessions = metrics_lib.read_sessions(workdir)
+  assert [(r["event"], r["step"]) for r in sessions] == [
+      ("start", 0), ("end", saved), ("start", saved), ("end", steps)]
+  assert [r["reason"] for r in sessions if r["event"] == "end"] == ["preempted", "finished"]
+  assert sessions[0]["resumed_from"] is None and sessions[2]["resumed_from"].endswith(f"/{saved}")
+  assert sessions[3]["steps"] == steps - saved and sessions[3]["images_per_sec"] > 0
 
 
 def test_nan_loss_stops_and_names_the_step_and_last_good_checkpoint(data_dir, tmp_path):

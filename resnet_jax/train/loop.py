@@ -127,15 +127,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                                        keep_best=config.keep_best_checkpoints,
                                        async_save=config.async_checkpoints)
   preemption = Preemption()
+  sessions = metrics_lib.SessionLog(workdir)
+  step = 0
+  end_reason = "error"
   try:
     train_iter = pipe.train_iterator()
     latest = checkpointer.latest_step()
+    resumed_from = None
     if latest is not None:
       abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                                    jax.eval_shape(step_lib.zero_train_metrics))
       state, sums, data_state = checkpointer.restore(latest, abstract_state, abstract_sums, meta)
       train_iter.set_state(data_state)
-      writer.print(f"resumed from {checkpointer.directory / str(latest)}")
+      resumed_from = str(checkpointer.directory / str(latest))
+      writer.print(f"resumed from {resumed_from}")
     else:
       state = state_lib.create_train_state(model, tx, mesh, image_shape, config.seed)
       sums = step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
@@ -152,6 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     eval_every = steps_per_epoch * int(config.eval_every_epochs)
 
     step = int(jax.device_get(state.step))
+    sessions.start(step, resumed_from)
     writer.print(f"{config.model.name}: {models.count_params({'params': state.params}):,} params, "
                  f"{jax.device_count()} devices in {jax.process_count()} processes, bn={config.bn.mode}, "
                  f"batch {config.global_batch_size}, {steps_per_epoch} steps/epoch, "
@@ -228,7 +234,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         preempted = True
         break
     checkpointer.wait()
+    end_reason = "preempted" if preempted else "finished"
+  except BaseException as e:
+    end_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    raise
   finally:
+    sessions.end(step, int(config.global_batch_size), end_reason)
     preemption.close()
     checkpointer.close()
     writer.close()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
+import platform
 import sys
 import time
 from typing import Dict, Mapping, Optional, TextIO
@@ -14,6 +16,7 @@ from typing import Dict, Mapping, Optional, TextIO
 import jax
 
 METRICS_FILE = "metrics.jsonl"
+SESSIONS_FILE = "sessions.jsonl"
 
 
 class MetricWriter:
@@ -60,6 +63,56 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+class SessionLog:
+  """One line per start and end of a training process in `workdir/sessions.jsonl`.
+
+  A long run that is preempted and resumed many times keeps its history here: when
+  each session started, from which step, on which host, with which commit,
+  allocator and XLA flags, and where and how fast it ended.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = pathlib.Path(workdir) / SESSIONS_FILE
+    self._start_time = time.time()
+    self._start_step = 0
+    self.started = False
+
+  def _append(self, record: Dict) -> None:
+    if self.enabled:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+  def start(self, step: int, resumed_from: Optional[str] = None) -> None:
+    from resnet_jax import study  # pylint: disable=g-import-not-at-top
+    from resnet_jax.allocator import ACTIVE_ENV  # pylint: disable=g-import-not-at-top
+    self._start_time, self._start_step, self.started = time.time(), int(step), True
+    self._append({"event": "start", "time": self._start_time, "step": int(step),
+                  "resumed_from": resumed_from, "host": platform.node(), "pid": os.getpid(),
+                  "commit": study.git_commit(), "device": study.device_description(),
+                  "allocator": os.environ.get(ACTIVE_ENV, "system"),
+                  "xla_flags": os.environ.get("XLA_FLAGS", "")})
+
+  def end(self, step: int, images_per_step: int, reason: str) -> None:
+    """`reason`: "finished", "preempted" or an error's one-line description."""
+    if not self.started:
+      return
+    wall = time.time() - self._start_time
+    steps = int(step) - self._start_step
+    self._append({"event": "end", "time": time.time(), "step": int(step), "reason": reason,
+                  "steps": steps, "wall_s": wall,
+                  "images_per_sec": steps * images_per_step / wall if wall > 0 else 0.0})
+
+
+def read_sessions(workdir: str | pathlib.Path) -> list[Dict]:
+  """All records of `workdir/sessions.jsonl`, in order."""
+  path = pathlib.Path(workdir) / SESSIONS_FILE
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[Dict[str, float]]:
