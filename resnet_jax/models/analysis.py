@@ -97,7 +97,10 @@ def stage_costs(model: nn.Module, input_shape: Sequence[int]) -> list[dict[str, 
   rows = []
   stages = ["stem"] + [f"stage{i + 1}" for i in range(len(model.stage_sizes))] + ["head"]
   for stage in stages:
-    shape = (input_shape[0], model.num_classes) if stage == "head" else tuple(feats[stage].shape)
+    if stage == "head":  # a headless network (num_classes=0) outputs its pooled features
+      shape = (input_shape[0], model.num_classes or feats["pre_logits"].shape[-1])
+    else:
+      shape = tuple(feats[stage].shape)
     rows.append(dict(
         stage=stage, output_shape=shape,
         params=sum(count_params(v) for k, v in params.items() if stage_of(k) == stage),

@@ -11,14 +11,21 @@ Mappings"), Fig. 4, chosen with ``unit_order``:
 
 The shortcut is a module of its own (``shortcuts.py``) that merges input and
 residual branch, so every shortcut combines with every order and block.
+
+A new block subclasses ``ResidualUnit``: it says which convolutions form its
+branch (``branch``) and how much wider than its stage width it is (``expansion``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import flax.linen as nn
 import jax
+
+from resnet_jax.models.layers import Activation, he_conv
+from resnet_jax.models.norm import BatchNorm
+from resnet_jax.models.shortcuts import ProjectionShortcut
 
 ModuleDef = Any
 
@@ -39,12 +46,21 @@ class ConvSpec:
 class ResidualUnit(nn.Module):
   """A residual unit; subclasses say which convolutions form the branch (``branch``).
 
+  Applied as ``unit(x, train)``. With its defaults a unit stands alone, e.g.
+  ``BasicBlock(features=16)``: the papers' bias-free He-initialised convolution,
+  ``BatchNorm``, and option B shortcuts (a 1×1 projection + BN where the shape
+  changes, the identity elsewhere). ``ResNet`` passes its own choices.
+
+  Class attribute ``expansion``: output channels / stage width (1 basic, 4 bottleneck),
+  from which ``ResNet`` sets ``features``.
+
   Attributes:
     features: output channels of the unit.
     strides: spatial stride of the unit (2 at the first unit of a down-sampling stage).
-    conv: convolution constructor (dtype, initialiser and bias already bound).
-    norm: BatchNorm constructor (statistics mode already bound).
-    shortcut: shortcut factory from ``shortcuts.make_shortcut``.
+    conv: ``flax.linen.Conv``-compatible constructor (dtype, initialiser and bias bound).
+    norm: norm constructor, ``norm(name=, [scale_init=])`` applied as ``m(x, train=)``.
+    shortcut: shortcut factory, e.g. from ``shortcuts.make_shortcut``.
+    act: the activation.
     unit_order: one of ``UNIT_ORDERS``.
     first_unit: for pre-activation orders, the unit right after the stem, whose
       input the stem's BN-ReLU has already activated (Identity Mappings, appendix).
@@ -52,12 +68,14 @@ class ResidualUnit(nn.Module):
       branch ends in a convolution, its last kernel) to zero, so the unit starts as
       its shortcut (Goyal et al. 2017). Off by default, as in the papers.
   """
+  expansion: ClassVar[int] = 1
+
   features: int
   strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: ModuleDef = None
-  shortcut: ModuleDef = None
-  act: Callable[[jax.Array], jax.Array] = nn.relu
+  conv: ModuleDef = he_conv
+  norm: ModuleDef = BatchNorm
+  shortcut: ModuleDef = ProjectionShortcut
+  act: Activation = nn.relu
   unit_order: str = "original"
   first_unit: bool = False
   zero_init_residual: bool = False
@@ -80,7 +98,7 @@ class ResidualUnit(nn.Module):
     return self.norm(name=name)
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.unit_order not in UNIT_ORDERS:
       raise ValueError(f"unknown unit_order {self.unit_order!r}: valid choices are {', '.join(UNIT_ORDERS)}")
     specs = list(self.branch(x.shape[-1]))
@@ -125,6 +143,7 @@ class ResidualUnit(nn.Module):
 
 class BasicBlock(ResidualUnit):
   """Two 3×3 convolutions (He et al. 2015, Fig. 5 left); the stride is on the first."""
+  expansion: ClassVar[int] = 1
 
   def branch(self, in_features: int) -> Sequence[ConvSpec]:
     return (ConvSpec(self.features, 3, self.strides), ConvSpec(self.features, 3, 1))
@@ -143,6 +162,8 @@ class BottleneckBlock(ResidualUnit):
     stride_on: ``"conv1x1"`` puts the stride on the first 1×1 (the paper, "v1");
       ``"conv3x3"`` on the 3×3 (fb.resnet.torch / torchvision, "v1.5", and ResNeXt).
   """
+  expansion: ClassVar[int] = 4
+
   bottleneck_features: Optional[int] = None
   cardinality: int = 1
   stride_on: str = "conv1x1"

@@ -16,9 +16,14 @@ here rather than an accident of how the step is parallelised:
 Parameters are named as in ``flax.linen.BatchNorm`` (``scale``, ``bias``;
 ``batch_stats``: ``mean``, ``var``) so tools written for Flax keep working.
 Statistics are always computed and stored in float32.
+
+Every norm of the models follows one protocol: ``norm(name=..., dtype=...,
+param_dtype=..., [scale_init=...])`` builds a module applied as ``m(x, train=bool)``.
+``flax_norm`` adapts the stock Flax norms (GroupNorm, LayerNorm, ...) to it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -82,3 +87,40 @@ class BatchNorm(nn.Module):
       running_var.value = self.momentum * running_var.value + (1 - self.momentum) * batch_var
     y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
     return y.astype(self.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _train_aware(cls: type) -> type:
+  """``cls`` with ``__call__(x, train)``; parameters keep the names and place of ``cls``."""
+  if issubclass(cls, nn.BatchNorm):
+    def __call__(self, x, train: bool = False):
+      return cls.__call__(self, x, use_running_average=not train)
+  else:
+    def __call__(self, x, train: bool = False):  # pylint: disable=unused-argument
+      return cls.__call__(self, x)
+  __call__.__doc__ = f"{cls.__name__} of ``x``; ``train`` selects batch statistics where it has them."
+  return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": __name__,
+                                     "__qualname__": f"flax_norm({cls.__name__})"})
+
+
+def flax_norm(cls: type, **options: Any) -> Callable[..., nn.Module]:
+  """A norm constructor from a stock Flax norm class, e.g. ``flax_norm(nn.GroupNorm, num_groups=8)``.
+
+  The result follows the models' norm protocol: ``(name=, dtype=, param_dtype=,
+  scale_init=)`` are passed through to ``cls`` (zero-init residual works), and the
+  module is applied as ``m(x, train=bool)``; for ``nn.BatchNorm``, ``train`` sets
+  ``use_running_average=not train``. Parameters are named as ``cls`` names them.
+  """
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise TypeError(f"flax_norm expects a flax.linen norm class such as nn.GroupNorm, got {cls!r}")
+  return functools.partial(_train_aware(cls), **options)
+
+
+# Named norms for configs. GroupNorm: 32 groups, the default of Wu & He 2018 (widths must
+# divide by 32; use ``flax_norm(nn.GroupNorm, num_groups=...)`` for narrow CIFAR nets).
+# LayerNorm normalises each position over its channels.
+NORMS = {
+    "batch": BatchNorm,
+    "group": flax_norm(nn.GroupNorm, num_groups=32),
+    "layer": flax_norm(nn.LayerNorm),
+}

@@ -7,77 +7,117 @@ One module covers every network of the three papers: ImageNet ResNets (He et al.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import blocks as blocks_lib
+from resnet_jax.models import layers
 from resnet_jax.models import shortcuts as shortcuts_lib
-from resnet_jax.models.norm import BatchNorm
+from resnet_jax.models import stems as stems_lib
+from resnet_jax.models.layers import conv_kernel_init  # noqa: F401  (re-exported)
+from resnet_jax.models.norm import NORMS, BatchNorm
 
 BLOCKS = {"basic": blocks_lib.BasicBlock, "bottleneck": blocks_lib.BottleneckBlock}
-STEMS = ("imagenet", "cifar")
+STEMS = stems_lib.STEMS
+# Policies of ``jax.checkpoint_policies`` that ``remat`` accepts by name.
+REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
-# He et al. 2015 initialisation, fan-out as in the authors' Torch code and torchvision.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-
-def _check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
+def _check_choice(field: str, value: Any, choices: Sequence[Any], other: str = "") -> None:
   if value not in choices:
-    raise ValueError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}")
+    raise ValueError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}{other}")
+
+
+def _declares(cls: type, field: str) -> bool:
+  return dataclasses.is_dataclass(cls) and any(f.name == field for f in dataclasses.fields(cls))
 
 
 class ResNet(nn.Module):
   """A residual (or plain) network.
 
+  Layer choices are names (configs stay plain data) or callables:
+
+  * ``norm``: ``"batch"`` (``BatchNorm`` with the ``bn_*`` fields), ``"group"``
+    (GroupNorm, 32 groups), ``"layer"``, or a constructor called as
+    ``norm(name=, dtype=, param_dtype=, [scale_init=])`` whose module is applied
+    as ``m(x, train=bool)``; wrap stock Flax norms with ``flax_norm``, e.g.
+    ``flax_norm(nn.GroupNorm, num_groups=8)``.
+  * ``conv``: ``"conv"`` (bias-free, He-normal fan-out) or a ``flax.linen.Conv``-
+    compatible constructor ``conv(features, kernel_size, strides, padding=,
+    feature_group_count=, name=, dtype=, param_dtype=, [kernel_init=, use_bias=,
+    bias_init=])``.
+  * ``act``: a name in ``layers.ACTIVATIONS`` (``"relu"``, ``"gelu"``, ``"silu"``, ...)
+    or a function of one array.
+  * ``stem``: ``"imagenet"``, ``"cifar"`` or a module class built as
+    ``stem(width=stem_width, conv=, norm=, act=, name="stem")`` and applied as
+    ``stem(x, train)``; the built-in stems keep ``stem_conv``/``stem_bn`` at the top level.
+  * ``block``: ``"basic"``, ``"bottleneck"`` or a ``ResidualUnit`` subclass; its
+    class attribute ``expansion`` sets the unit widths, and it receives
+    ``bottleneck_features``/``cardinality``/``stride_on`` only if it declares them.
+  * ``shortcut``: a name below or a factory called as ``shortcut(features=,
+    strides=, conv=, norm=, name=)`` whose module is applied as
+    ``m(x, residual, train=, preactivated=)``.
+
+  The network binds its ``dtype`` and ``param_dtype`` into ``conv`` and ``norm``.
+
   Attributes:
     stage_sizes: residual units per stage, e.g. (3, 4, 6, 3) for ResNet-50.
     stage_widths: per-stage base widths: output channels of a basic unit, or the
       1×1-3×3 width of a bottleneck (whose output is ``expansion`` times wider).
-    block: ``"basic"`` or ``"bottleneck"``.
-    num_classes: classifier outputs.
-    stem: ``"imagenet"`` (7×7/2 conv, BN, ReLU, 3×3/2 max-pool) or ``"cifar"`` (3×3 conv, BN, ReLU).
+    block: see above.
+    num_classes: classifier outputs; 0 for no classifier: the output is then the
+      pooled float32 features of shape (batch, channels), as in timm.
+    stem: see above. ``"imagenet"``: 7×7/2 conv, BN, ReLU, 3×3/2 max-pool;
+      ``"cifar"``: 3×3 conv, BN, ReLU.
     stem_width: channels of the stem convolution.
     stage_strides: stride of each stage's first unit; default 1 for the first stage, 2 after.
-    expansion: bottleneck output / bottleneck width (4 in all three papers).
+    expansion: unit output / stage width; None takes the block's ``expansion``
+      (1 basic, 4 bottleneck, as in all three papers).
     cardinality: ResNeXt groups C of the bottleneck 3×3.
     bottleneck_width: ResNeXt width per group d at the first stage (doubles with
       ``stage_widths``); None for a ResNet bottleneck of width ``stage_widths[i]``.
     width_multiplier: multiplies the bottleneck width (wide ResNets, e.g. 2) or, for
-      basic units, every unit's width.
+      blocks without a bottleneck, every unit's width.
     stride_on: bottleneck stride placement, ``"conv1x1"`` (paper) or ``"conv3x3"`` (v1.5).
     shortcut: one of ``shortcuts.SHORTCUTS``: ``"A"``, ``"B"``, ``"C"``, ``"scale"``,
-      ``"gate"``, ``"shortcut_gate"``, ``"conv1x1"``, ``"dropout"``, ``"none"`` (plain net).
+      ``"gate"``, ``"shortcut_gate"``, ``"conv1x1"``, ``"dropout"``, ``"none"`` (plain
+      net), or a factory (see above).
     downsample: for the Identity-Mappings variants (scale, gate, shortcut_gate,
       dropout), how the shortcut matches shapes where they change: ``"A"`` or ``"B"``.
     shortcut_scale, scale_residual: λ of the ``"scale"`` shortcut and whether F is scaled too.
     gate_bias_init: initial gate bias b_g of the gating shortcuts (−6 in the paper).
     shortcut_dropout_rate: dropout rate of the ``"dropout"`` shortcut.
     unit_order: one of ``blocks.UNIT_ORDERS``; the pre-activation orders add the
-      final BN-ReLU (``full_preact``) or ReLU (``relu_preact``) before pooling.
-    zero_init_residual: zero-initialise each unit's last BN scale (off, as in the papers).
+      final norm-activation (``full_preact``) or activation (``relu_preact``) before pooling.
+    zero_init_residual: zero-initialise each unit's last norm scale (off, as in the papers).
+    norm, conv, act: see above.
+    remat: rematerialise each residual unit in the backward pass (``nn.remat``) to
+      save memory: False, True, a name in ``REMAT_POLICIES`` or a
+      ``jax.checkpoint_policies`` policy. Parameters and results are unchanged.
     input_channels: expected channels of the input images.
     dtype, param_dtype: compute and parameter dtypes (e.g. bfloat16 / float32).
-    bn_momentum, bn_epsilon: BatchNorm running-average momentum and epsilon.
+    bn_momentum, bn_epsilon: BatchNorm running-average momentum and epsilon (``norm="batch"``).
     bn_axis_name: average BN moments over this named mesh axis (inside ``jax.shard_map``).
     bn_group_size: ghost BN: statistics over groups of this many examples.
   """
   stage_sizes: Sequence[int]
   stage_widths: Sequence[int] = (64, 128, 256, 512)
-  block: str = "bottleneck"
+  block: Union[str, type] = "bottleneck"
   num_classes: int = 1000
-  stem: str = "imagenet"
+  stem: Union[str, Callable[..., nn.Module]] = "imagenet"
   stem_width: int = 64
   stage_strides: Optional[Sequence[int]] = None
-  expansion: int = 4
+  expansion: Optional[int] = None
   cardinality: int = 1
   bottleneck_width: Optional[int] = None
   width_multiplier: float = 1.0
   stride_on: str = "conv1x1"
-  shortcut: str = "B"
+  shortcut: Union[str, Callable[..., nn.Module]] = "B"
   downsample: str = "A"
   shortcut_scale: float = 0.5
   scale_residual: bool = False
@@ -85,6 +125,10 @@ class ResNet(nn.Module):
   shortcut_dropout_rate: float = 0.5
   unit_order: str = "original"
   zero_init_residual: bool = False
+  norm: Union[str, Callable[..., nn.Module]] = "batch"
+  conv: Union[str, Callable[..., nn.Module]] = "conv"
+  act: Union[str, layers.Activation] = "relu"
+  remat: Union[bool, str, Callable[..., bool]] = False
   input_channels: int = 3
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -94,9 +138,20 @@ class ResNet(nn.Module):
   bn_group_size: Optional[int] = None
 
   def __post_init__(self):
-    _check_choice("block", self.block, tuple(BLOCKS))
-    _check_choice("stem", self.stem, STEMS)
-    _check_choice("shortcut", self.shortcut, shortcuts_lib.SHORTCUTS)
+    if not (isinstance(self.block, type) and issubclass(self.block, blocks_lib.ResidualUnit)):
+      _check_choice("block", self.block, tuple(BLOCKS), " or a ResidualUnit subclass")
+    if not callable(self.stem):
+      _check_choice("stem", self.stem, tuple(STEMS), " or a stem module class")
+    if not callable(self.shortcut):
+      _check_choice("shortcut", self.shortcut, shortcuts_lib.SHORTCUTS, " or a shortcut factory")
+    if not callable(self.norm):
+      _check_choice("norm", self.norm, tuple(NORMS), " or a norm constructor (see flax_norm)")
+    if not callable(self.conv):
+      _check_choice("conv", self.conv, tuple(layers.CONVS), " or a flax.linen.Conv-like constructor")
+    if not callable(self.act):
+      _check_choice("act", self.act, tuple(layers.ACTIVATIONS), " or a callable")
+    if not (isinstance(self.remat, bool) or callable(self.remat)):
+      _check_choice("remat", self.remat, REMAT_POLICIES, ", True, False or a jax.checkpoint_policies policy")
     _check_choice("downsample", self.downsample, ("A", "B"))
     _check_choice("unit_order", self.unit_order, blocks_lib.UNIT_ORDERS)
     _check_choice("stride_on", self.stride_on, blocks_lib.STRIDE_PLACEMENTS)
@@ -108,24 +163,65 @@ class ResNet(nn.Module):
                        f"({len(self.stage_sizes)})")
     if any(n < 1 for n in self.stage_sizes):
       raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} must all be >= 1")
+    if self.num_classes < 0:
+      raise ValueError(f"num_classes {self.num_classes} must be >= 0 (0: no classifier, pooled features out)")
     super().__post_init__()
 
   # -- stage table -------------------------------------------------------------
+  @property
+  def block_class(self) -> type:
+    """The ``ResidualUnit`` subclass of every unit."""
+    return BLOCKS[self.block] if isinstance(self.block, str) else self.block
+
   def unit_features(self, stage: int) -> tuple[int, Optional[int]]:
     """(output channels, bottleneck width or None) of the units of ``stage`` (0-based)."""
+    block = self.block_class
+    expansion = block.expansion if self.expansion is None else self.expansion
     width = self.stage_widths[stage]
-    if self.block == "basic":
-      return int(width * self.width_multiplier), None
+    if not _declares(block, "bottleneck_features"):
+      return int(width * self.width_multiplier) * expansion, None
     if self.bottleneck_width is None:
       inner = int(width * self.width_multiplier)
     else:
       inner = int(width * self.width_multiplier * self.bottleneck_width / self.stage_widths[0]) * self.cardinality
-    return width * self.expansion, inner
+    return width * expansion, inner
 
   def strides_of(self, stage: int) -> int:
     if self.stage_strides is not None:
       return self.stage_strides[stage]
     return 1 if stage == 0 else 2
+
+  # -- layer choices -----------------------------------------------------------
+  def _layers(self):
+    """(conv, norm, act, shortcut) constructors with the network's dtype and options bound."""
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(layers.CONVS[self.conv] if isinstance(self.conv, str) else self.conv, **dtypes)
+    if isinstance(self.norm, str) and self.norm == "batch":
+      norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               axis_name=self.bn_axis_name, group_size=self.bn_group_size, **dtypes)
+    else:
+      norm = functools.partial(NORMS[self.norm] if isinstance(self.norm, str) else self.norm, **dtypes)
+    if callable(self.shortcut):
+      shortcut = self.shortcut
+    else:
+      shortcut = shortcuts_lib.make_shortcut(
+          self.shortcut, downsample=self.downsample, scale=self.shortcut_scale,
+          scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
+          dropout_rate=self.shortcut_dropout_rate)
+    return conv, norm, layers.activation(self.act), shortcut
+
+  def _unit_class(self) -> type:
+    """The block class, wrapped in ``nn.remat`` (``train`` static) if asked."""
+    block = self.block_class
+    if self.remat is False:
+      return block
+    policy = self.remat
+    if policy is True:
+      policy = None
+    elif isinstance(policy, str):
+      policy = getattr(jax.checkpoint_policies, policy)
+    # (self, x, train): train decides Python control flow, so it must be static.
+    return nn.remat(block, static_argnums=(2,), policy=policy)
 
   # -- forward -----------------------------------------------------------------
   @nn.compact
@@ -133,55 +229,48 @@ class ResNet(nn.Module):
     if x.ndim != 4 or x.shape[-1] != self.input_channels:
       raise ValueError(f"expected images of shape (batch, height, width, {self.input_channels}) (NHWC), "
                        f"got shape {tuple(x.shape)}")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=conv_kernel_init)
-    norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=self.param_dtype,
-                             axis_name=self.bn_axis_name, group_size=self.bn_group_size)
-    shortcut = shortcuts_lib.make_shortcut(
-        self.shortcut, downsample=self.downsample, scale=self.shortcut_scale,
-        scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
-        dropout_rate=self.shortcut_dropout_rate)
+    conv, norm, act, shortcut = self._layers()
     features = {}
 
     x = x.astype(self.dtype)
-    if self.stem == "imagenet":
-      x = conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="stem_conv")(x)
-    else:
-      x = conv(self.stem_width, (3, 3), (1, 1), padding=((1, 1), (1, 1)), name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x, train=train))
-    if self.stem == "imagenet":
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    stem_cls = STEMS[self.stem] if isinstance(self.stem, str) else self.stem
+    stem = stem_cls(width=self.stem_width, conv=conv, norm=norm, act=act, name="stem")
+    if stem_cls in STEMS.values():
+      nn.share_scope(self, stem)  # the papers' stems: ``stem_conv``, ``stem_bn`` at the top level
+    x = stem(x, train)
     features["stem"] = x
 
-    block_cls = BLOCKS[self.block]
+    block = self.block_class
+    unit_cls = self._unit_class()
     for stage, num_units in enumerate(self.stage_sizes):
       out_features, inner = self.unit_features(stage)
-      extra = {}
-      if self.block == "bottleneck":
-        extra = dict(bottleneck_features=inner, cardinality=self.cardinality, stride_on=self.stride_on)
+      options = dict(bottleneck_features=inner, cardinality=self.cardinality, stride_on=self.stride_on)
+      extra = {k: v for k, v in options.items() if _declares(block, k)}
       for unit in range(num_units):
-        x = block_cls(
+        x = unit_cls(
             features=out_features,
             strides=self.strides_of(stage) if unit == 0 else 1,
-            conv=conv, norm=norm, shortcut=shortcut,
+            conv=conv, norm=norm, act=act, shortcut=shortcut,
             unit_order=self.unit_order,
             first_unit=stage == 0 and unit == 0,
             zero_init_residual=self.zero_init_residual,
-            name=f"stage{stage + 1}_unit{unit + 1}", **extra)(x, train=train)
+            name=f"stage{stage + 1}_unit{unit + 1}", **extra)(x, train)
       features[f"stage{stage + 1}"] = x
 
     if self.unit_order == "full_preact":
-      x = nn.relu(norm(name="final_bn")(x, train=train))
+      x = act(norm(name="final_bn")(x, train=train))
     elif self.unit_order == "relu_preact":
-      x = nn.relu(x)
+      x = act(x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     features["pre_logits"] = x
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-    logits = logits.astype(jnp.float32)
+    if self.num_classes == 0:
+      out = x
+    else:
+      out = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+      out = out.astype(jnp.float32)
     if return_features:
-      return logits, features
-    return logits
+      return out, features
+    return out
 
 
 class PlainNet(ResNet):
