@@ -155,9 +155,20 @@ def test_pipeline_contract(tiny):
   assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
 
 
+def test_mesh_none_is_a_data_mesh_over_all_devices(tiny):
+  pipe = rjd.create_pipeline(_config(tiny), 16, 10, seed=2)
+  assert pipe.mesh.axis_names == ("data",) and list(pipe.mesh.devices.flat) == jax.devices()
+  explicit = rjd.create_pipeline(_config(tiny), 16, 10, _mesh(), seed=2)
+  for a, b in zip([next(pipe.train_iterator())] + list(pipe.eval_iterator()),
+                  [next(explicit.train_iterator())] + list(explicit.eval_iterator())):
+    assert a["image"].sharding.is_equivalent_to(b["image"].sharding, 4)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_train_epochs_are_seeded_permutations(tiny):
   pipe = rjd.create_pipeline(_config(tiny), 16, 10, _mesh(), seed=0)
-  ids = {bytes(np.asarray(im).tobytes()): i for i, im in enumerate(pipe._train_images)}  # pylint: disable=protected-access
+  ids = {bytes(np.asarray(im).tobytes()): i for i, im in enumerate(pipe.dataset.train_images)}
   it = pipe.train_iterator()
   epochs = []
   for _ in range(3):
@@ -200,8 +211,8 @@ def test_eval_covers_every_example_once(tiny, eval_batch):
     masks.append(np.asarray(batch["mask"]))
   mask = np.concatenate(masks)
   assert mask.sum() == 30 and mask[:30].all() and len(images) == -(-30 // eval_batch)
-  np.testing.assert_array_equal(np.concatenate(images)[:30], pipe._eval_images)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(np.concatenate(labels)[:30], pipe._eval_labels)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.concatenate(images)[:30], pipe.dataset.eval_images)
+  np.testing.assert_array_equal(np.concatenate(labels)[:30], pipe.dataset.eval_labels)
 
 
 def test_split_slicing_and_45k_5k_style_split(tiny):
@@ -209,14 +220,14 @@ def test_split_slicing_and_45k_5k_style_split(tiny):
                              _mesh())
   assert (pipe.num_train_examples, pipe.num_eval_examples, pipe.steps_per_epoch) == (90, 10, 9)
   full = rjd.create_pipeline(_config(tiny), 10, 10, _mesh())
-  np.testing.assert_array_equal(pipe._eval_images, full._train_images[90:])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(pipe.dataset.eval_images, full.dataset.train_images[90:])
   with pytest.raises(ValueError, match="bad split 'valid'"):
     rjd.create_pipeline(_config(tiny, eval_split="valid"), 10, 10, _mesh())
 
 
 def test_normalisation_statistics(tiny):
   pipe = rjd.create_pipeline(_config(tiny), 10, 10, _mesh())
-  images = pipe._train_images  # pylint: disable=protected-access
+  images = pipe.dataset.train_images
   x = np.asarray(pipe.preprocess(jnp.asarray(images), None, False))
   np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)  # per-pixel mean subtracted
   pipe = rjd.create_pipeline(_config(tiny, normalization="per_channel"), 10, 10, _mesh())
@@ -247,7 +258,7 @@ def test_random_crop_flip_is_a_padded_window():
 
 def test_cifar_train_preprocess_pads_with_the_mean(tiny):
   pipe = rjd.create_pipeline(_config(tiny), 10, 10, _mesh())
-  images = jnp.asarray(pipe._train_images[:32])  # pylint: disable=protected-access
+  images = jnp.asarray(pipe.dataset.train_images[:32])
   out = np.asarray(jax.jit(lambda x, k: pipe.preprocess(x, k, True))(images, jax.random.key(0)))
   plain = np.asarray(pipe.preprocess(images, None, False))
   assert out.shape == (32, 32, 32, 3) and out.dtype == np.float32

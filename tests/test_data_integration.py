@@ -40,6 +40,10 @@ MULTIDEVICE = textwrap.dedent("""
       for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert sum(int(b["mask"].sum()) for b in eval8) == 30 and len(eval8) == 2
+    default = rjd.create_pipeline(c, 16, 24, seed=3)  # mesh=None: every device
+    batch = next(default.train_iterator())
+    assert len(batch["image"].sharding.device_set) == 8 and default.mesh.axis_names == ("data",)
+    np.testing.assert_array_equal(jax.device_get(batch)["image"], train8[0]["image"])
     try:
       rjd.create_pipeline(c, 12, 24, Mesh(np.asarray(jax.devices()), ("data",)))
     except ValueError as e:
@@ -59,6 +63,39 @@ def test_same_batches_on_8_devices_as_on_1(tmp_path):
   result = subprocess.run([sys.executable, "-c", MULTIDEVICE, str(tmp_path / "tfds")], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+WORKERS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import resnet_jax.data as rjd
+    if __name__ == "__main__":
+      c = rjd.default_config("cifar10")
+      c.data_dir = sys.argv[1]
+      def batches(num_workers):
+        c.num_workers = num_workers
+        pipe = rjd.create_pipeline(c, 16, 7, seed=4)
+        it = pipe.train_iterator()
+        return [np.asarray(next(it)["image"]) for _ in range(7)] + [
+            np.asarray(b["image"]) for b in pipe.eval_iterator()]
+      for a, b in zip(batches(2), batches(0)):
+        np.testing.assert_array_equal(a, b)
+      print("OK")
+""")
+
+
+@pytest.mark.multidevice
+def test_worker_processes_give_the_same_batches(tmp_path):
+  """`num_workers` > 0 (Grain worker processes, loaders pickled) changes no batch."""
+  source = data_testing.write_cifar10_binary(tmp_path / "src", 20, 30, seed=2)
+  rjd.prepare("cifar10", source, tmp_path / "tfds")
+  script = tmp_path / "workers.py"
+  script.write_text(WORKERS)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  result = subprocess.run([sys.executable, str(script), str(tmp_path / "tfds")], env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
 def test_prepare_imagenet_folder_tree(tmp_path):
@@ -100,7 +137,7 @@ def test_real_cifar10(cifar10_source, tmp_path):
   c.data_dir = str(tmp_path)
   pipe = rjd.create_pipeline(c, 128, 500, Mesh(np.asarray(jax.devices()), ("data",)))
   assert (pipe.num_train_examples, pipe.num_eval_examples, pipe.steps_per_epoch) == (50000, num_test, 390)
-  images, labels = pipe._train_images, pipe._train_labels  # pylint: disable=protected-access
+  images, labels = pipe.dataset.train_images, pipe.dataset.train_labels
   assert np.bincount(labels, minlength=10).tolist() == [5000] * 10
   np.testing.assert_allclose(images.reshape(-1, 3).mean(0), (125.31, 122.95, 113.87), atol=0.01)
   # Bit-exact: the first official record, found by its TFDS id.

@@ -5,18 +5,27 @@ features `id`, `image`, `label` [, `coarse_label`], same example keys and theref
 the same record order), so plain TFDS reads it and an existing TFDS CIFAR prepared as
 ArrayRecord is read by `resnet_jax` too. Only the generation differs: the official
 builder encodes PNGs with TensorFlow, this one with Pillow (same pixels).
+
+`CifarSource` is the dataset the pipeline reads (registered as "cifar10" and "cifar100"):
+the in-memory small-image family of `small_images.py`, prepared from these files.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import pathlib
 import pickle
 import tarfile
+import urllib.error
+import urllib.request
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from tensorflow_datasets.image_classification import cifar as tfds_cifar
+
+from resnet_jax.data.small_images import SmallImageSource
+from resnet_jax.data.source import DatasetInfo
 
 IMAGE_SHAPE = (32, 32, 3)
 RECORD_PIXELS = 32 * 32 * 3
@@ -50,6 +59,8 @@ LAYOUTS: Dict[str, Tuple[Layout, ...]] = {
 # TFDS's label keys in the binary records' byte order (CIFAR-100: coarse byte first).
 LABEL_KEYS = {"cifar10": ("label",), "cifar100": ("coarse_label", "label")}
 NUM_CLASSES = {"label": {"cifar10": 10, "cifar100": 100}, "coarse_label": {"cifar100": 20}}
+SPLIT_SIZES = {"train": 50000, "test": 10000}
+DOWNLOAD_TIMEOUT_S = 30
 OFFICIAL_URLS = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
                 "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
@@ -248,3 +259,51 @@ class Cifar100FromFiles(_FromFilesMixin, tfds_cifar.Cifar100, skip_registration=
 
 
 BUILDERS = {"cifar10": Cifar10FromFiles, "cifar100": Cifar100FromFiles}
+
+
+def download_official(name: str, download_dir: pathlib.Path) -> pathlib.Path:
+  """Downloads the official archive (checked against TFDS's SHA-256); fails fast offline."""
+  url, sha256 = OFFICIAL_URLS[name]
+  target = download_dir / url.rsplit("/", 1)[1]
+  if target.is_file():
+    return target
+  download_dir.mkdir(parents=True, exist_ok=True)
+  partial = target.with_name(target.name + ".part")
+  digest = hashlib.sha256()
+  try:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as f:
+      while chunk := response.read(1 << 20):
+        digest.update(chunk)
+        f.write(chunk)
+  except (urllib.error.URLError, OSError) as e:
+    partial.unlink(missing_ok=True)
+    raise FileNotFoundError(f"cannot download {url} ({e}); download it where there is network and "
+                            f"run `resnet-jax prepare {name} --source {target.name}`") from e
+  if digest.hexdigest() != sha256:
+    partial.unlink(missing_ok=True)
+    raise ValueError(f"{url} downloaded with SHA-256 {digest.hexdigest()}, expected {sha256}; retry")
+  partial.rename(target)
+  return target
+
+
+class CifarSource(SmallImageSource):
+  """CIFAR-10 or CIFAR-100 (Krizhevsky 2009): 32×32 RGB, 50,000 train and 10,000 test images.
+
+  `prepare` takes the binary or python folder, its parent or the .tar.gz, or downloads
+  the official archive when no source is given.
+  """
+  source_hint = "--source DIR_OR_ARCHIVE"
+
+  def __init__(self, name: str):
+    super().__init__(DatasetInfo(name, num_classes=NUM_CLASSES["label"][name], image_shape=IMAGE_SHAPE,
+                                 splits=dict(SPLIT_SIZES), train_split="train", eval_split="test"))
+
+  @property
+  def version(self) -> str:
+    return str(BUILDERS[self.name].VERSION)
+
+  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):
+    archive_or_folder = download_official(self.name, downloads) if source is None else source
+    folder = find_source(self.name, archive_or_folder, downloads / "extracted")
+    return BUILDERS[self.name](files=read_files(self.name, folder), data_dir=str(data_dir),
+                               file_format="array_record")

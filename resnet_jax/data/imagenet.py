@@ -11,29 +11,42 @@ size in [256, 480] and a random 224 crop and flip ("scale"), or the Inception
 random-resized crop ("inception"); eval images have the shorter side resized to 256 and a
 center 224 crop. Pillow's JPEG `draft` mode decodes at 1/2, 1/4 or 1/8 size whenever the
 output still has at least the pixels the crop needs.
+
+`ImageNetSource` is the dataset the pipeline reads (registered as "imagenet2012"):
+JPEG bytes from ArrayRecord, decoded and cropped by Grain threads on the host.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import pathlib
 import tarfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import jax
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as tfds_imagenet
 
 from PIL import Image
 
+from resnet_jax.data import augment
+from resnet_jax.data.source import DatasetInfo, ExampleSeed, OpenDataset
+from resnet_jax.data.tfds_source import TfdsSource
+
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 VAL_FOLDERS = ("val", "validation")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+SPLIT_SIZES = {"train": 1_281_167, "validation": 50_000}
+TRAIN_AUGMENTS = ("scale", "inception")
 
 
-def _wnids() -> List[str]:
+def wnids() -> List[str]:
+  """The 1,000 ILSVRC 2012 class ids (e.g. "n01440764") in TFDS's label order."""
   path = tfds.core.tfds_path("datasets/imagenet2012/labels.txt")
   return path.read_text().split()
 
@@ -132,8 +145,8 @@ class ImageNetFromFiles(tfds_imagenet.Builder, skip_registration=True):
     super().__init__(**kwargs)
 
   def _split_generators(self, dl_manager):  # pylint: disable=unused-argument
-    wnids = set(_wnids())
-    return {split: self._generate_examples(kind, path, wnids)
+    known = set(wnids())
+    return {split: self._generate_examples(kind, path, known)
             for split, (kind, path) in self._splits.items()}
 
   def _generate_examples(self, kind: str, path: pathlib.Path, wnids: set):  # pylint: disable=arguments-renamed
@@ -208,3 +221,96 @@ def decode_center(data: bytes, size: int, resize: int) -> np.ndarray:
     crop = size * min(w, h) / resize
     x0, y0 = (w - crop) / 2, (h - crop) / 2
     return _resize_box(image, (x0, y0, x0 + crop, y0 + crop), size)
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+class ImageNetSplits(OpenDataset):
+  """Encoded train/eval records of one config, decoded per example on Grain threads."""
+
+  def __init__(self, train, evaluation, config: ml_collections.ConfigDict):
+    self._train, self._eval = train, evaluation
+    self.num_train_examples, self.num_eval_examples = len(train), len(evaluation)
+    size = int(config.image_size)
+    self.image_shape = (size, size, 3)
+    self.read_threads = max(int(config.num_threads), 1)
+    self._augment, self._train_augment = bool(config.augment), config.train_augment
+    self._scale_range, self._area_range = tuple(config.scale_range), tuple(config.area_range)
+    self._aspect_ratio_range = tuple(config.aspect_ratio_range)
+    self._resize = int(config.eval_resize)
+    self._eval_size = self._resize if config.ten_crop else size  # 10-crop: crops on device
+    self._preprocess = functools.partial(
+        augment.imagenet_preprocess, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
+        lighting=bool(config.augment) and bool(config.pca_lighting))
+
+  @property
+  def eval_image_shape(self) -> Tuple[int, int, int]:
+    return (self._eval_size, self._eval_size, 3)
+
+  def load_train(self, record: int, example_seed: ExampleSeed) -> Tuple[np.ndarray, Any]:
+    example = self._train[record]
+    rng = np.random.default_rng(example_seed)
+    size = self.image_shape[0]
+    if not self._augment:
+      image = decode_center(example["image"], size, self._resize)
+    elif self._train_augment == "scale":
+      image = decode_scale_augment(example["image"], rng, size, self._scale_range)
+    else:
+      image = decode_inception_augment(example["image"], rng, size, self._area_range,
+                                       self._aspect_ratio_range)
+    return image, np.int32(example["label"])
+
+  def load_eval(self, record: int) -> Tuple[np.ndarray, Any]:
+    example = self._eval[record]
+    return decode_center(example["image"], self._eval_size, self._resize), np.int32(example["label"])
+
+  def preprocess(self, images: jax.Array, rng: Optional[jax.Array], train: bool) -> jax.Array:
+    return self._preprocess(images, rng, train)
+
+
+class ImageNetSource(TfdsSource):
+  """ILSVRC 2012 (Russakovsky et al. 2015): 1,000 classes, 1.28M train and 50k validation JPEGs."""
+  source_hint = "--source IMAGENET_DIR"
+
+  def __init__(self):
+    self.info = DatasetInfo("imagenet2012", num_classes=1000, image_shape=(224, 224, 3),
+                            splits=dict(SPLIT_SIZES), train_split="train", eval_split="validation")
+
+  @property
+  def version(self) -> str:
+    return str(ImageNetFromFiles.VERSION)
+
+  def config_fields(self) -> Dict[str, Any]:
+    """He et al. 2015 §3.4, and the options of its successors.
+
+    normalization: "per_channel" (ImageNet mean/std per RGB channel).
+    image_size: side of the (square) network input.
+    train_augment: "scale" (shorter side in `scale_range`, random crop) or "inception"
+      (Szegedy et al. 2015 random-resized crop, `area_range`, `aspect_ratio_range`).
+    pca_lighting: AlexNet PCA colour augmentation (Krizhevsky et al. 2012), std 0.1.
+    eval_resize: shorter side before the center crop at evaluation.
+    ten_crop: the eval iterator yields `eval_resize`² center squares for the 10-crop
+      evaluator (`augment.ten_crop`) instead of `image_size` crops.
+    """
+    return {**super().config_fields(), "normalization": "per_channel", "image_size": 224,
+            "train_augment": "scale", "scale_range": (256, 480), "area_range": (0.08, 1.0),
+            "aspect_ratio_range": (3 / 4, 4 / 3), "pca_lighting": False, "eval_resize": 256,
+            "ten_crop": False}
+
+  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):
+    del downloads
+    if source is None:
+      raise ValueError("imagenet2012 has no public download: get ILSVRC2012_img_train.tar and "
+                       "ILSVRC2012_img_val.tar from https://image-net.org and pass --source DIR")
+    return ImageNetFromFiles(source=source, data_dir=str(data_dir), file_format="array_record")
+
+  def open(self, config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> ImageNetSplits:
+    if config.normalization != "per_channel":
+      raise ValueError(f"normalization={config.normalization!r}; imagenet2012 supports "
+                       "'per_channel' (ImageNet statistics)")
+    if config.train_augment not in TRAIN_AUGMENTS:
+      raise ValueError(f"train_augment={config.train_augment!r}; valid: {', '.join(TRAIN_AUGMENTS)}")
+    train = self.open_split(config.train_split, data_dir, decode_images=False)
+    evaluation = self.open_split(config.eval_split, data_dir, decode_images=False)
+    return ImageNetSplits(train, evaluation, config)

@@ -1,18 +1,19 @@
-"""Grain pipelines over TFDS ArrayRecord: deterministic, resumable, multi-host global batches.
+"""The generic Grain pipeline: deterministic, resumable, multi-host global batches of any dataset.
 
 The sample stream is defined globally: epoch e is a permutation of the train split drawn
 from (seed, e); global step s takes positions [s·B, (s+1)·B) of its epoch (the remainder
 of an epoch is dropped, so `steps_per_epoch = floor(num_train / B)`). Each process reads
 only the rows of each global batch that its devices hold, so the same seed gives the
 same global batches on one host or many, and the iterator's state (the global step) is
-valid for any host count.
+valid for any host count. What differs between datasets (reading, host decoding,
+statistics, on-device preprocessing) comes from the dataset's registered source
+(`source.py`, `registry.py`).
 """
 from __future__ import annotations
 
 import functools
 import logging
 import math
-import pathlib
 import sys
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -20,60 +21,28 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax.data import augment
-from resnet_jax.data import prepare as prepare_lib
-from resnet_jax.data.config import DATASETS
+from resnet_jax.data import registry
+from resnet_jax.data.prepare import resolve_data_dir
+from resnet_jax.data.source import DatasetSource, ExampleSeed, OpenDataset
 
 DATA_AXIS = "data"  # the training engine's mesh axis (resnet_jax.train.mesh.DATA_AXIS)
 STATE_VERSION = 1
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
-NORMALIZATIONS = ("per_pixel_mean", "per_channel")
 Batch = Dict[str, jax.Array]
 
 
-def open_split(name: str, split: str, data_dir: pathlib.Path, decode_images: bool = True):
-  """`tfds.builder(name).as_data_source(split)`, with errors that say how to prepare."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  prepare_lib.check_prepared(name, data_dir)  # a present but unusable dataset raises here
-  builder = tfds.builder(name, data_dir=str(data_dir))
-  decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
-  try:
-    return builder.as_data_source(split=split, decoders=decoders)
-  except (AssertionError, FileNotFoundError, NotImplementedError) as e:
-    raise FileNotFoundError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); run "
-                            f"`{prepare_lib.prepare_command(name, data_dir)}`") from e
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"bad split {split!r} for {name} ({e}); valid: "
-                     f"{', '.join(builder.info.splits.keys())} with TFDS slicing, "
-                     "e.g. 'train[:45000]'") from e
+def __getattr__(name: str) -> Any:
+  """`NUM_CLASSES` ({dataset: classes}), derived from the registry; prefer `dataset_info(name)`."""
+  if name == "NUM_CLASSES":
+    return registry.num_classes()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _read_all(source, name: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
-  """Every (image, label) of a small split, in record order (CIFAR: 150 MB for 50k)."""
-  n = len(source)
-  images = np.empty((n, 32, 32, 3), np.uint8)
-  labels = np.empty((n,), np.int32)
-  chunk = 2048
-  for start in range(0, n, chunk):
-    stop = min(start + chunk, n)
-    try:
-      try:
-        records = source.__getitems__(range(start, stop))
-      except TypeError:  # tfds.testing.mock_data (4.9.10) leaves its __getitems__ unbound
-        records = [source[i] for i in range(start, stop)]
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"corrupt {name} {split!r} record in [{start}, {stop}) ({e}); delete the "
-                       "dataset directory and prepare it again") from e
-    for i, record in enumerate(records):
-      image = np.asarray(record["image"])
-      if image.shape != (32, 32, 3):
-        raise ValueError(f"{name} {split!r} record {start + i} has image shape {image.shape}, "
-                         "expected (32, 32, 3)")
-      images[start + i] = image
-      labels[start + i] = record["label"]
-  return images, labels
+def default_mesh() -> Mesh:
+  """A 1-D mesh named `DATA_AXIS` over `jax.devices()` (every device of every process)."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,6 +99,20 @@ class _EvalPositions(grain.MapDataset):
     return position if position < self._n else -1
 
 
+# Per-example loaders: functions of the opened dataset only, so Grain's worker processes
+# (`num_workers`) can pickle them.
+def _load_train(dataset: OpenDataset, item: Tuple[int, ExampleSeed]) -> Dict[str, Any]:
+  image, label = dataset.load_train(*item)
+  return {"image": image, "label": label}
+
+
+def _load_eval(dataset: OpenDataset, padding_shape: Tuple[int, ...], record: int) -> Dict[str, Any]:
+  if record < 0:  # padding of the last batch, masked out
+    return {"image": np.zeros(padding_shape, np.uint8), "label": np.int32(0), "mask": False}
+  image, label = dataset.load_eval(record)
+  return {"image": image, "label": label, "mask": True}
+
+
 def _local_rows(sharding: NamedSharding, global_batch: int) -> Tuple[int, int]:
   """The contiguous block of batch rows held by this process's devices."""
   starts, stops = set(), set()
@@ -183,13 +166,21 @@ class TrainIterator:
 
 
 class Pipeline:
-  """Train and eval batches of one dataset for a mesh; see `create_pipeline`."""
+  """Train and eval batches of one registered dataset for a mesh; see `create_pipeline`.
+
+  Attributes:
+    config, seed, global_batch_size, eval_batch_size, mesh, sharding: as given.
+    source: the dataset's registered `DatasetSource`; dataset: its opened splits.
+    num_classes, image_shape (the network input), eval_image_shape.
+    num_train_examples, num_eval_examples, steps_per_epoch, num_eval_batches.
+    preprocess: `preprocess(images_uint8, rng, train) -> float32 [B, H, W, C]`, pure and
+      jittable, for the train and eval steps.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, global_batch_size: int, eval_batch_size: int,
-               mesh: Mesh, seed: int):
-    name = config.name
-    if name not in DATASETS:
-      raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+               mesh: Optional[Mesh] = None, seed: int = 0):
+    source = registry.dataset_source(config.name)
+    mesh = default_mesh() if mesh is None else mesh
     if DATA_AXIS not in mesh.axis_names:
       raise ValueError(f"mesh axes {mesh.axis_names} have no {DATA_AXIS!r} axis; build a 1-D mesh "
                        f"named {DATA_AXIS!r} over all devices")
@@ -198,111 +189,40 @@ class Pipeline:
       if size <= 0 or size % num_shards:
         raise ValueError(f"{what}={size} is not a positive multiple of the {num_shards} devices on "
                          f"the mesh axis {DATA_AXIS!r}")
-    if config.normalization not in NORMALIZATIONS:
-      raise ValueError(f"normalization={config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     self.config = config
     self.seed = int(seed)
     self.global_batch_size = int(global_batch_size)
     self.eval_batch_size = int(eval_batch_size)
     self.mesh = mesh
     self.sharding = NamedSharding(mesh, P(DATA_AXIS))
-    self.num_classes = NUM_CLASSES[name]
-    self.data_dir = prepare_lib.resolve_data_dir(config.data_dir)
-    self._cifar = name != "imagenet2012"
-    size = int(config.image_size)
-    if self._cifar and size != 32:
-      raise ValueError(f"image_size={size} for {name}: CIFAR images are 32×32")
-    self.image_shape = (size, size, 3)
+    self.source: DatasetSource = source
+    self.num_classes = source.info.num_classes
+    self.data_dir = resolve_data_dir(config.data_dir)
     self._train_rows = _local_rows(self.sharding, self.global_batch_size)
     self._eval_rows = _local_rows(self.sharding, self.eval_batch_size)
-    train = open_split(name, config.train_split, self.data_dir, decode_images=self._cifar)
-    evaluation = open_split(name, config.eval_split, self.data_dir, decode_images=self._cifar)
-    self.num_train_examples = len(train)
-    self.num_eval_examples = len(evaluation)
+    self.dataset: OpenDataset = source.open(config, self.data_dir)
+    self.image_shape = tuple(self.dataset.image_shape)
+    self.eval_image_shape = tuple(self.dataset.eval_image_shape)
+    self.num_train_examples = int(self.dataset.num_train_examples)
+    self.num_eval_examples = int(self.dataset.num_eval_examples)
     if self.num_train_examples < self.global_batch_size:
       raise ValueError(f"train split {config.train_split!r} has {self.num_train_examples} examples, "
                        f"fewer than global_batch_size={self.global_batch_size}")
     # Train drops each epoch's remainder; eval pads its last batch instead.
     self.steps_per_epoch = self.num_train_examples // self.global_batch_size
     self.num_eval_batches = math.ceil(self.num_eval_examples / self.eval_batch_size)
-    if self._cifar:
-      self._train_images, self._train_labels = _read_all(train, name, config.train_split)
-      self._eval_images, self._eval_labels = _read_all(evaluation, name, config.eval_split)
-      self._train_load = self._cifar_loader(self._train_images, self._train_labels)
-      self._eval_load = self._cifar_loader(self._eval_images, self._eval_labels)
-      mean, std = self._cifar_statistics()
-      self.preprocess: Callable[..., jax.Array] = functools.partial(
-          augment.cifar_preprocess, mean=mean, std=std, augment=bool(config.augment),
-          padding=int(config.padding))
-    else:
-      if config.normalization != "per_channel":
-        raise ValueError("imagenet2012 supports normalization='per_channel' (ImageNet statistics)")
-      self._train_source, self._eval_source = train, evaluation
-      self.preprocess = functools.partial(
-          augment.imagenet_preprocess, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
-          lighting=bool(config.augment) and bool(config.pca_lighting))
-    self.preprocess.__doc__ = ("preprocess(images_uint8, rng, train) -> float32 [B, H, W, C]; pure "
-                               "and jittable (see resnet_jax.data.augment)")
-
-  # ----------------------------------------------------------------- normalisation statistics
-
-  def _cifar_statistics(self) -> Tuple[np.ndarray, np.ndarray]:
-    """Statistics of the configured train split, on [0, 1] pixels."""
-    images = self._train_images
-    if self.config.normalization == "per_pixel_mean":
-      mean = images.mean(axis=0, dtype=np.float64) / 255.0
-      return mean.astype(np.float32), np.ones((3,), np.float32)
-    pixels = images.reshape(-1, 3)
-    mean = pixels.mean(axis=0, dtype=np.float64)
-    std = np.sqrt(np.maximum((pixels.astype(np.float64) ** 2).mean(axis=0) - mean ** 2, 0.0))
-    return (mean / 255.0).astype(np.float32), (std / 255.0).astype(np.float32)
-
-  # ----------------------------------------------------------------------- per-example loaders
-
-  @staticmethod
-  def _cifar_loader(images: np.ndarray, labels: np.ndarray):
-    def load(item):
-      record = item[0] if isinstance(item, tuple) else item
-      if record < 0:
-        return {"image": np.zeros(images.shape[1:], np.uint8), "label": np.int32(0), "mask": False}
-      return {"image": images[record], "label": labels[record], "mask": True}
-    return load
-
-  def _imagenet_train_load(self, item):
-    from resnet_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-    record, example_seed = item
-    example = self._train_source[record]
-    rng = np.random.default_rng(example_seed)
-    c, size = self.config, self.image_shape[0]
-    if not c.augment:
-      image = imagenet.decode_center(example["image"], size, int(c.eval_resize))
-    elif c.train_augment == "scale":
-      image = imagenet.decode_scale_augment(example["image"], rng, size, tuple(c.scale_range))
-    elif c.train_augment == "inception":
-      image = imagenet.decode_inception_augment(example["image"], rng, size, tuple(c.area_range),
-                                                tuple(c.aspect_ratio_range))
-    else:
-      raise ValueError(f"train_augment={c.train_augment!r}; valid: 'scale', 'inception'")
-    return {"image": image, "label": np.int32(example["label"])}
-
-  def _imagenet_eval_load(self, record: int):
-    from resnet_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-    c = self.config
-    size = int(c.eval_resize) if c.ten_crop else self.image_shape[0]
-    if record < 0:
-      return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0), "mask": False}
-    example = self._eval_source[record]
-    return {"image": imagenet.decode_center(example["image"], size, int(c.eval_resize)),
-            "label": np.int32(example["label"]), "mask": True}
+    self.preprocess: Callable[..., jax.Array] = self.dataset.preprocess
 
   # ----------------------------------------------------------------------------- datasets
 
   def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
     c = self.config
-    threads = 1 if self._cifar else max(int(c.num_threads), 1)
+    threads = max(int(self.dataset.read_threads), 1)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                               prefetch_buffer_size=max(int(c.prefetch_batches), threads)))
     if int(c.num_workers) > 0:
+      if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; argparse programs never parse them
+        flags.FLAGS.mark_as_parsed()
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(c.num_workers)))
     return it
 
@@ -310,14 +230,13 @@ class Pipeline:
     lo, hi = self._train_rows
     ds = _TrainPositions(self.num_train_examples, self.global_batch_size, (lo, hi), self.seed,
                          start_step)
-    load = (lambda item: {k: v for k, v in self._train_load(item).items() if k != "mask"}
-            ) if self._cifar else self._imagenet_train_load
+    load = functools.partial(_load_train, self.dataset)
     return self._to_iter(ds.map(load).batch(hi - lo, drop_remainder=True))
 
   def _eval_dataset(self) -> grain.IterDataset:
     lo, hi = self._eval_rows
     ds = _EvalPositions(self.num_eval_examples, self.eval_batch_size, (lo, hi))
-    load = self._eval_load if self._cifar else self._imagenet_eval_load
+    load = functools.partial(_load_eval, self.dataset, tuple(self.eval_image_shape))
     return self._to_iter(ds.map(load).batch(hi - lo, drop_remainder=True))
 
   def _globalize(self, local: Dict[str, np.ndarray]) -> Batch:
@@ -342,12 +261,13 @@ class Pipeline:
 
 
 def create_pipeline(config: ml_collections.ConfigDict, global_batch_size: int, eval_batch_size: int,
-                    mesh: Mesh, seed: int = 0) -> Pipeline:
-  """The input pipeline of `config` (`default_config(name)`) for a 1-D mesh with axis "data".
+                    mesh: Optional[Mesh] = None, seed: int = 0) -> Pipeline:
+  """The input pipeline of `config` (`default_config(name)`) on a 1-D mesh with axis "data".
 
-  Raises ValueError when a batch size is not divisible by the devices on the mesh
-  axis, FileNotFoundError (with the `resnet-jax prepare` command) when the dataset
-  is not prepared.
+  `mesh` None: a 1-D mesh named "data" over `jax.devices()`. Raises ValueError for an
+  unknown dataset or when a batch size is not divisible by the devices on the mesh
+  axis, FileNotFoundError (with the `resnet-jax prepare` command) when the dataset is
+  not prepared.
   """
   logging.info("input pipeline %s: train %r, eval %r", config.name, config.train_split,
                config.eval_split)

@@ -1,0 +1,96 @@
+"""Datasets stored as TFDS ArrayRecord, read with `tfds.data_source` (Grain), never TensorFlow.
+
+`TfdsSource` is the part every TFDS-backed dataset shares: where the prepared dataset
+lives (`data_dir/name/version`, TFDS's layout), whether it is completely prepared,
+opening a split with errors that give the `resnet-jax prepare` command, and an
+idempotent `prepare` around the dataset's TF-free builder.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import pathlib
+import shutil
+from typing import Optional
+
+from resnet_jax.data.source import DatasetSource
+
+
+class TfdsSource(DatasetSource):
+  """A `DatasetSource` prepared as TFDS's own dataset of the same name and version."""
+  source_hint = "--source DIR"  # what `resnet-jax prepare NAME` needs, in its error messages
+
+  @property
+  @abc.abstractmethod
+  def version(self) -> str:
+    """The TFDS version resnet_jax writes and reads, e.g. "3.0.2"."""
+
+  @abc.abstractmethod
+  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):
+    """A `tfds.core.DatasetBuilder` writing ArrayRecord to `data_dir` from the official files."""
+
+  def dataset_dir(self, data_dir: pathlib.Path) -> pathlib.Path:
+    """Where TFDS keeps the dataset at the version resnet_jax reads: `data_dir/name/version`."""
+    return data_dir / self.name / self.version
+
+  def prepare_command(self, data_dir: pathlib.Path) -> str:
+    return f"resnet-jax prepare {self.name} {self.source_hint} --data-dir {data_dir}"
+
+  def check_prepared(self, data_dir: pathlib.Path) -> Optional[pathlib.Path]:
+    """The prepared dataset's directory, None when absent; raises when it is unusable.
+
+    TFDS writes into `<version>.incomplete*` and renames at the end, so a directory
+    with `dataset_info.json` was completely written; the shard files are checked too.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    name, path = self.name, self.dataset_dir(data_dir)
+    if not (path / "dataset_info.json").is_file():
+      return None
+    builder = tfds.builder_from_directory(str(path))
+    formats = {f.value for f in builder.info.available_file_formats()}
+    if "array_record" not in formats:
+      raise ValueError(f"{path} holds {name} as {', '.join(sorted(formats)) or 'unknown format'}; "
+                       "resnet_jax reads ArrayRecord (tfds.data_source): delete it or pick another "
+                       f"data dir, then run `{self.prepare_command(data_dir)}`")
+    for split, info in builder.info.splits.items():
+      missing = [str(p) for p in info.filepaths if not pathlib.Path(p).is_file()]
+      if missing:
+        raise FileNotFoundError(f"{name} at {path} is incomplete: split {split!r} misses {missing[0]}; "
+                                f"delete {path} and run `{self.prepare_command(data_dir)}`")
+    return path
+
+  def open_split(self, split: str, data_dir: pathlib.Path, decode_images: bool = True):
+    """`tfds.builder(name).as_data_source(split)`, with errors that say how to prepare."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    name = self.name
+    self.check_prepared(data_dir)  # a present but unusable dataset raises here
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+    try:
+      return builder.as_data_source(split=split, decoders=decoders)
+    except (AssertionError, FileNotFoundError, NotImplementedError) as e:
+      raise FileNotFoundError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); run "
+                              f"`{self.prepare_command(data_dir)}`") from e
+    except (KeyError, ValueError) as e:
+      raise ValueError(f"bad split {split!r} for {name} ({e}); valid: "
+                       f"{', '.join(builder.info.splits.keys())} with TFDS slicing, "
+                       "e.g. 'train[:45000]'") from e
+
+  def prepare(self, source: Optional[str | os.PathLike], data_dir: pathlib.Path) -> pathlib.Path:
+    """Idempotent: a prepared dataset is returned as it is, without looking at `source`."""
+    done = self.check_prepared(data_dir)
+    if done is not None:
+      logging.info("%s is already prepared in %s", self.name, done)
+      return done
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    downloads = data_dir / "downloads"
+    source = None if source is None else pathlib.Path(source).expanduser().absolute()
+    builder = self.builder(source, data_dir, downloads)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False), download_dir=str(downloads))
+    done = self.check_prepared(data_dir)
+    if done is None:
+      raise FileNotFoundError(f"preparing {self.name} wrote no {self.dataset_dir(data_dir)}/dataset_info.json")
+    shutil.rmtree(downloads / "extracted", ignore_errors=True)  # extracted archives, TFDS's scratch
+    return done
