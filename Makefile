@@ -10,7 +10,7 @@ CIFAR10_SOURCE ?= $(SHARED_CIFAR10)
 export RESNET_JAX_CIFAR10_DIR ?= $(CIFAR10_SOURCE)
 # Where prepared TFDS datasets live (TFDS's own convention).
 export TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
-CONFIG ?= configs/cifar10_resnet20.py
+CONFIG ?= cifar10_resnet20
 WORKDIR ?= runs/cifar10_resnet20
 TRAIN_ARGS ?=
 

@@ -24,16 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import TRAIN_EXAMPLES
-
+import resnet_jax.data as rjd
+from resnet_jax import configs
 from resnet_jax import models
-from resnet_jax import study
-from resnet_jax.data.pipeline import NUM_CLASSES
-from resnet_jax.train import loop
-from resnet_jax.train import mesh as mesh_lib
-from resnet_jax.train import optim
-from resnet_jax.train import state as state_lib
-from resnet_jax.train import step as step_lib
+from resnet_jax import train
 
 
 
@@ -59,8 +53,8 @@ def main() -> None:
   p.add_argument("--config", default="cifar10_resnet56", help="config name or path (see configs/)")
   p.add_argument("--model", default=None, help="override the config's network (a registry name)")
   p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
-  p.add_argument("--dtype", default=None, choices=sorted(step_lib.DTYPES), help="compute dtype")
-  p.add_argument("--bn", default=None, choices=step_lib.BN_MODES, help="BatchNorm statistics mode")
+  p.add_argument("--dtype", default=None, choices=sorted(train.build.DTYPES), help="compute dtype")
+  p.add_argument("--bn", default=None, choices=train.BN_MODES, help="BatchNorm statistics mode")
   p.add_argument("--steps-per-dispatch", type=int, default=1, help="steps per jit call (lax.scan)")
   p.add_argument("--warmup", type=int, default=3, help="untimed calls after compiling")
   p.add_argument("--iters", type=int, default=20, help="timed calls per window")
@@ -68,7 +62,7 @@ def main() -> None:
   p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   args = p.parse_args()
 
-  config = study.load_config(args.config)
+  config = configs.load(args.config)
   overrides = {}
   if args.model:
     overrides["model.name"] = args.model
@@ -78,29 +72,27 @@ def main() -> None:
     overrides["dtype"] = args.dtype
   if args.bn:
     overrides["bn.mode"] = args.bn
-  config = study.apply_overrides(config, overrides)
+  config = configs.apply_overrides(config, overrides)
   dataset = config.data.name
-  num_classes = NUM_CLASSES.get(dataset)
-  if num_classes is None:
-    raise SystemExit(f"error: no synthetic shape for dataset {dataset!r}; valid: {sorted(NUM_CLASSES)}")
-  size = 32 if dataset.startswith("cifar") else int(config.data.image_size)
+  info = rjd.dataset_info(dataset)
+  num_classes = info.num_classes
+  size = int(config.data.image_size)
   batch, k = int(config.global_batch_size), int(args.steps_per_dispatch)
-  mesh = mesh_lib.create_mesh()
+  mesh = train.create_mesh()
   if batch % jax.device_count():
     raise SystemExit(f"error: --batch {batch} does not divide over {jax.device_count()} devices")
 
-  model = loop.build_model(config, num_classes)
-  schedule = optim.create_learning_rate_schedule(config, 1000, 100_000)
-  tx = optim.create_optimizer(config, schedule)
-  state = state_lib.create_train_state(model, tx, mesh, (size, size, 3), config.seed)
-  sums = step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
-  train_step = step_lib.make_train_step(model, tx, config, mesh, _identity_preprocess, num_classes,
-                                        steps_per_call=k)
-  dtype = step_lib.compute_dtype(config)
+  model = train.build.model(config, num_classes)
+  _, tx = train.build.optimizer(config, 1000, 100_000)
+  state = train.create_train_state(model, tx, mesh, (size, size, 3), config.seed)
+  sums = train.new_metrics(train.zero_train_metrics, mesh)
+  train_step = train.make_train_step(model, tx, config, mesh, _identity_preprocess, num_classes,
+                                     steps_per_call=k)
+  dtype = train.build.compute_dtype(config)
   rng = np.random.default_rng(0)
   lead = (k,) if k > 1 else ()
   sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(*((None,) * len(lead)), mesh_lib.DATA_AXIS))
+      mesh, jax.sharding.PartitionSpec(*((None,) * len(lead)), train.DATA_AXIS))
   batch_data = {
       "image": jax.device_put(jnp.asarray(rng.standard_normal((*lead, batch, size, size, 3)), dtype), sharding),
       "label": jax.device_put(jnp.asarray(rng.integers(0, num_classes, (*lead, batch)), jnp.int32), sharding),
@@ -122,7 +114,7 @@ def main() -> None:
   img_s = statistics.median(rates)
   macs = models.flops(model, (1, size, size, 3))
   params = models.count_params({"params": state.params})
-  steps_per_epoch = TRAIN_EXAMPLES[dataset] // batch
+  steps_per_epoch = info.num_train_examples // batch
   total_steps = (config.num_steps if config.num_steps > 0
                  else int(round(config.num_epochs * steps_per_epoch)))
   result = {
@@ -132,7 +124,7 @@ def main() -> None:
       "img_per_s": img_s, "img_per_s_windows": rates, "ms_per_step": 1000.0 * batch / img_s,
       "compile_s": compile_s, "tflops": 6.0 * macs * img_s / 1e12,
       "peak_memory_bytes": peak_memory_bytes(),
-      "epoch_s": TRAIN_EXAMPLES[dataset] / img_s, "schedule_steps": total_steps,
+      "epoch_s": info.num_train_examples / img_s, "schedule_steps": total_steps,
       "schedule_s": total_steps * batch / img_s,
   }
   mem = result["peak_memory_bytes"]

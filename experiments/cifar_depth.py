@@ -8,7 +8,7 @@ The plain nets get worse with depth (the degradation problem); the ResNets get b
 """
 from __future__ import annotations
 
-from common import Group, main_guard, parser, run
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 from resnet_jax import paper
 

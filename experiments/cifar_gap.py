@@ -22,7 +22,7 @@ of half a point.
 """
 from __future__ import annotations
 
-from common import Group, main_guard, parser, run
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 from resnet_jax import paper
 

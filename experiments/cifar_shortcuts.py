@@ -11,7 +11,7 @@ reference.
 """
 from __future__ import annotations
 
-from common import Group, main_guard, parser, run
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 
 def main() -> None:

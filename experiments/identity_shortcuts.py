@@ -7,7 +7,7 @@ The paper reports the median of 5 runs; "fail" means above 20 % error.
 """
 from __future__ import annotations
 
-from common import Group, main_guard, parser, run
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 from resnet_jax import paper
 

@@ -16,16 +16,15 @@ marked as such.
 from __future__ import annotations
 
 import pathlib
-import sys
 
-from common import TRAIN_EXAMPLES, Group, main_guard, parser, run
-
+import resnet_jax.data as rjd
+from resnet_jax import configs
 from resnet_jax import models
 from resnet_jax import paper
-from resnet_jax import study
-from resnet_jax.train import loop
+from resnet_jax import train
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
-TRAIN_IMAGES = TRAIN_EXAMPLES["imagenet2012"]
+TRAIN_IMAGES = rjd.dataset_info("imagenet2012").num_train_examples
 # Reference: the Flax ImageNet example's ResNet-50 train step, bf16, batch 256, on one H100
 # (5,666 img/s, synthetic data; measured for this project, see experiments/README.md).
 REFERENCE_MODEL, REFERENCE_IMG_S = "resnet50", 5666.0
@@ -75,8 +74,8 @@ def plan(groups) -> str:
   for group in groups:
     for variant, overrides in group.variants.items():
       overrides = dict(overrides)
-      config = study.apply_overrides(study.load_config(overrides.pop("config", group.base)), overrides)
-      model = loop.build_model(config, 1000)
+      config = configs.load(overrides.pop("config", group.base), overrides)
+      model = train.build.model(config, 1000)
       shape = (1, config.data.image_size, config.data.image_size, 3)
       params = models.count_params(models.abstract_variables(model, shape))
       macs = models.flops(model, shape)
@@ -96,14 +95,12 @@ def plan(groups) -> str:
 
 def prepare_smoke_imagenet(workdir: pathlib.Path) -> str:
   """A two-class ILSVRC-style folder tree of small JPEGs, prepared as imagenet2012."""
-  import resnet_jax.data as rjd
-  from resnet_jax.data.prepare import check_prepared
   from resnet_jax.data import testing as data_testing
   data_dir = workdir / "tfds"
-  if check_prepared("imagenet2012", data_dir) is None:
-    source = data_testing.write_imagenet_folder(workdir / "imagenet_src", SMOKE_WNIDS, per_class=32,
-                                                size=(72, 96))
-    rjd.prepare("imagenet2012", source, data_dir)
+  source = workdir / "imagenet_src"
+  if not source.is_dir():
+    data_testing.write_imagenet_folder(source, SMOKE_WNIDS, per_class=32, size=(72, 96))
+  rjd.prepare("imagenet2012", source, data_dir)  # a no-op once prepared
   return str(data_dir)
 
 
@@ -121,7 +118,6 @@ def main() -> None:
   if args.plan:
     print(plan(groups))
     return
-  import resnet_jax.data as rjd
   workdir = pathlib.Path(args.workdir)
   if args.smoke:
     data_dir = prepare_smoke_imagenet(workdir)

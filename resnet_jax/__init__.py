@@ -1,8 +1,26 @@
-"""resnet_jax: deep residual networks (ResNet, pre-activation ResNet, ResNeXt) in JAX/Flax."""
+"""resnet_jax: deep residual networks (ResNet, pre-activation ResNet, ResNeXt) in JAX/Flax.
+
+`resnet_jax.models` (imported with the package) holds the networks; the other parts load
+on first use: `rj.configs` (the papers' experiment configs), `rj.data` (input pipelines),
+`rj.train` (the training engine), `rj.compare` / `rj.study` (variant studies), `rj.paper`
+(the papers' numbers).
+"""
+import importlib
+from typing import Any
+
 from resnet_jax import models
 from resnet_jax.models import (BasicBlock, BatchNorm, BottleneckBlock, Conv1x1Shortcut, DropoutShortcut,
                                GatedShortcut, NoShortcut, PlainNet, ProjectionShortcut, ResNeXtBlock, ResNet,
                                ResidualUnit, ScaledShortcut, ZeroPadShortcut)
-from resnet_jax.study import Study, compare
 
 __version__ = "0.1.0"
+_LAZY_MODULES = ("configs", "data", "train", "study", "paper", "allocator")
+_LAZY_NAMES = {"compare": "study", "Study": "study"}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY_MODULES:
+    return importlib.import_module(f"resnet_jax.{name}")
+  if name in _LAZY_NAMES:
+    return getattr(importlib.import_module(f"resnet_jax.{_LAZY_NAMES[name]}"), name)
+  raise AttributeError(f"module 'resnet_jax' has no attribute {name!r}")

@@ -1,30 +1,28 @@
 """`resnet-jax`: train, evaluate, list models, prepare datasets.
 
-  resnet-jax train --config configs/cifar10_resnet20.py[:smoke] --workdir DIR [--config.x=v ...]
+  resnet-jax train --config cifar10_resnet20[:smoke] --workdir DIR [--config.x=v ...]
   resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--json]
   resnet-jax models [--filter SUBSTR]
   resnet-jax prepare cifar10 --source DIR [--data-dir TFDS_DIR]
 
-`train` flags are absl flags (ml_collections `config_flags`: a `path.py:arg`
-config file and `--config.field=value` overrides); multi-host runs add
+`train` flags are absl flags (ml_collections `config_flags`: a shipped config name
+or a `path.py[:arg]` config file, and `--config.field=value` overrides); multi-host runs add
 `--coordinator_address`, `--num_processes` and `--process_id` where JAX cannot
 auto-detect the cluster (it does on Cloud TPU and SLURM).
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import os
-import pathlib
 import sys
 from typing import List, Optional, Sequence
 
 USAGE = """usage: resnet-jax {train,eval,models,prepare} ...
 
-  train    --config configs/NAME.py[:smoke] --workdir DIR [--config.FIELD=VALUE ...]
-  eval     --workdir DIR [--step N] [--split SPLIT] [--json]
+  train    --config NAME[:smoke] | PATH.py[:arg] --workdir DIR [--config.FIELD=VALUE ...]
+  eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--json]
   models   [--filter SUBSTR]
   prepare  NAME --source DIR [--data-dir TFDS_DIR]
 """
@@ -35,7 +33,7 @@ def _error(command: str, message: str) -> int:
   return 2
 
 
-def _config_path(argv: Sequence[str]) -> Optional[str]:
+def _config_spec(argv: Sequence[str]) -> Optional[str]:
   for i, arg in enumerate(argv):
     if arg == "--config" and i + 1 < len(argv):
       return argv[i + 1]
@@ -44,67 +42,76 @@ def _config_path(argv: Sequence[str]) -> Optional[str]:
   return None
 
 
-def _override_keys(argv: Sequence[str]) -> List[str]:
-  keys = []
-  for arg in argv:
-    if arg.startswith("--config."):
-      keys.append(arg[len("--config."):].split("=", 1)[0])
-  return keys
-
-
-def _literal(text: str):
-  """A command-line value: a Python literal where it parses as one, else the string."""
-  if text.lower() in ("true", "false"):
-    return text.lower() == "true"
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def _split_model_overrides(argv: Sequence[str]):
-  """Separates `--config.model.FIELD=VALUE` for ResNet fields the config file may not list.
-
-  Config files name the network and only the fields they change, so any field of
-  `resnet_jax.models.ResNet` (e.g. `shortcut`, `unit_order`) is accepted under `model.`.
-  """
-  from resnet_jax import models  # pylint: disable=g-import-not-at-top
-  fields = set(models.field_names()) - {"name"}
-  rest, overrides = [], {}
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    arg = args[i]
-    key = arg[len("--config.model."):] if arg.startswith("--config.model.") else None
-    if key is not None and "=" not in key and key in fields and i + 1 < len(args):
-      overrides[f"model.{key}"] = _literal(args[i + 1])
-      i += 2
+def _with_config_file(argv: Sequence[str], spec: str) -> List[str]:
+  """`argv` with the `--config` value replaced by `spec` (a resolved file path)."""
+  out, skip = [], False
+  for i, arg in enumerate(argv):
+    if skip:
+      skip = False
       continue
-    if key is not None and "=" in key and key.split("=", 1)[0] in fields:
-      k, v = key.split("=", 1)
-      overrides[f"model.{k}"] = _literal(v)
+    if arg == "--config" and i + 1 < len(argv):
+      out.append(f"--config={spec}")
+      skip = True
+    elif arg.startswith("--config="):
+      out.append(f"--config={spec}")
     else:
-      rest.append(arg)
-    i += 1
-  return rest, overrides
+      out.append(arg)
+  return out
+
+
+def _join_override_values(argv: Sequence[str]) -> List[str]:
+  """`--config.KEY VALUE` -> `--config.KEY=VALUE` (`train` takes no positional arguments).
+
+  absl would otherwise read a `model.` field the config file does not list as a
+  boolean flag and VALUE as a stray argument.
+  """
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+      out.append(f"{arg}={argv[i + 1]}")
+      i += 2
+    else:
+      out.append(arg)
+      i += 1
+  return out
+
+
+def _override_keys(argv: Sequence[str]) -> List[str]:
+  """The dotted keys of `--config.KEY[=VALUE]` arguments."""
+  return [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
 
 
 def train_main(argv: Sequence[str]) -> int:
-  """`resnet-jax train`: absl flags + ml_collections config file with overrides."""
+  """`resnet-jax train`: absl flags, an ml_collections config file and `--config.*` overrides.
+
+  `--config` takes a shipped config name (`cifar10_resnet20`, see `resnet_jax.configs`)
+  or a file path, either with `:arg` (`:smoke`). Overrides are parsed by
+  `ml_collections.config_flags`, typed by each field; any `ResNet` field may be set under
+  `model.` whether or not the config file lists it.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from resnet_jax import configs  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  argv, model_overrides = _split_model_overrides(argv)
-  path = _config_path(argv)
-  if path:
-    # Config files import their shared base as `configs.base`: put the folder holding
-    # `configs/` on the path, wherever resnet-jax is run from.
-    config_dir = pathlib.Path(path.split(":", 1)[0]).absolute().parent
-    sys.path.insert(0, str(config_dir.parent))
+  argv = _join_override_values(argv)
+  spec = _config_spec(argv)
+  if spec is None:
+    return _error("train", "--config is required, e.g. --config cifar10_resnet20 (names: "
+                  "`python -c 'import resnet_jax as rj; print(rj.configs.names())'`) or a path")
+  try:
+    file, arg = configs.resolve(spec)
+    base_config = configs.load(spec)
+    config_lib.check_override_keys(base_config, _override_keys(argv))
+  except config_lib.ConfigError as e:
+    return _error("train", str(e))
+  argv = _with_config_file(argv, f"{file}:{arg}" if arg else str(file))
   full_argv = ["resnet-jax train", *argv]
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "experiment config file, `path.py[:arg]`",
-                                  flag_values=fv, lock_config=True, sys_argv=full_argv)
+  config_flags.DEFINE_config_file("config", None, "experiment config: a name or `path.py[:arg]`",
+                                  flag_values=fv, lock_config=False, accept_new_attributes=True,
+                                  sys_argv=full_argv)
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and config", flag_values=fv)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host without "
                       "TPU/SLURM auto-detection)", flag_values=fv)
@@ -112,38 +119,15 @@ def train_main(argv: Sequence[str]) -> int:
   flags.DEFINE_integer("process_id", None, "this process's index (multi-host)", flag_values=fv)
   try:
     fv(full_argv)
-  except flags.Error as e:
-    lines = [line for line in str(e).splitlines() if line.strip()]
+  except (flags.Error, TypeError, ValueError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # config_flags embeds the config file's traceback: keep the flag and the final error.
     return _error("train", lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}")
-  except (AttributeError, KeyError) as e:
-    # An unknown `--config.x` key: say which, with near matches over all dotted fields.
-    from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-    try:
-      plain_argv = ["resnet-jax train", f"--config={path}"]
-      fv2 = flags.FlagValues()
-      config_flags.DEFINE_config_file("config", None, "", flag_values=fv2, sys_argv=plain_argv)
-      fv2(plain_argv)
-      config_lib.check_override_keys(fv2.config, _override_keys(argv))
-    except config_lib.ConfigError as ce:
-      return _error("train", str(ce))
-    return _error("train", str(e).strip("'\""))
-  except ValueError as e:
-    return _error("train", str(e))
-  if fv.config is None:
-    return _error("train", "--config is required, e.g. --config configs/cifar10_resnet20.py")
   if not fv.workdir:
     return _error("train", "--workdir is required")
-  config = fv.config
-  if model_overrides:
-    from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-    try:
-      config = config_lib.apply_overrides(config, model_overrides)
-    except ValueError as e:
-      return _error("train", str(e))
+  config = config_lib.parse_assignments(fv.config, [])  # lists -> tuples, as the files write them
 
   from resnet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   try:
@@ -167,14 +151,20 @@ def eval_main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(prog="resnet-jax eval",
                                    description="Evaluate a checkpoint on the whole eval split.")
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--step", default=None,
+                      help="checkpoint step, 'latest' (default) or 'best' (lowest eval error)")
   parser.add_argument("--split", default=None, help="TFDS split (default: the run's data.eval_split)")
   parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   args = parser.parse_args(argv)
+  step = args.step
+  if step is not None and step not in ("latest", "best"):
+    if not step.isdigit():
+      return _error("eval", f"--step {step!r} is not a step number, 'latest' or 'best'")
+    step = int(step)
   from resnet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
   try:
-    result = loop.evaluate(args.workdir, step=args.step, split=args.split)
+    result = loop.evaluate(args.workdir, step=step, split=args.split)
   except (ckpt_lib.CheckpointMismatchError, FileNotFoundError, ValueError) as e:
     return _error("eval", str(e))
   if args.json:

@@ -13,63 +13,22 @@ redone.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib.util
 import json
-import os
 import pathlib
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
 
+from resnet_jax import configs
 from resnet_jax.paper import PaperResult
 
 RESULT_FILE = "result.json"
-# A variant may train from another config file: {"resnet110": {"config": "cifar10_resnet110"}}.
+# A variant may train from another config: {"resnet110": {"config": "cifar10_resnet110"}}.
 CONFIG_KEY = "config"
-CONFIGS_ENV = "RESNET_JAX_CONFIGS"
-
-
-def configs_dir() -> pathlib.Path:
-  """Where named experiment configs live: ``$RESNET_JAX_CONFIGS``, else the repository's ``configs/``."""
-  if os.environ.get(CONFIGS_ENV):
-    return pathlib.Path(os.environ[CONFIGS_ENV])
-  return pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def config_names() -> list[str]:
-  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_") and p.stem != "base")
-
-
-def load_config(name: str) -> ml_collections.ConfigDict:
-  """An experiment config by name (``cifar10_resnet110``), path, and optional ``:arg`` (``:smoke``)."""
-  spec, _, arg = name.partition(":")
-  path = pathlib.Path(spec)
-  if path.suffix != ".py":
-    path = configs_dir() / f"{spec}.py"
-  if not path.is_file():
-    close = difflib.get_close_matches(spec, config_names(), n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"unknown config {spec!r}{hint}; valid names: {', '.join(config_names())}")
-  # Config files import their shared base as `configs.base`.
-  root = str(path.resolve().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  module_spec = importlib.util.spec_from_file_location(f"_resnet_jax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted-key overrides (see `resnet_jax.train.config.apply_overrides`)."""
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.apply_overrides(config, overrides)
 
 
 def git_commit() -> str:
@@ -138,13 +97,13 @@ class Study:
       if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"variant name {name!r} must be usable as a folder name")
       variant = dict(variant)
-      base_config = load_config(variant.pop(CONFIG_KEY, base))
+      base_config = configs.load(variant.pop(CONFIG_KEY, base))
       common = self.overrides(base_config) if callable(self.overrides) else self.overrides
-      self.configs[name] = apply_overrides(base_config, {**common, **variant})
+      self.configs[name] = configs.apply_overrides(base_config, {**common, **variant})
     self.runs = [Run(v, s, self.workdir / v / f"seed{s}") for v in self.variants for s in self.seeds]
 
   def config_for(self, run: Run) -> ml_collections.ConfigDict:
-    return apply_overrides(self.configs[run.variant], {"seed": run.seed})
+    return configs.apply_overrides(self.configs[run.variant], {"seed": run.seed})
 
   def run(self, train_fn: Optional[Callable[..., dict]] = None, log: Callable[[str], None] = print) -> "Study":
     """Trains every unfinished run (resuming from its checkpoint); finished runs are skipped."""
@@ -245,7 +204,8 @@ def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequenc
   """Trains every variant of ``base`` with every seed (resuming, skipping finished runs).
 
   Args:
-    base: a config name in ``configs/`` (``"cifar10_resnet110"``, ``":smoke"`` allowed) or a path.
+    base: a config name (``rj.configs.names()``, e.g. ``"cifar10_resnet110"``, ``":smoke"``
+      allowed) or a path.
     variants: variant name → dotted-key overrides, e.g. ``{"gate": {"model.shortcut": "gate"}}``;
       the key ``"config"`` trains that variant from another config (``{"config": "cifar10_plain20"}``).
     seeds: one run per seed and variant.

@@ -46,6 +46,10 @@ def test_train_then_eval_json(data_dir, tmp_path, capsys):
                                         "optimizer.momentum"),
     ("--config.bn.mode=sync", "bn.mode='sync' is not one of ('global', 'per_device', 'ghost')"),
     ("--config.num_epochs=3", "exactly one of num_steps=20 and num_epochs=3.0 must be positive"),
+    ("--config.model.num_classes=100", "model.num_classes cannot be set: it comes from the dataset"),
+    ("--config.model.dtype=bfloat16", "model.dtype cannot be set: set the top-level --config.dtype"),
+    ("--config.model.bn_group_size=8", "model.bn_group_size cannot be set"),
+    ("--config.num_steps=many", "num_steps"),
 ])
 def test_config_errors_are_one_line(flag, message, tmp_path, capsys):
   assert cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), flag]) == 2
@@ -73,6 +77,20 @@ def test_bad_model_field_value_is_one_line(data_dir, tmp_path, capsys):
                  "--config.model.shortcut=D"])
   err = capsys.readouterr().err
   assert rc == 2 and "unknown shortcut 'D'" in err and "gate" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_config_by_name(data_dir, tmp_path, capsys):
+  """`--config NAME:smoke` finds the shipped config; `--noconfig.FIELD` is absl's boolean form."""
+  workdir = tmp_path / "named"
+  rc = cli.main(["train", "--config", "cifar10_resnet20:smoke", "--workdir", str(workdir),
+                 f"--config.data.data_dir={data_dir}", "--config.data.train_split=train",
+                 "--config.data.eval_split=test", "--config.num_steps=2", "--config.eval_batch_size=16",
+                 "--noconfig.async_checkpoints"])
+  assert rc == 0, capsys.readouterr().err
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["name"] == "cifar_resnet20" and saved["async_checkpoints"] is False
+  assert cli.main(["train", "--config", "cifar10_resnet21", "--workdir", str(workdir)]) == 2
+  assert "unknown config 'cifar10_resnet21' (did you mean" in capsys.readouterr().err
 
 
 def test_unknown_variant_and_missing_workdir(tmp_path, capsys):

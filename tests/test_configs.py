@@ -1,15 +1,15 @@
 """Every experiment config loads, validates, names a registered network and has a smoke variant."""
-import importlib
 import pathlib
 
 import pytest
 
+from resnet_jax import configs
 from resnet_jax import models
 from resnet_jax import train as rt
 from resnet_jax.train import optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NAMES = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("base", "__init__"))
+NAMES = configs.names()
 REQUIRED = (
     [f"cifar10_resnet{d}" for d in (20, 32, 44, 56, 110, 1202)]
     + [f"cifar10_plain{d}" for d in (20, 32, 44, 56)]
@@ -21,7 +21,13 @@ REQUIRED = (
 
 
 def _load(name, arg=None):
-  return importlib.import_module(f"configs.{name}").get_config(arg)
+  return configs.load(f"{name}:{arg}" if arg else name)
+
+
+def test_repository_configs_folder_is_the_package_folder():
+  """`configs/` in the repository and `resnet_jax/configs/` are one source of truth."""
+  assert (ROOT / "configs").resolve() == configs.HERE
+  assert sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("base", "__init__")) == NAMES
 
 
 def test_every_paper_experiment_has_a_config():
@@ -34,7 +40,7 @@ def test_config_and_smoke_variant(name):
   for config in (full, smoke):
     rt.validate(config)
     assert config.model.name in models.names()
-    rt.build_model(config, 10)  # every field is a valid ResNet field
+    rt.build.model(config, 10)  # every field is a valid ResNet field
   assert smoke.model.name == full.model.name
   assert smoke.num_steps <= 20 and smoke.global_batch_size <= 32
   assert set(full.keys()) == set(smoke.keys())
@@ -68,10 +74,54 @@ def test_paper_recipes():
 def test_apply_overrides_accepts_any_model_field_and_rejects_typos():
   from resnet_jax.train import config as config_lib
   c = _load("cifar10_resnet110")
+  assert configs.apply_overrides is config_lib.apply_overrides
   out = config_lib.apply_overrides(c, {"model.shortcut": "gate", "schedule.boundaries": [100, 200]})
   assert out.model.shortcut == "gate" and out.schedule.boundaries == (100, 200)
   assert "shortcut" not in c.model  # the original is untouched
-  rt.build_model(out, 10)
+  rt.build.model(out, 10)
   assert config_lib.apply_overrides(c, {"train.num_steps": 100}).num_steps == 100
   with pytest.raises(config_lib.ConfigError, match="model.shortcutt"):
     config_lib.apply_overrides(c, {"model.shortcutt": "gate"})
+
+
+def test_load_by_name_path_and_smoke_with_overrides(tmp_path):
+  by_path = configs.load(f"{configs.path('cifar10_resnet56')}:smoke")
+  assert by_path.to_dict() == configs.load("cifar10_resnet56:smoke").to_dict()
+  c = configs.load("cifar10_resnet20", overrides=["optimizer.learning_rate=0.05", "model.shortcut=gate",
+                                                   "model.stage_sizes=(1, 1, 1)", "async_checkpoints=false"])
+  assert (c.optimizer.learning_rate, c.model.shortcut, c.model.stage_sizes, c.async_checkpoints) == (
+      0.05, "gate", (1, 1, 1), False)
+  # A mapping with strings parses them the same way; Python values are taken as they are.
+  d = configs.load("cifar10_resnet20", overrides={"optimizer.learning_rate": "0.05", "model.shortcut": "gate",
+                                                  "model.stage_sizes": (1, 1, 1), "async_checkpoints": "false"})
+  assert d.to_dict() == c.to_dict()
+  # A user's own config file next to its own base module.
+  (tmp_path / "my_base.py").write_text("WIDTHS = (8, 16, 32)\n")
+  (tmp_path / "mine.py").write_text(
+      "import my_base\nfrom resnet_jax.configs import base\n"
+      "def get_config(arg=None):\n  c = base.cifar_resnet_config('cifar_resnet20', arg=arg)\n"
+      "  c.model.stage_widths = my_base.WIDTHS\n  return c\n")
+  assert configs.load(str(tmp_path / "mine.py")).model.stage_widths == (8, 16, 32)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.num_classes": 100}, "model.num_classes cannot be set: it comes from the dataset"),
+    ({"model.dtype": "bfloat16"}, "model.dtype cannot be set: set the top-level --config.dtype"),
+    ({"model.bn_group_size": 32}, "model.bn_group_size cannot be set: set --config.bn.mode=ghost"),
+    ({"model.bn_axis_name": "data"}, "model.bn_axis_name cannot be set: set --config.bn.mode"),
+    ({"num_stepz": 3}, "unknown config field 'num_stepz'; did you mean num_steps"),
+    ({"num_steps": "abc"}, "num_steps=abc: invalid literal for int"),
+    ({"num_steps": 1.5}, "cannot be casted to type <class 'int'>"),
+    (["num_steps"], "override 'num_steps' is not KEY=VALUE"),
+])
+def test_bad_overrides_are_one_line_config_errors(overrides, message):
+  with pytest.raises(configs.ConfigError) as info:
+    configs.load("cifar10_resnet20", overrides)
+  assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_config_names_near_matches():
+  with pytest.raises(configs.ConfigError, match=r"unknown config 'cifar10_resnet21'.*did you mean.*cifar10_resnet20"):
+    configs.load("cifar10_resnet21")
+  with pytest.raises(configs.ConfigError, match=r"config file 'nowhere.py' does not exist"):
+    configs.load("nowhere.py")

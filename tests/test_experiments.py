@@ -76,20 +76,16 @@ def test_imagenet_plan_and_smoke(tmp_path):
 
 
 def test_budget_flags_scale_the_schedule(tmp_path):
-  sys.path.insert(0, str(EXPERIMENTS))
-  try:
-    import common  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.remove(str(EXPERIMENTS))
-  from resnet_jax import study
+  from resnet_jax import configs
+  from resnet_jax import reproduce as common
   args = common.parser("x", "runs").parse_args(["--steps", "8000"])
-  out = common.budget_overrides(study.load_config("cifar10_resnet110"), args)
+  out = common.budget_overrides(configs.load("cifar10_resnet110"), args)
   assert out == {"num_steps": 8000, "schedule.boundaries": (4000, 6000), "schedule.warmup_length": 50.0}
   args = common.parser("x", "runs").parse_args(["--scale", "0.5"])
-  out = common.budget_overrides(study.load_config("cifar10_resnext29_8x64d"), args)
+  out = common.budget_overrides(configs.load("cifar10_resnext29_8x64d"), args)
   assert out["num_epochs"] == 150.0 and out["schedule.boundaries"] == (75.0, 112.5)
   with pytest.raises(SystemExit, match="iteration-based"):
-    common.budget_overrides(study.load_config("cifar10_resnext29_8x64d"),
+    common.budget_overrides(configs.load("cifar10_resnext29_8x64d"),
                             common.parser("x", "runs").parse_args(["--steps", "10"]))
   bad = _run("cifar_depth.py", ["--smoke", "--set", "optimizer.learning_rat=0.1", "--workdir", str(tmp_path)])
   assert bad.returncode == 2 and "optimizer.learning_rate" in bad.stderr

@@ -7,31 +7,18 @@ import pathlib
 import pytest
 
 import resnet_jax as rj
-from resnet_jax import study as study_lib
 from resnet_jax.paper import PaperResult
 
 
-def test_load_config_by_name_and_variant():
-  full = study_lib.load_config("cifar10_resnet110")
-  smoke = study_lib.load_config("cifar10_resnet110:smoke")
-  assert full.model.name == smoke.model.name == "cifar_resnet110"
-  assert full.num_steps == 64000 and smoke.num_steps < 100
-  assert full.schedule.warmup_length == 400
-  assert "cifar10_resnet20" in study_lib.config_names()
-
-
-def test_unknown_config_name_lists_near_matches():
-  with pytest.raises(ValueError, match=r"unknown config 'cifar10_resnet21'.*did you mean.*cifar10_resnet20"):
-    study_lib.load_config("cifar10_resnet21")
-
-
-def test_overrides_apply_and_unknown_keys_fail():
-  config = study_lib.load_config("cifar10_resnet20")
-  out = study_lib.apply_overrides(config, {"optimizer.learning_rate": 0.05, "model.shortcut": "gate"})
-  assert out.optimizer.learning_rate == 0.05 and out.model.shortcut == "gate"
-  assert config.optimizer.learning_rate == 0.1  # the original is untouched
+def test_study_configs_come_from_rj_configs():
+  study = rj.compare(base="cifar10_resnet110:smoke", variants={"gate": {"model.shortcut": "gate"},
+                                                            "lr": {"optimizer.learning_rate": "0.05"}},
+                     workdir="/nonexistent", run=False)
+  assert study.configs["gate"].to_dict() == rj.configs.load(
+      "cifar10_resnet110:smoke", {"model.shortcut": "gate"}).to_dict()
+  assert study.configs["lr"].optimizer.learning_rate == 0.05
   with pytest.raises(ValueError, match=r"optimizer\.learning_rte.*did you mean optimizer\.learning_rate"):
-    study_lib.apply_overrides(config, {"optimizer.learning_rte": 0.05})
+    rj.compare(base="cifar10_resnet20", variants={"x": {"optimizer.learning_rte": 0.05}}, run=False)
 
 
 def _fake_train(calls):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import resnet_jax.data as rjd
-from configs import cifar10_resnet20
+from resnet_jax.configs import cifar10_resnet20
 from resnet_jax import train as rt
 from resnet_jax.data import testing as data_testing
 from resnet_jax.train import checkpoint as ckpt_lib
@@ -72,6 +72,23 @@ def test_train_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
   more = rt.train(smoke_config(data_dir, num_steps=15), workdir)
   assert more["step"] == 15
   assert [r["step"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "train"][-1] == 15
+
+  # Inference from the run: only params and BN statistics are restored, no optimiser needed.
+  model, variables = rt.load_variables(workdir)
+  assert set(variables) == {"params", "batch_stats"}
+  for a, b in zip(jax.tree.leaves((variables["params"], variables["batch_stats"])),
+                  jax.tree.leaves(jax.device_get((more["state"].params, more["state"].batch_stats))),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
+  assert logits.shape == (2, 10)
+  evals = {r["step"]: r["error"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "eval"}
+  kept = ckpt_lib.Checkpointer(workdir / "checkpoints").manager.all_steps()
+  best = min((e, s) for s, e in evals.items() if s in kept)[1]
+  assert ckpt_lib.Checkpointer(workdir / "checkpoints").best_step() == best
+  assert rt.evaluate(workdir, step="best")["step"] == best
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*saved steps"):
+    rt.load_variables(workdir, step=7)
 
   # An unfinished save (Orbax's temporary directory) is never taken for a checkpoint.
   shutil.copytree(workdir / "checkpoints" / "15", workdir / "checkpoints" / "16.orbax-checkpoint-tmp-1")
@@ -143,7 +160,10 @@ def test_keep_last_n_plus_best(tmp_path):
               {"error": error, "top5_error": 0.0})
   ckpt.wait()
   assert ckpt.manager.all_steps() == [2, 5, 6]
+  assert ckpt.best_step() == 2
   ckpt.close()
+  # The eval metrics are on disk: a new process finds the best checkpoint too.
+  assert ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2, keep_best=1).best_step() == 2
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from resnet_jax.train import mesh as mesh_lib
 port, pid, data_dir, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 mesh_lib.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
 import jax
-from configs import cifar10_resnet20
+from resnet_jax.configs import cifar10_resnet20
 config = cifar10_resnet20.get_config("smoke")
 config.data.data_dir = data_dir
 config.data.train_split, config.data.eval_split = "train", "test"

@@ -17,7 +17,7 @@ WORKER = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from configs import base
+from resnet_jax.configs import base
 from resnet_jax import train as rt
 from resnet_jax.train import step as step_lib, optim, state as state_lib, mesh as mesh_lib
 
@@ -36,12 +36,12 @@ preprocess = lambda x, key, train: x.astype(jnp.float32) / 255.0 - 0.5
 
 tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100, 1000))
 initial = jax.device_get(state_lib.create_train_state(
-    rt.build_model(config, 10), tx, mesh_lib.create_mesh(), (32, 32, 3), 0))
+    rt.build.model(config, 10), tx, mesh_lib.create_mesh(), (32, 32, 3), 0))
 
 def run(mode, devices, steps=1, steps_per_call=1):
   config.bn.mode = mode
   mesh = mesh_lib.create_mesh(devices)
-  model = rt.build_model(config, 10)
+  model = rt.build.model(config, 10)
   state = jax.device_put(initial, mesh_lib.replicated(mesh))
   sums = jax.device_put(step_lib.zero_train_metrics(), mesh_lib.replicated(mesh))
   fn = rt.make_train_step(model, tx, config, mesh, preprocess, 10, steps_per_call=steps_per_call)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from resnet_jax.configs import base
 from resnet_jax import train as rt
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import optim
@@ -27,7 +27,7 @@ def _setup(**overrides):
     section, _, field = key.rpartition(".")
     (config[section] if section else config)[field] = value
   mesh = mesh_lib.create_mesh()
-  model = rt.build_model(config, 10)
+  model = rt.build.model(config, 10)
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100, 1000))
   state = state_lib.create_train_state(model, tx, mesh, (32, 32, 3), 0)
   return config, mesh, model, tx, state
@@ -88,7 +88,7 @@ def test_bfloat16_compute_keeps_float32_params_and_statistics():
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   x = _preprocess(_batch()["image"], None, False)
   config.dtype = "float32"
-  low, high = model.apply(variables, x, train=False), rt.build_model(config, 10).apply(variables, x, train=False)
+  low, high = model.apply(variables, x, train=False), rt.build.model(config, 10).apply(variables, x, train=False)
   assert not np.array_equal(low, high)          # the convolutions ran in bfloat16...
   np.testing.assert_allclose(low, high, atol=0.1)  # ...on the same float32 parameters
 
@@ -105,8 +105,10 @@ def test_bn_mode_and_ghost_size_errors_name_the_value():
   config = base.base_config()
   config.bn.mode = "sync"
   with pytest.raises(ValueError, match=r"bn.mode='sync' is not one of"):
-    step_lib.bn_model_fields(config)
+    rt.validate(config)
+  with pytest.raises(ValueError, match=r"bn.mode='sync' is not one of"):
+    rt.build.model(config, 10)
   config.bn.mode = "ghost"
   config.bn.ghost_batch_size = 48
   with pytest.raises(ValueError, match="ghost_batch_size=48 must be positive and divide global_batch_size=128"):
-    step_lib.bn_model_fields(config)
+    rt.validate(config)

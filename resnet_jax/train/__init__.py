@@ -3,18 +3,25 @@
 >>> from resnet_jax import train
 >>> train.train(config, "runs/cifar10_resnet20")        # resumes if the workdir has a checkpoint
 >>> train.evaluate("runs/cifar10_resnet20")["error"]
+>>> model, variables = train.load_variables("runs/cifar10_resnet20", step="best")
+
+`train.build` is the one place where a config becomes a model, optimiser and pipeline.
 """
+from resnet_jax.train import build
+from resnet_jax.train.build import Experiment
 from resnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
-from resnet_jax.train.config import ConfigError, load_config, num_train_steps, validate
-from resnet_jax.train.loop import NonFiniteLossError, build_model, evaluate, train
+from resnet_jax.train.config import BN_MODES, ConfigError, load_config, num_train_steps, validate
+from resnet_jax.train.loop import NonFiniteLossError, evaluate, evaluate_params, load_variables, train
 from resnet_jax.train.mesh import DATA_AXIS, create_mesh, initialize_distributed
 from resnet_jax.train.optim import create_learning_rate_schedule, create_optimizer
-from resnet_jax.train.state import TrainState, create_train_state
-from resnet_jax.train.step import BN_MODES, make_eval_step, make_train_step
+from resnet_jax.train.state import TrainState, abstract_train_state, create_train_state
+from resnet_jax.train.step import (make_eval_step, make_train_step, new_metrics, zero_eval_metrics,
+                                   zero_train_metrics)
 
 __all__ = [
-    "BN_MODES", "CheckpointMismatchError", "Checkpointer", "ConfigError", "DATA_AXIS",
-    "NonFiniteLossError", "TrainState", "build_model", "create_learning_rate_schedule", "create_mesh",
-    "create_optimizer", "create_train_state", "evaluate", "initialize_distributed", "load_config",
-    "make_eval_step", "make_train_step", "num_train_steps", "train", "validate",
+    "BN_MODES", "CheckpointMismatchError", "Checkpointer", "ConfigError", "DATA_AXIS", "Experiment",
+    "NonFiniteLossError", "TrainState", "abstract_train_state", "build", "create_learning_rate_schedule",
+    "create_mesh", "create_optimizer", "create_train_state", "evaluate", "evaluate_params",
+    "initialize_distributed", "load_config", "load_variables", "make_eval_step", "make_train_step",
+    "new_metrics", "num_train_steps", "train", "validate", "zero_eval_metrics", "zero_train_metrics",
 ]

@@ -27,6 +27,24 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 
+VARIABLE_KEYS = ("params", "batch_stats")
+STATE_KEYS = ("params", "batch_stats", "opt_state")
+
+
+def _eval_error(metrics: Dict[str, float]) -> float:
+  return float(metrics["error"])
+
+
+class _NoMetricsWarningFilter(logging.Filter):
+  """Checkpoints between evaluations have no metrics by design; Orbax warns for each."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
+
+
 class CheckpointMismatchError(ValueError):
   """A checkpoint was written by a different model or optimiser configuration."""
 
@@ -38,18 +56,22 @@ def _flat_shapes(tree: Any) -> Dict[str, List[int]]:
 
 def fingerprint(model_config: Dict[str, Any], num_classes: int, image_shape: Tuple[int, ...],
                 abstract_state: Any) -> Dict[str, Any]:
-  """What must match for a checkpoint to restore into this run."""
+  """What must match for a checkpoint to restore into this run (a `TrainState`, or a
+  model's `{"params", "batch_stats"}` when only the variables are restored)."""
+  if isinstance(abstract_state, dict):  # {"params", "batch_stats"} of a model, no optimiser
+    trees = {k: abstract_state.get(k, {}) for k in VARIABLE_KEYS}
+  else:  # a TrainState
+    trees = {k: getattr(abstract_state, k) for k in STATE_KEYS}
   return {
       "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(model_config.items())},
       "num_classes": int(num_classes),
       "image_shape": [int(d) for d in image_shape],
-      "params": _flat_shapes(abstract_state.params),
-      "batch_stats": _flat_shapes(abstract_state.batch_stats),
-      "opt_state": _flat_shapes(abstract_state.opt_state),
+      **{k: _flat_shapes(v) for k, v in trees.items()},
   }
 
 
-def _describe_mismatch(saved: Dict[str, Any], current: Dict[str, Any]) -> Optional[str]:
+def _describe_mismatch(saved: Dict[str, Any], current: Dict[str, Any],
+                       tree_keys: Tuple[str, ...] = STATE_KEYS) -> Optional[str]:
   for key in ("model", "num_classes", "image_shape"):
     if saved.get(key) != current[key]:
       if key == "model":
@@ -58,7 +80,7 @@ def _describe_mismatch(saved: Dict[str, Any], current: Dict[str, Any]) -> Option
                  for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         return "; ".join(diffs)
       return f"{key}: checkpoint {saved.get(key)!r} vs config {current[key]!r}"
-  for key in ("params", "batch_stats", "opt_state"):
+  for key in tree_keys:
     a, b = saved.get(key, {}), current[key]
     if a != b:
       missing = sorted(set(b) - set(a))
@@ -79,22 +101,36 @@ class Checkpointer:
   """A thin layer over `orbax.checkpoint.CheckpointManager` for `workdir/checkpoints`."""
 
   def __init__(self, directory: str | pathlib.Path, keep: int = 3, keep_best: int = 1,
-               async_save: bool = True):
+               async_save: bool = True, create: bool = True):
     self.directory = pathlib.Path(directory).absolute()
+    if not create and not self.directory.is_dir():
+      raise FileNotFoundError(f"no checkpoint directory {self.directory}: is {self.directory.parent} "
+                              "the --workdir of a `resnet-jax train` run?")
     policies = [ocm.LatestN(n=max(int(keep), 1))]
     if keep_best:
-      policies.append(ocm.BestN(get_metric_fn=lambda m: m["error"], reverse=True,
+      policies.append(ocm.BestN(get_metric_fn=_eval_error, reverse=True,
                                 n=int(keep_best), keep_checkpoints_without_metrics=False))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
+            # Orbax records a save's metrics only when `best_fn` is set; BestN needs them.
+            best_fn=_eval_error, best_mode="min",
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
-            create=True))
+            create=create))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
+
+  def best_step(self) -> Optional[int]:
+    """The kept checkpoint with the lowest eval error (None if none was evaluated)."""
+    scored = []
+    for step in self.manager.all_steps():
+      metrics = self.manager.metrics(step)
+      if metrics and "error" in metrics:
+        scored.append((float(metrics["error"]), step))
+    return min(scored)[1] if scored else None
 
   def save(self, step: int, state: Any, metric_sums: Any, data_state: Dict[str, Any],
            meta: Dict[str, Any], eval_metrics: Optional[Dict[str, float]] = None) -> bool:
@@ -128,6 +164,24 @@ class Checkpointer:
             data=ocp.args.JsonRestore()))
     logging.info("restored checkpoint %s", self.directory / str(step))
     return restored["state"]["train"], restored["state"]["metrics"], restored["data"]
+
+  def restore_variables(self, step: int, abstract_variables: Dict[str, Any],
+                        meta: Dict[str, Any]) -> Dict[str, Any]:
+    """Only `{"params", "batch_stats"}` of `step` (an Orbax partial restore), as numpy arrays.
+
+    `meta` is a `fingerprint` whose optimiser-state entry is ignored, so no optimiser
+    config is needed.
+    """
+    problem = _describe_mismatch(self.read_meta(step), meta, VARIABLE_KEYS)
+    if problem:
+      raise CheckpointMismatchError(
+          f"checkpoint {self.directory / str(step)} does not match this model: {problem}")
+    target = {"train": {k: abstract_variables.get(k, {}) for k in VARIABLE_KEYS}}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    restored = ocp.PyTreeCheckpointer().restore(
+        self.directory / str(step) / "state",
+        args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
+    return {k: restored["train"][k] for k in VARIABLE_KEYS}
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -1,17 +1,46 @@
-"""Checks on experiment configs, the training length, and the config saved in a workdir."""
+"""The experiment-config schema: valid values, override parsing, checks, and the workdir copy.
+
+This module decides what a config may contain; `resnet_jax.train.build` turns a valid
+config into a model, optimiser and input pipeline, and `resnet_jax.configs` loads the
+named config files. Override values are parsed in one way everywhere (the command line,
+`rj.configs.load(overrides=...)` with strings, the experiments' `--set`): by
+`ml_collections.config_flags`, typed by the field's current value.
+"""
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import pathlib
-from typing import Any, Iterable, List, Mapping
+from typing import Any, Iterable, List, Mapping, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from resnet_jax import models
-from resnet_jax.train import optim, step as step_lib
 
 CONFIG_FILE = "config.json"
+
+# Choices of the engine's fields (the modules that use them import them from here).
+BN_MODES = ("global", "per_device", "ghost")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("step", "cosine", "constant")
+SCHEDULE_UNITS = ("steps", "epochs")
+WARMUP_MODES = ("constant", "linear")
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+
+# ResNet fields that the engine sets from other parts of the config; setting them under
+# `model.` would give two owners to one fact.
+ENGINE_MODEL_FIELDS = {
+    "num_classes": "it comes from the dataset (data.name); to train another dataset set "
+                   "--config.data.name",
+    "dtype": "set the top-level --config.dtype (float32 | bfloat16)",
+    "param_dtype": "parameters are kept in float32 for training; set --config.dtype for the "
+                   "compute dtype",
+    "bn_axis_name": "set --config.bn.mode (global | per_device | ghost)",
+    "bn_group_size": "set --config.bn.mode=ghost and --config.bn.ghost_batch_size",
+}
 
 
 class ConfigError(ValueError):
@@ -30,45 +59,128 @@ def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> List[str
   return keys
 
 
+def _model_field(key: str) -> str | None:
+  return key[len("model."):] if key.startswith("model.") else None
+
+
 def check_override_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
-  """Raises `ConfigError` for an override key the config does not have, with near matches."""
+  """Raises `ConfigError` for a key the config does not have (with near matches), or an
+  engine-owned model field.
+
+  Any field of `resnet_jax.models.ResNet` may be set under `model.`, whether or not the
+  config file lists it.
+  """
   valid = dotted_keys(config)
   groups = {k.rsplit(".", 1)[0] for k in valid if "." in k}
+  model_fields = set(models.field_names())
   for key in keys:
-    if key in valid or key in groups:
+    field = _model_field(key)
+    if field in ENGINE_MODEL_FIELDS:
+      raise ConfigError(f"model.{field} cannot be set: {ENGINE_MODEL_FIELDS[field]}")
+    if key in valid or key in groups or field in model_fields:
       continue
     group, _, leaf = key.rpartition(".")
-    if group in groups:  # compare names within the same sub-config
+    if group == "model":
+      siblings = sorted(model_fields - set(ENGINE_MODEL_FIELDS))
+      close = [f"model.{m}" for m in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
+    elif group in groups:  # compare names within the same sub-config
       siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == group]
       close = [f"{group}.{m}" for m in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
     else:
       close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown config field {key!r}{hint} (all fields: configs/base.py and the "
-                      "experiment's config file)")
+    raise ConfigError(f"unknown config field {key!r}{hint} (all fields: resnet_jax/configs/base.py, the "
+                      "experiment's config file, and any resnet_jax.models.ResNet field under model.)")
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted-key overrides; an unknown key is an error naming near matches."""
-  config = ml_collections.ConfigDict(config.to_dict())
+def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return copy.deepcopy(config)
+
+
+def parse_assignments(config: ml_collections.ConfigDict, assignments: Sequence[str]
+                      ) -> ml_collections.ConfigDict:
+  """A copy of `config` with `["key=value", ...]` applied, values parsed from text.
+
+  The parser is `ml_collections.config_flags` (the command line's `--config.key=value`):
+  a value is read as the type of the field it replaces (`true`/`false` for booleans,
+  `'(16, 32)'` for tuples); new fields (a `model.` field the file does not list) take a
+  Python literal, or the text itself.
+  """
+  bad = [a for a in assignments if "=" not in a or not a.split("=", 1)[0]]
+  if bad:
+    raise ConfigError(f"override {bad[0]!r} is not KEY=VALUE, e.g. optimizer.learning_rate=0.05")
+  pairs = [a.split("=", 1) for a in assignments]
+  check_override_keys(config, [k for k, _ in pairs])
+  config = _copy(config)
+  for key, _ in pairs:  # a None-valued field has no type to parse by: read it as a literal
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p] if p in node else None
+      if not isinstance(node, ml_collections.ConfigDict):
+        break
+    if isinstance(node, ml_collections.ConfigDict) and leaf in node and node[leaf] is None:
+      try:
+        node[leaf] = ml_collections.FieldReference(None, field_type=object)
+      except TypeError:  # a typed reference (e.g. data.data_dir: str) parses by its type
+        pass
+  fv = flags.FlagValues()
+  argv = ["resnet-jax"] + [f"--config.{k}={v}" for k, v in pairs]
+  try:
+    holder = config_flags.DEFINE_config_dict("config", config, flag_values=fv, lock_config=False,
+                                             accept_new_attributes=True, sys_argv=argv)
+    fv(argv)
+  except (flags.Error, TypeError, ValueError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raise ConfigError(lines[-1] if lines else str(e)) from None
+  return _tuples(holder.value)
+
+
+def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Lists (from JSON or literals) become tuples, as config files write them."""
+  def conv(x):
+    if isinstance(x, dict):
+      return {k: conv(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(conv(v) for v in x)
+    return x
+  out = ml_collections.ConfigDict(conv(config.to_dict()))
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-key overrides given as Python values.
+
+  String values for non-string fields are parsed as on the command line
+  (`parse_assignments`), so `{"num_steps": "100"}` and `{"num_steps": 100}` agree.
+  """
+  config = _copy(config)
   # Training fields live at the top level (`num_steps`); `train.num_steps` names the same field.
   if "train" not in config:
     overrides = {(k[len("train."):] if k.startswith("train.") else k): v for k, v in overrides.items()}
-  # Any ResNet field may be set under `model.`, whether or not the config lists it.
-  model_fields = set(models.field_names())
-  check_override_keys(
-      config, [k for k in overrides if not (k.startswith("model.") and k[len("model."):] in model_fields)])
+  check_override_keys(config, overrides)
+  text = {}
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
     node = config
     for p in parents:
       node = node[p]
-    if leaf in node and isinstance(node[leaf], ml_collections.ConfigDict) and isinstance(value, Mapping):
-      node[leaf].update(value)
-    else:
-      if leaf in node and isinstance(node[leaf], tuple) and isinstance(value, list):
-        value = tuple(value)
+    current = node[leaf] if leaf in node else None
+    if isinstance(value, str) and not isinstance(current, str):
+      text[key] = value  # parsed below, typed by the field
+      continue
+    if leaf in node and isinstance(current, ml_collections.ConfigDict) and isinstance(value, Mapping):
+      current.update(value)
+      continue
+    if isinstance(value, list):
+      value = tuple(value)
+    try:
       node[leaf] = value
+    except TypeError as e:
+      raise ConfigError(f"{key}={value!r}: {e}") from None
+  if text:
+    config = parse_assignments(config, [f"{k}={v}" for k, v in text.items()])
   return config
 
 
@@ -85,12 +197,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"exactly one of num_steps={config.num_steps} and num_epochs={config.num_epochs} "
                       "must be positive")
   choices = {
-      "bn.mode": (config.bn.mode, step_lib.BN_MODES),
-      "dtype": (config.dtype, tuple(step_lib.DTYPES)),
-      "schedule.name": (config.schedule.name, optim.SCHEDULES),
-      "schedule.unit": (config.schedule.unit, optim.UNITS),
-      "schedule.warmup_mode": (config.schedule.warmup_mode, optim.WARMUP_MODES),
-      "optimizer.weight_decay_mode": (config.optimizer.weight_decay_mode, optim.WEIGHT_DECAY_MODES),
+      "bn.mode": (config.bn.mode, BN_MODES),
+      "dtype": (config.dtype, DTYPE_NAMES),
+      "schedule.name": (config.schedule.name, SCHEDULES),
+      "schedule.unit": (config.schedule.unit, SCHEDULE_UNITS),
+      "schedule.warmup_mode": (config.schedule.warmup_mode, WARMUP_MODES),
+      "optimizer.weight_decay_mode": (config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES),
   }
   for name, (value, valid) in choices.items():
     if value not in valid:
@@ -103,7 +215,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
   if config.optimizer.learning_rate <= 0:
     raise ConfigError(f"optimizer.learning_rate={config.optimizer.learning_rate} must be positive")
-  step_lib.bn_model_fields(config)
+  if config.bn.mode == "ghost":
+    size = int(config.bn.ghost_batch_size)
+    if size <= 0 or config.global_batch_size % size:
+      raise ConfigError(f"bn.ghost_batch_size={size} must be positive and divide "
+                        f"global_batch_size={config.global_batch_size}")
+  check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
@@ -117,10 +234,4 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist: is {workdir} the --workdir of a `resnet-jax train` run?")
 
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return tuple(tuples(v) for v in x)
-    return x
-  return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
+  return _tuples(ml_collections.ConfigDict(json.loads(path.read_text())))

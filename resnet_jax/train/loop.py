@@ -5,7 +5,7 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +14,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import resnet_jax.data as rjd
 from resnet_jax import models
+from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import optim
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 
@@ -29,19 +28,6 @@ CHECKPOINT_DIR = "checkpoints"
 
 class NonFiniteLossError(RuntimeError):
   """The training loss or gradient became NaN or Inf; the run stops instead of continuing."""
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The configured network with the run's classes, dtype and BatchNorm mode."""
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
-  return models.create(config.model.name, num_classes=num_classes,
-                       dtype=step_lib.compute_dtype(config), param_dtype=jnp.float32,
-                       **step_lib.bn_model_fields(config), **fields)
-
-
-def create_pipeline(config: ml_collections.ConfigDict, mesh: Mesh):
-  return rjd.create_pipeline(config.data, global_batch_size=config.global_batch_size,
-                             eval_batch_size=config.eval_batch_size, mesh=mesh, seed=config.seed)
 
 
 class Preemption:
@@ -104,20 +90,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   Returns the last train and eval metrics, the final step and whether the run
   stopped early on SIGTERM (`preempted`).
   """
-  config_lib.validate(config)
   workdir = pathlib.Path(workdir).absolute()
-  mesh = mesh_lib.create_mesh() if mesh is None else mesh
-  pipe = create_pipeline(config, mesh)
-  steps_per_epoch = int(pipe.steps_per_epoch)
-  if steps_per_epoch < 1:
-    raise config_lib.ConfigError(
-        f"global_batch_size={config.global_batch_size} is larger than the {pipe.num_train_examples} "
-        f"examples of data.train_split={config.data.train_split!r}")
-  total_steps = config_lib.num_train_steps(config, steps_per_epoch)
-  model = build_model(config, pipe.num_classes)
-  schedule = optim.create_learning_rate_schedule(config, steps_per_epoch, total_steps)
-  tx = optim.create_optimizer(config, schedule)
-  image_shape = tuple(pipe.image_shape)
+  exp = build.experiment(config, mesh)
+  mesh, pipe, model, schedule, tx = exp.mesh, exp.pipeline, exp.model, exp.schedule, exp.tx
+  steps_per_epoch, total_steps, image_shape = exp.steps_per_epoch, exp.total_steps, exp.image_shape
   abstract_state = state_lib.abstract_train_state(model, tx, mesh, image_shape, config.seed)
   meta = ckpt_lib.fingerprint(dict(config.model), pipe.num_classes, image_shape, abstract_state)
   replicated = mesh_lib.replicated(mesh)
@@ -247,9 +223,58 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
           "state": state}
 
 
-def evaluate(workdir: str | pathlib.Path, step: Optional[int] = None, split: Optional[str] = None,
+def _resolve_step(checkpointer: ckpt_lib.Checkpointer, step: Optional[int | str]) -> int:
+  if step is None or step == "latest":
+    found = checkpointer.latest_step()
+  elif step == "best":
+    found = checkpointer.best_step()
+  else:
+    found = int(step)
+    if found not in checkpointer.manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint of step {found} in {checkpointer.directory}; "
+                              f"saved steps: {sorted(checkpointer.manager.all_steps())}")
+  if found is None:
+    raise FileNotFoundError(f"no {'evaluated ' if step == 'best' else ''}checkpoint in "
+                            f"{checkpointer.directory}")
+  return int(found)
+
+
+def load_variables(workdir: str | pathlib.Path, step: Optional[int | str] = None,
+                   config: Optional[ml_collections.ConfigDict] = None
+                   ) -> Tuple[models.ResNet, Dict[str, Any]]:
+  """The trained network of a `train` run and its `{"params", "batch_stats"}`, for inference.
+
+  Restores only the parameters and BatchNorm statistics (an Orbax partial restore), so
+  neither the optimiser nor the dataset is needed. `step`: a saved step, `"latest"`
+  (default) or `"best"` (the kept checkpoint with the lowest eval error).
+
+  >>> model, variables = rj.train.load_variables("runs/cifar10_resnet20", step="best")
+  >>> logits = model.apply(variables, images, train=False)
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  config = config_lib.load_config(workdir) if config is None else config
+  checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
+                                       keep_best=config.keep_best_checkpoints, async_save=False,
+                                       create=False)
+  try:
+    step = _resolve_step(checkpointer, step)
+    saved = checkpointer.read_meta(step)
+    num_classes, image_shape = int(saved["num_classes"]), tuple(saved["image_shape"])
+    model = build.model(config, num_classes)
+    abstract = models.abstract_variables(model, (1, *image_shape))
+    meta = ckpt_lib.fingerprint(dict(config.model), num_classes, image_shape, dict(abstract))
+    variables = checkpointer.restore_variables(step, dict(abstract), meta)
+  finally:
+    checkpointer.close()
+  if not variables["batch_stats"]:
+    variables = {"params": variables["params"]}
+  return model, variables
+
+
+def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, split: Optional[str] = None,
              mesh: Optional[Mesh] = None) -> Dict[str, Any]:
-  """Evaluates a checkpoint of `workdir` (the latest by default) on every example of a split.
+  """Evaluates a checkpoint of `workdir` (the latest by default, or `"best"`) on every
+  example of a split.
 
   The split is the run's `data.eval_split` unless `split` is given.
   """
@@ -258,26 +283,19 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int] = None, split: Opt
   if split:
     config.data.eval_split = split
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
-  pipe = create_pipeline(config, mesh)
-  steps_per_epoch = int(pipe.steps_per_epoch)
-  model = build_model(config, pipe.num_classes)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(
-      config, steps_per_epoch, config_lib.num_train_steps(config, steps_per_epoch)))
-  image_shape = tuple(pipe.image_shape)
-  abstract_state = state_lib.abstract_train_state(model, tx, mesh, image_shape, config.seed)
-  meta = ckpt_lib.fingerprint(dict(config.model), pipe.num_classes, image_shape, abstract_state)
-  checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
-                                       keep_best=config.keep_best_checkpoints, async_save=False)
+  pipe = build.pipeline(config, mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, async_save=False, create=False)
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-    replicated = mesh_lib.replicated(mesh)
-    abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                                 jax.eval_shape(step_lib.zero_train_metrics))
-    state, _, _ = checkpointer.restore(step, abstract_state, abstract_sums, meta)
+    step = _resolve_step(checkpointer, step)
   finally:
     checkpointer.close()
+  model, variables = load_variables(workdir, step, config)
+  if model.num_classes != pipe.num_classes:
+    raise ValueError(f"the checkpoint has {model.num_classes} classes but data.name="
+                     f"{config.data.name!r} has {pipe.num_classes}")
+  replicated = mesh_lib.replicated(mesh)
+  params = jax.device_put(variables["params"], replicated)
+  batch_stats = jax.device_put(variables.get("batch_stats", {}), replicated)
   eval_step = step_lib.make_eval_step(model, mesh, pipe.preprocess, pipe.num_classes)
-  result = evaluate_params(eval_step, state.params, state.batch_stats, pipe, mesh)
+  result = evaluate_params(eval_step, params, batch_stats, pipe, mesh)
   return {"step": int(step), **result, "model": config.model.name, "split": config.data.eval_split}

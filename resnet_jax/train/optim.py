@@ -21,10 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-SCHEDULES = ("step", "cosine", "constant")
-UNITS = ("steps", "epochs")
-WARMUP_MODES = ("constant", "linear")
-WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+from resnet_jax.train.config import (SCHEDULE_UNITS as UNITS, SCHEDULES, WARMUP_MODES,
+                                     WEIGHT_DECAY_MODES)
 
 
 def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:

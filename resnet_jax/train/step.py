@@ -28,34 +28,12 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train.config import BN_MODES
 from resnet_jax.train.state import TrainState
-
-BN_MODES = ("global", "per_device", "ghost")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
 Preprocess = Callable[[jax.Array, Optional[jax.Array], bool], jax.Array]
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  if config.dtype not in DTYPES:
-    raise ValueError(f"dtype={config.dtype!r} is not one of {tuple(DTYPES)}")
-  return DTYPES[config.dtype]
-
-
-def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """Model fields that realise `config.bn.mode` (the step decides the rest)."""
-  mode = config.bn.mode
-  if mode not in BN_MODES:
-    raise ValueError(f"bn.mode={mode!r} is not one of {BN_MODES}")
-  if mode == "ghost":
-    size = int(config.bn.ghost_batch_size)
-    if size <= 0 or config.global_batch_size % size:
-      raise ValueError(f"bn.ghost_batch_size={size} must be positive and divide "
-                       f"global_batch_size={config.global_batch_size}")
-    return {"bn_axis_name": None, "bn_group_size": size}
-  return {"bn_axis_name": None, "bn_group_size": None}
 
 
 def zero_train_metrics() -> Metrics:
@@ -92,7 +70,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   With `steps_per_call` K > 1 every leaf of `batch` has a leading axis of K.
   """
   mode = config.bn.mode
-  bn_model_fields(config)  # validates the mode
+  if mode not in BN_MODES:
+    raise ValueError(f"bn.mode={mode!r} is not one of {BN_MODES}")
   label_smoothing = float(config.label_smoothing)
 
   def loss_and_grads(params, batch_stats, images, labels, dropout_rng, axis_name=None):

@@ -1,1 +1,0 @@
-"""Experiment configs: one `get_config(arg)` per paper experiment, sharing `configs.base`."""

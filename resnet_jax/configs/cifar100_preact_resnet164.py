@@ -1,0 +1,10 @@
+"""CIFAR-100 pre-activation ResNet-164 (He et al. 2016, Table 3)."""
+from typing import Optional
+
+import ml_collections
+
+from resnet_jax.configs import base
+
+
+def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  return base.cifar_resnet_config("cifar_preact_resnet164", dataset="cifar100", warmup=False, arg=arg)

@@ -1,0 +1,10 @@
+"""ImageNet plain-18 (He et al. 2015, Table 2; no shortcuts, 90 epochs, ÷10 every 30)."""
+from typing import Optional
+
+import ml_collections
+
+from resnet_jax.configs import base
+
+
+def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  return base.imagenet_config("plain18", arg=arg)

@@ -1,0 +1,182 @@
+"""The command line and reporting shared by the paper-reproduction scripts (`experiments/*.py`).
+
+Public so that a user's own reproduction script gets the same flags, protocols and
+outputs: build `Group`s of variants and call `run(...)` (see `experiments/cifar_depth.py`).
+
+Every script takes ``--workdir`` (runs resume there; finished runs are not redone),
+``--smoke`` (the configs' tiny ``:smoke`` variants, a few steps on CPU), ``--steps`` /
+``--scale`` for reduced budgets, ``--seeds`` and ``--protocol``, prints a markdown
+table (ours, paper, difference) and writes ``table.md``, ``results.json`` (config,
+seed, commit, device and wall time of every run) and a PNG figure to ``--results``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import resnet_jax as rj
+from resnet_jax import study as study_lib
+from resnet_jax.paper import PaperResult
+
+# The papers' CIFAR schedule is in iterations; splits of the two error protocols
+# of ../shared/data/README.md (and of the paper's §4.2 45k/5k split).
+PROTOCOLS = {
+    "heldout": ("train[:45000]", "train[45000:]", "held-out error, train[45000:]"),
+    "test": ("train", "test", "test error"),
+}
+SMOKE_PROTOCOLS = {
+    "heldout": ("train[:640]", "train[45000:45200]", "held-out error, train[45000:45200] (smoke)"),
+    "test": ("train[:640]", "test[:200]", "test error, test[:200] (smoke)"),
+}
+
+
+@dataclasses.dataclass
+class Group:
+  """One study of an experiment: variants of one base config, with the paper's numbers."""
+  name: str
+  base: str
+  variants: Mapping[str, Mapping[str, Any]]
+  paper: Mapping[str, Optional[PaperResult]]
+
+
+def parser(description: str, default_workdir: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", default=default_workdir, help="runs go to WORKDIR/<group>/<variant>/seed<k>")
+  p.add_argument("--results", default=None, help="where table.md, results.json and the figure go "
+                 "(default: WORKDIR)")
+  p.add_argument("--smoke", action="store_true", help="tiny networks, a few steps, CPU: checks the script runs")
+  p.add_argument("--steps", type=int, default=None,
+                 help="train this many iterations, with the schedule's drops and warm-up scaled to match")
+  p.add_argument("--scale", type=float, default=None, help="multiply the training length and schedule by this")
+  p.add_argument("--seeds", type=int, nargs="+", default=[0])
+  p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="heldout",
+                 help="heldout: train on train[:45000], report error on train[45000:] (the paper's split); "
+                      "test: train on all 50k, report error on the test split")
+  p.add_argument("--only", nargs="+", default=None, help="run only these variants")
+  p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, ~/tensorflow_datasets)")
+  p.add_argument("--cifar10-source", default=os.environ.get("RESNET_JAX_CIFAR10_DIR"),
+                 help="official CIFAR-10 files to prepare first if needed (default: $RESNET_JAX_CIFAR10_DIR)")
+  p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                 help="extra config overrides for every run, e.g. global_batch_size=256")
+  return p
+
+
+def budget_overrides(base_config, args) -> dict[str, Any]:
+  """Overrides that shorten training by ``--steps`` or ``--scale``, keeping the schedule's shape."""
+  if args.steps is None and args.scale is None:
+    return {}
+  if args.steps is not None and args.scale is not None:
+    raise SystemExit("error: give --steps or --scale, not both")
+  steps_based = base_config.num_steps > 0
+  if args.steps is not None:
+    if not steps_based:
+      raise SystemExit(f"error: --steps needs an iteration-based config; use --scale for "
+                       f"{base_config.num_epochs}-epoch configs")
+    factor = args.steps / base_config.num_steps
+  else:
+    factor = args.scale
+  if factor <= 0:
+    raise SystemExit(f"error: the training budget must be positive, got a factor of {factor}")
+  out: dict[str, Any] = {}
+  if steps_based:
+    out["num_steps"] = max(1, int(round(base_config.num_steps * factor)))
+  else:
+    out["num_epochs"] = base_config.num_epochs * factor
+  out["schedule.boundaries"] = tuple(type(b)(b * factor) if isinstance(b, float) else max(1, int(round(b * factor)))
+                                     for b in base_config.schedule.boundaries)
+  out["schedule.warmup_length"] = float(base_config.schedule.warmup_length) * factor
+  return out
+
+
+def prepare_data(args, data_dir: Optional[str]) -> None:
+  """Prepares CIFAR-10 from ``--cifar10-source`` into ``data_dir`` (a no-op once prepared)."""
+  if args.cifar10_source:
+    import resnet_jax.data as rjd
+    rjd.prepare("cifar10", args.cifar10_source, data_dir)
+
+
+def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Sequence[str] = (),
+        splits: Optional[tuple[str, str, str]] = None, data_dir: Optional[str] = None) -> dict:
+  """Runs every group, prints and writes the table, figure and results file.
+
+  `splits` (train split, eval split, label) and `data_dir` replace the CIFAR
+  protocols and data preparation (the ImageNet script passes its own).
+  """
+  start = time.time()
+  cifar = splits is None
+  if cifar:
+    data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR")
+    splits = (SMOKE_PROTOCOLS if args.smoke else PROTOCOLS)[args.protocol]
+    protocol = f"{args.protocol} ({splits[2]})"
+  else:
+    protocol = splits[2]
+  workdir = pathlib.Path(args.workdir)
+  results_dir = pathlib.Path(args.results) if args.results else workdir
+  bad = [kv for kv in args.set if "=" not in kv]
+  if bad:
+    raise ValueError(f"--set {bad[0]!r} is not KEY=VALUE, e.g. --set global_batch_size=256")
+  # Strings: parsed like `resnet-jax train --config.KEY=VALUE` (resnet_jax.configs.apply_overrides).
+  extra = dict(kv.split("=", 1) for kv in args.set)
+  # Build every study first: a bad variant or --set key fails before any data or training.
+  studies = []
+  for group in groups:
+    variants = {k: v for k, v in group.variants.items() if args.only is None or k in args.only}
+    if not variants:
+      continue
+    suffix = ":smoke" if args.smoke else ""
+    base = group.base + suffix
+    variants = {k: ({**v, study_lib.CONFIG_KEY: v[study_lib.CONFIG_KEY] + suffix} if study_lib.CONFIG_KEY in v else v)
+                for k, v in variants.items()}
+
+    def overrides(base_config):
+      out = {"data.train_split": splits[0], "data.eval_split": splits[1], **budget_overrides(base_config, args),
+             **extra}
+      if data_dir:
+        out["data.data_dir"] = data_dir
+      return out
+
+    studies.append((group, base, rj.compare(base=base, variants=variants, seeds=args.seeds,
+                                            workdir=workdir / group.name, overrides=overrides,
+                                            paper=group.paper, error_label=splits[2], run=False)))
+  if not studies:
+    raise ValueError(f"--only {args.only} matches no variant of this experiment")
+  if cifar:
+    prepare_data(args, data_dir)
+  results_dir.mkdir(parents=True, exist_ok=True)
+  tables, records = [], []
+  for group, base, study in studies:
+    study.run()
+    table = study.table()
+    tables.append(f"### {group.name} ({base})\n\n{table}")
+    figure = study.plot(results_dir / f"{experiment}_{group.name}.png", title=f"{title}: {group.name}")
+    records.extend(study.results())
+    print(f"\n### {group.name} ({base})\n\n{table}\n\nfigure: {figure}", flush=True)
+  budget = ("smoke (tiny networks, a few steps)" if args.smoke else
+            f"reduced: --steps {args.steps}" if args.steps else
+            f"reduced: --scale {args.scale}" if args.scale else "the paper's full schedule")
+  header = [f"# {title}", "", f"- budget: {budget}", f"- protocol: {protocol}",
+            f"- seeds: {args.seeds}", f"- commit: {study_lib.git_commit()}",
+            f"- device: {study_lib.device_description()}", *[f"- {n}" for n in notes], ""]
+  text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
+  (results_dir / "table.md").write_text(text)
+  summary = {"experiment": experiment, "title": title, "budget": budget,
+             "protocol": protocol,
+             "error_label": splits[2], "seeds": args.seeds, "wall_time_s": time.time() - start,
+             "commit": study_lib.git_commit(), "device": study_lib.device_description(), "runs": records}
+  (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+  print(f"\nwrote {results_dir / 'table.md'} and {results_dir / 'results.json'}", flush=True)
+  return summary
+
+
+def main_guard(fn) -> None:
+  try:
+    fn()
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None

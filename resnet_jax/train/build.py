@@ -1,0 +1,115 @@
+"""From an experiment config to the objects that train: the one place that translates.
+
+`train`, `evaluate`, `load_variables`, the CLI, `rj.compare` and the experiments all
+build through here, so a config field means the same thing everywhere:
+
+* `model`: `config.model.name` plus any `ResNet` field, with the number of classes from
+  the dataset, the compute dtype from `config.dtype` (parameters float32) and the
+  BatchNorm grouping from `config.bn` (the engine owns those four fields).
+* `optimizer`: the learning-rate schedule and Optax SGD of `config.optimizer` /
+  `config.schedule`.
+* `pipeline`: the input pipeline of `config.data` for a mesh.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+import resnet_jax.data as rjd
+from resnet_jax import models
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import optim
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  if config.dtype not in DTYPES:
+    raise config_lib.ConfigError(f"dtype={config.dtype!r} is not one of {tuple(DTYPES)}")
+  return DTYPES[config.dtype]
+
+
+def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The `ResNet` BatchNorm fields that realise `config.bn.mode`.
+
+  "global" and "per_device" need none: under `jax.jit` a BatchNorm sees the whole
+  batch, under the step's `jax.shard_map` ("per_device") its device's shard.
+  """
+  mode = config.bn.mode
+  if mode not in config_lib.BN_MODES:
+    raise config_lib.ConfigError(f"bn.mode={mode!r} is not one of {config_lib.BN_MODES}")
+  if mode == "ghost":
+    return {"bn_axis_name": None, "bn_group_size": int(config.bn.ghost_batch_size)}
+  return {"bn_axis_name": None, "bn_group_size": None}
+
+
+def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`config.model` without its name, as `ResNet` keyword arguments (lists as tuples)."""
+  config_lib.check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
+
+
+def model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
+  """The configured network for a dataset of `num_classes` classes."""
+  try:
+    return models.create(config.model.name, num_classes=num_classes, dtype=compute_dtype(config),
+                         param_dtype=jnp.float32, **bn_model_fields(config), **model_fields(config))
+  except TypeError as e:  # a field of the wrong type (e.g. a string for stage_sizes)
+    raise config_lib.ConfigError(f"model: {e}") from None
+
+
+def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+              ) -> Tuple[optax.Schedule, optax.GradientTransformation]:
+  """The learning-rate schedule and the Optax optimiser of `config`."""
+  schedule = optim.create_learning_rate_schedule(config, steps_per_epoch, total_steps)
+  return schedule, optim.create_optimizer(config, schedule)
+
+
+def pipeline(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> rjd.Pipeline:
+  """The input pipeline of `config.data` on `mesh` (default: every device)."""
+  mesh = mesh_lib.create_mesh() if mesh is None else mesh
+  return rjd.create_pipeline(config.data, global_batch_size=config.global_batch_size,
+                             eval_batch_size=config.eval_batch_size, mesh=mesh, seed=config.seed)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything `train` needs, built from one config."""
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  pipeline: rjd.Pipeline
+  model: models.ResNet
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+
+  @property
+  def image_shape(self) -> Tuple[int, ...]:
+    return tuple(self.pipeline.image_shape)
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.pipeline.num_classes)
+
+
+def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> Experiment:
+  """Validates `config` and builds its pipeline, model and optimiser."""
+  config_lib.validate(config)
+  mesh = mesh_lib.create_mesh() if mesh is None else mesh
+  pipe = pipeline(config, mesh)
+  steps_per_epoch = int(pipe.steps_per_epoch)
+  if steps_per_epoch < 1:
+    raise config_lib.ConfigError(
+        f"global_batch_size={config.global_batch_size} is larger than the {pipe.num_train_examples} "
+        f"examples of data.train_split={config.data.train_split!r}")
+  total_steps = config_lib.num_train_steps(config, steps_per_epoch)
+  net = model(config, pipe.num_classes)
+  schedule, tx = optimizer(config, steps_per_epoch, total_steps)
+  return Experiment(config, mesh, pipe, net, schedule, tx, steps_per_epoch, total_steps)
