@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
+import types
 
 import pytest
 
@@ -18,4 +20,7 @@ def test_readme_has_tested_examples():
 def test_readme_example_runs(index, monkeypatch):
   from resnet_jax.data import registry  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))  # pylint: disable=protected-access
-  exec(compile(BLOCKS[index], f"README.md example {index}", "exec"), {"__name__": "readme_example"})
+  # A real module: dataclasses (Flax modules) look their defining module up in sys.modules.
+  module = types.ModuleType(f"readme_example_{index}")
+  monkeypatch.setitem(sys.modules, module.__name__, module)
+  exec(compile(BLOCKS[index], f"README.md example {index}", "exec"), module.__dict__)
