@@ -8,9 +8,8 @@ The plain nets get worse with depth (the degradation problem); the ResNets get b
 """
 from __future__ import annotations
 
-from resnet_jax.reproduce import Group, main_guard, parser, run
-
 from resnet_jax import paper
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 PLAIN = (20, 32, 44, 56)
 RESNET = (20, 32, 44, 56, 110)

@@ -7,9 +7,8 @@ The paper reports the median of 5 runs; "fail" means above 20 % error.
 """
 from __future__ import annotations
 
-from resnet_jax.reproduce import Group, main_guard, parser, run
-
 from resnet_jax import paper
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 VARIANTS = {
     "original": {},

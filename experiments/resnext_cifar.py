@@ -13,9 +13,8 @@
 """
 from __future__ import annotations
 
-from resnet_jax.reproduce import Group, main_guard, parser, run
-
 from resnet_jax import paper
+from resnet_jax.reproduce import Group, main_guard, parser, run
 
 # Xie et al. 2017, Table 2: bottleneck width d for each cardinality C at ~constant complexity.
 CARDINALITY_WIDTH = ((1, 64), (2, 40), (4, 24), (8, 14), (32, 4))

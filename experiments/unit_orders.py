@@ -11,9 +11,8 @@
 """
 from __future__ import annotations
 
-from resnet_jax.reproduce import Group, main_guard, parser, run
-
 from resnet_jax import paper
+from resnet_jax.reproduce import Group, main_guard, parser, run
 from resnet_jax.models import UNIT_ORDERS
 
 

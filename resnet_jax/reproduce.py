@@ -38,11 +38,19 @@ SMOKE_PROTOCOLS = {
 
 @dataclasses.dataclass
 class Group:
-  """One study of an experiment: variants of one base config, with the paper's numbers."""
+  """One study of an experiment: variants of one base config, with the paper's numbers.
+
+  `overrides` apply to every variant of the group (e.g. `{"data.ten_crop": True}`);
+  `metric` is the eval metric compared with the paper (`"error"`, or `"ten_crop_error"`
+  for the papers' 10-crop tables), described in the table by `metric_label`.
+  """
   name: str
   base: str
   variants: Mapping[str, Mapping[str, Any]]
   paper: Mapping[str, Optional[PaperResult]]
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  metric: str = "error"
+  metric_label: str = ""
 
 
 def parser(description: str, default_workdir: str) -> argparse.ArgumentParser:
@@ -134,16 +142,18 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
     variants = {k: ({**v, study_lib.CONFIG_KEY: v[study_lib.CONFIG_KEY] + suffix} if study_lib.CONFIG_KEY in v else v)
                 for k, v in variants.items()}
 
-    def overrides(base_config):
+    def overrides(base_config, group=group):
       out = {"data.train_split": splits[0], "data.eval_split": splits[1], **budget_overrides(base_config, args),
-             **extra}
+             **group.overrides, **extra}
       if data_dir:
         out["data.data_dir"] = data_dir
       return out
 
+    label = f"{splits[2]}, {group.metric_label}" if group.metric_label else splits[2]
     studies.append((group, base, rj.compare(base=base, variants=variants, seeds=args.seeds,
                                             workdir=workdir / group.name, overrides=overrides,
-                                            paper=group.paper, error_label=splits[2], run=False)))
+                                            paper=group.paper, error_label=label, metric=group.metric,
+                                            run=False)))
   if not studies:
     raise ValueError(f"--only {args.only} matches no variant of this experiment")
   if cifar:

@@ -80,7 +80,7 @@ class Study:
                workdir: str | pathlib.Path,
                overrides: Optional[Mapping[str, Any] | Callable[[ml_collections.ConfigDict], Mapping[str, Any]]] = None,
                paper: Optional[Mapping[str, PaperResult | float | None]] = None,
-               error_label: str = "test error"):
+               error_label: str = "test error", metric: str = "error"):
     if not variants:
       raise ValueError("compare needs at least one variant, e.g. {'identity': {}}")
     if not seeds:
@@ -92,6 +92,7 @@ class Study:
     self.overrides = overrides if callable(overrides) else dict(overrides or {})
     self.paper = dict(paper or {})
     self.error_label = error_label
+    self.metric = metric
     self.configs = {}
     for name, variant in self.variants.items():
       if "/" in name or name in ("", ".", ".."):
@@ -135,13 +136,19 @@ class Study:
     """Per variant: mean and std of the final eval error over finished seeds, and the paper's figure."""
     out = {}
     for variant in self.variants:
-      errors = [r.result()["eval"]["error"] for r in self.runs if r.variant == variant and r.finished]
+      errors = [self._final(r) for r in self.runs if r.variant == variant and r.finished]
       paper = self.paper.get(variant)
       if isinstance(paper, (int, float)):
         paper = PaperResult(float(paper), "given")
       mean, std = _mean_std(errors) if errors else (float("nan"), float("nan"))
       out[variant] = {"runs": len(errors), "mean": mean, "std": std, "paper": paper}
     return out
+
+  def _final(self, run: Run) -> float:
+    evaluation = run.result()["eval"]
+    if self.metric not in evaluation:
+      raise KeyError(f"{run.result_path} has no eval metric {self.metric!r}; it has {sorted(evaluation)}")
+    return float(evaluation[self.metric])
 
   def table(self) -> str:
     """A markdown table: ours (mean ± std over seeds), the paper's, and the difference."""
@@ -169,7 +176,7 @@ class Study:
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
     for variant in self.variants:
       runs = [r for r in self.runs if r.variant == variant]
-      for kind, key, ax in (("train", "loss", ax_loss), ("eval", "error", ax_err)):
+      for kind, key, ax in (("train", "loss", ax_loss), ("eval", self.metric, ax_err)):
         by_step: dict[int, list[float]] = {}
         for run in runs:
           last = {}
@@ -200,7 +207,7 @@ class Study:
 def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0,),
             workdir: str | pathlib.Path = "runs/compare", overrides: Any = None,
             paper: Optional[Mapping[str, Any]] = None, run: bool = True,
-            error_label: str = "test error") -> Study:
+            error_label: str = "test error", metric: str = "error") -> Study:
   """Trains every variant of ``base`` with every seed (resuming, skipping finished runs).
 
   Args:
@@ -214,6 +221,9 @@ def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequenc
       variant's base config returning them (e.g. to scale its schedule).
     paper: variant name → the paper's error (a float or ``resnet_jax.paper.PaperResult``).
     run: False builds the study without training (e.g. to tabulate finished runs).
+    error_label: how the table and figure name the compared metric.
+    metric: the eval metric compared (`"error"`, `"top5_error"`, `"ten_crop_error"` with
+      `data.ten_crop`).
   """
-  study = Study(base, variants, seeds, workdir, overrides, paper, error_label)
+  study = Study(base, variants, seeds, workdir, overrides, paper, error_label, metric)
   return study.run() if run else study

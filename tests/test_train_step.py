@@ -23,6 +23,7 @@ def _setup(**overrides):
   config = base.base_config()
   config.model.update({"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 16), "stem_width": 4})
   config.global_batch_size = B
+  config.bn.ghost_batch_size = B // 2  # the paper's two BatchNorm groups per batch
   for key, value in overrides.items():
     section, _, field = key.rpartition(".")
     (config[section] if section else config)[field] = value

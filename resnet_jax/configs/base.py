@@ -15,7 +15,7 @@ import resnet_jax.data as rjd
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults: He et al. 2015 §4.2 (CIFAR-10, batch 128, SGD 0.9, wd 1e-4, 64k iterations)."""
+  """Defaults: He et al. 2015 §4.2 (CIFAR-10, batch 128 on 2 GPUs, SGD 0.9, wd 1e-4, 64k iterations)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # `name` for `resnet_jax.models.create` plus any ResNet field to override (the number
@@ -26,9 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = rjd.default_config("cifar10")
   c.global_batch_size = 128
   c.eval_batch_size = 500
-  # BatchNorm statistics: "global" (whole batch), "per_device" (each device's shard, as the
-  # papers' multi-GPU runs), "ghost" (groups of `ghost_batch_size` examples).
-  c.bn = ml_collections.ConfigDict({"mode": "global", "ghost_batch_size": 32})
+  # BatchNorm statistics: "global" (whole batch), "per_device" (each device's shard), "ghost"
+  # (groups of `ghost_batch_size` examples). The papers normalised per GPU: 128 images on 2
+  # GPUs for CIFAR (He et al. 2015 §4.2, 2016), so the paper configs use ghost groups of the
+  # papers' per-GPU batch on any hardware; `--config.bn.mode=global` synchronises instead.
+  # `unbiased_variance`: the running variance averages the unbiased batch variance, as the
+  # papers' frameworks (Caffe, Torch7) and PyTorch do.
+  c.bn = ml_collections.ConfigDict({"mode": "ghost", "ghost_batch_size": 64, "unbiased_variance": True})
   c.optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.1,             # at `schedule.reference_batch_size` when that is set
       "momentum": 0.9,
@@ -82,7 +86,13 @@ def smoke(c: ml_collections.ConfigDict, model_fields: Dict[str, Any], image_size
   c.data.eval_split = "test[:200]"
   c.log_every_steps = 5
   c.checkpoint_every_steps = 10
+  fit_ghost_batch(c)
   return c
+
+
+def fit_ghost_batch(c: ml_collections.ConfigDict) -> None:
+  """Smoke batches are small: keep two ghost BatchNorm groups per batch at most."""
+  c.bn.ghost_batch_size = max(1, min(int(c.bn.ghost_batch_size), c.global_batch_size // 2))
 
 
 CIFAR_SMOKE_BASIC = {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 16), "stem_width": 4}
@@ -97,7 +107,8 @@ def cifar_resnet_config(model: str, dataset: str = "cifar10", warmup: bool = Fal
                         arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """He et al. 2015 §4.2 / He et al. 2016 appendix: 0.1, ÷10 at 32k and 48k, stop at 64k.
 
-  `warmup`: 0.01 for the first 400 iterations (ResNet-110, ResNet-1001).
+  `warmup`: 0.01 for the first 400 iterations (He et al. 2015: ResNet-110 and deeper;
+  He et al. 2016: every CIFAR run).
   """
   c = base_config()
   c.data = rjd.default_config(dataset)
@@ -116,8 +127,10 @@ def cifar_resnet_config(model: str, dataset: str = "cifar10", warmup: bool = Fal
 
 def cifar_resnext_config(model: str, dataset: str = "cifar10",
                          arg: Optional[str] = None) -> ml_collections.ConfigDict:
-  """Xie et al. 2017 App. A: batch 128, wd 5e-4, 300 epochs, ÷10 at epochs 150 and 225."""
+  """Xie et al. 2017 App. A: batch 128 on 8 GPUs (BN groups of 16), wd 5e-4, 300 epochs,
+  ÷10 at epochs 150 and 225."""
   c = base_config()
+  c.bn.ghost_batch_size = 16
   c.data = rjd.default_config(dataset)
   _set_model(c, model, {})
   c.optimizer.weight_decay = 5e-4
@@ -133,11 +146,29 @@ def cifar_resnext_config(model: str, dataset: str = "cifar10",
   return c
 
 
-def imagenet_config(model: str, num_epochs: float = 90.0,
+RECIPES = ("resnet", "resnext")
+
+
+def imagenet_config(model: str, num_epochs: float = 90.0, recipe: str = "resnet",
                     arg: Optional[str] = None) -> ml_collections.ConfigDict:
-  """He et al. 2015 §3.4 as run by fb.resnet.torch/torchvision: batch 256, 0.1, ÷10 every 30 epochs."""
+  """ImageNet: batch 256 on 8 GPUs (BN groups of 32), 0.1, ÷10 every 30 epochs.
+
+  recipe "resnet": He et al. 2015 §3.4, scale augmentation S ~ U[256, 480] and AlexNet
+  PCA lighting, plain momentum (Caffe), the schedule of fb.resnet.torch/torchvision.
+  recipe "resnext": Xie et al. 2017 §4, trained with fb.resnet.torch's pipeline:
+  Inception-style scale + aspect-ratio crop, color jitter 0.4, PCA lighting 0.1,
+  Nesterov momentum.
+  """
+  if recipe not in RECIPES:
+    raise ValueError(f"unknown ImageNet recipe {recipe!r}; valid: {', '.join(RECIPES)}")
   c = base_config()
   c.data = rjd.default_config("imagenet2012")
+  c.data.pca_lighting = True
+  c.bn.ghost_batch_size = 32
+  if recipe == "resnext":
+    c.data.train_augment = "inception"
+    c.data.color_jitter = 0.4
+    c.optimizer.nesterov = True
   _set_model(c, model, {})
   c.global_batch_size = 256
   c.eval_batch_size = 250
@@ -159,6 +190,7 @@ def imagenet_config(model: str, num_epochs: float = 90.0,
     c.checkpoint_every_steps = 2
     c.data.train_split = "train[:64]"
     c.data.eval_split = "validation[:32]"
+    fit_ghost_batch(c)
   elif arg:
     raise ValueError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
   return c

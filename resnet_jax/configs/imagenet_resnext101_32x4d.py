@@ -1,4 +1,8 @@
-"""ImageNet ResNeXt-101 32x4d (Xie et al. 2017, Table 3; 100 epochs, ÷10 every 30)."""
+"""ImageNet ResNeXt-101 32x4d (Xie et al. 2017, Table 3; 100 epochs, ÷10 every 30).
+
+The ResNeXt recipe: fb.resnet.torch's augmentation (scale + aspect crop, color jitter,
+lighting) and Nesterov momentum.
+"""
 from typing import Optional
 
 import ml_collections
@@ -7,4 +11,4 @@ from resnet_jax.configs import base
 
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
-  return base.imagenet_config("resnext101_32x4d", num_epochs=100.0, arg=arg)
+  return base.imagenet_config("resnext101_32x4d", num_epochs=100.0, recipe="resnext", arg=arg)

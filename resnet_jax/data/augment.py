@@ -69,15 +69,55 @@ def cifar_preprocess(images: jax.Array, rng: Optional[jax.Array], train: bool, *
   return x
 
 
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as fb.resnet.torch's grayscale
+
+
+def color_jitter(images: jax.Array, rng: jax.Array, strength: float) -> jax.Array:
+  """fb.resnet.torch's `ColorJitter{brightness, contrast, saturation = strength}` on [0, 1] RGB.
+
+  Per image, the three transforms run in a random order, each blending the image with a
+  target by alpha ~ U(1 − strength, 1 + strength): brightness with black, contrast with
+  the image's mean gray level, saturation with its grayscale version (Xie et al. 2017
+  trained with strength 0.4). Values are not clipped, as in the reference.
+  """
+  b = images.shape[0]
+  k_order, k_alpha = jax.random.split(rng)
+  alphas = 1.0 + jax.random.uniform(k_alpha, (b, 3), jnp.float32, -strength, strength)
+  orders = jax.vmap(lambda k: jax.random.permutation(k, 3))(jax.random.split(k_order, b))
+  weights = jnp.asarray(GRAY_WEIGHTS, jnp.float32)
+
+  def one(x, alpha, order):
+    def brightness(y, a):
+      return y * a
+    def contrast(y, a):
+      return y * a + (1.0 - a) * jnp.mean(y @ weights)
+    def saturation(y, a):
+      return y * a + (1.0 - a) * (y @ weights)[..., None]
+    for i in range(3):
+      x = jax.lax.switch(order[i], (brightness, contrast, saturation), x, alpha[order[i]])
+    return x
+  return jax.vmap(one)(images, alphas, orders)
+
+
 def imagenet_preprocess(images: jax.Array, rng: Optional[jax.Array], train: bool, *,
-                        mean: np.ndarray, std: np.ndarray, lighting: bool) -> jax.Array:
-  """Host-cropped ImageNet batches: (train, optional) PCA lighting, then per-channel normalisation."""
+                        mean: np.ndarray, std: np.ndarray, lighting: bool,
+                        jitter: float = 0.0) -> jax.Array:
+  """Host-cropped ImageNet batches: (train) color jitter and PCA lighting, then per-channel
+  normalisation; the order of fb.resnet.torch (ColorJitter, Lighting, ColorNormalize)."""
   x = images.astype(jnp.float32) / 255.0
-  if train and lighting:
+  if train and (lighting or jitter):
     if rng is None:
-      raise ValueError("preprocess(train=True) with pca_lighting needs an rng key")
-    x = pca_lighting(x, rng)
+      raise ValueError("preprocess(train=True) with color_jitter or pca_lighting needs an rng key")
+    k_light = rng
+    if jitter:
+      k_jitter, k_light = jax.random.split(rng)
+      x = color_jitter(x, k_jitter, jitter)
+    if lighting:
+      x = pca_lighting(x, k_light)
   return (x - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+TEN_CROP_CENTER = 4  # index of the unflipped center view in `ten_crop`'s output
 
 
 def ten_crop(images: jax.Array, crop_size: int) -> jax.Array:
@@ -91,6 +131,7 @@ def ten_crop(images: jax.Array, crop_size: int) -> jax.Array:
     raise ValueError(f"ten_crop of {crop_size}² needs images at least that large, got {h}×{w}")
   top, left = (h - crop_size) // 2, (w - crop_size) // 2
   corners = [(0, 0), (0, w - crop_size), (h - crop_size, 0), (h - crop_size, w - crop_size), (top, left)]
+  assert len(corners) - 1 == TEN_CROP_CENTER
   crops = [images[:, y:y + crop_size, x:x + crop_size] for y, x in corners]
   crops += [c[:, :, ::-1] for c in crops]
   return jnp.stack(crops)

@@ -242,7 +242,8 @@ class ImageNetSplits(OpenDataset):
     self._eval_size = self._resize if config.ten_crop else size  # 10-crop: crops on device
     self._preprocess = functools.partial(
         augment.imagenet_preprocess, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
-        lighting=bool(config.augment) and bool(config.pca_lighting))
+        lighting=bool(config.augment) and bool(config.pca_lighting),
+        jitter=float(config.color_jitter) if config.augment else 0.0)
 
   @property
   def eval_image_shape(self) -> Tuple[int, int, int]:
@@ -289,13 +290,16 @@ class ImageNetSource(TfdsSource):
     train_augment: "scale" (shorter side in `scale_range`, random crop) or "inception"
       (Szegedy et al. 2015 random-resized crop, `area_range`, `aspect_ratio_range`).
     pca_lighting: AlexNet PCA colour augmentation (Krizhevsky et al. 2012), std 0.1.
+    color_jitter: strength of fb.resnet.torch's brightness/contrast/saturation jitter
+      (0: off; 0.4 in the ResNeXt recipe, Xie et al. 2017).
     eval_resize: shorter side before the center crop at evaluation.
     ten_crop: the eval iterator yields `eval_resize`² center squares for the 10-crop
       evaluator (`augment.ten_crop`) instead of `image_size` crops.
     """
     return {**super().config_fields(), "normalization": "per_channel", "image_size": 224,
             "train_augment": "scale", "scale_range": (256, 480), "area_range": (0.08, 1.0),
-            "aspect_ratio_range": (3 / 4, 4 / 3), "pca_lighting": False, "eval_resize": 256,
+            "aspect_ratio_range": (3 / 4, 4 / 3), "pca_lighting": True, "color_jitter": 0.0,
+            "eval_resize": 256,
             "ten_crop": False}
 
   def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):

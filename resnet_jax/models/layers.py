@@ -16,6 +16,11 @@ Activation = Callable[[jax.Array], jax.Array]
 # He et al. 2015 initialisation, fan-out as in the authors' Torch code and torchvision.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
+# The classifier: U(±1/√fan_in) weights and zero bias, as fb.resnet.torch (Torch7's nn.Linear
+# default, bias zeroed) and torchvision (nn.Linear's default weights) initialise it; Flax's
+# Dense default (LeCun normal) would draw a different scale.
+head_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
 # The papers' convolution: no bias, He-normal (fan-out) kernel. A ``flax.linen.Conv`` constructor.
 he_conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_kernel_init)
 

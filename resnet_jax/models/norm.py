@@ -15,7 +15,7 @@ here rather than an accident of how the step is parallelised:
 
 Parameters are named as in ``flax.linen.BatchNorm`` (``scale``, ``bias``;
 ``batch_stats``: ``mean``, ``var``) so tools written for Flax keep working.
-Statistics are always computed and stored in float32.
+Statistics are computed and stored in float32 (float64 for a float64 network).
 
 Every norm of the models follows one protocol: ``norm(name=..., dtype=...,
 param_dtype=..., [scale_init=...])`` builds a module applied as ``m(x, train=bool)``.
@@ -34,13 +34,20 @@ Initializer = Callable[..., jax.Array]
 
 
 class BatchNorm(nn.Module):
-  """Batch normalisation over all axes but the last (channels)."""
+  """Batch normalisation over all axes but the last (channels).
+
+  ``unbiased_variance``: the running variance averages the *unbiased* batch variance
+  (× n/(n−1), n the examples × positions that share statistics), as PyTorch, Torch7
+  (fb.resnet.torch) and Caffe do; False keeps the biased one (``flax.linen.BatchNorm``).
+  Normalisation itself always uses the biased batch variance, as all of them do.
+  """
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   group_size: Optional[int] = None
+  unbiased_variance: bool = False
   scale_init: Initializer = nn.initializers.ones
   bias_init: Initializer = nn.initializers.zeros
 
@@ -49,14 +56,15 @@ class BatchNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
     bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-    running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    stat_dtype = jnp.promote_types(jnp.promote_types(self.dtype, self.param_dtype), jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stat_dtype)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,), stat_dtype)
 
-    xf = x.astype(jnp.float32)
+    xf = x.astype(stat_dtype)
     if not train:
       mean, var = running_mean.value, running_var.value
-      y = (xf - mean) * (scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon))
-      return (y + bias.astype(jnp.float32)).astype(self.dtype)
+      y = (xf - mean) * (scale.astype(stat_dtype) * jax.lax.rsqrt(var + self.epsilon))
+      return (y + bias.astype(stat_dtype)).astype(self.dtype)
 
     if self.group_size is not None:
       batch = x.shape[0]
@@ -71,6 +79,7 @@ class BatchNorm(nn.Module):
       y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
       batch_mean = mean.reshape(-1, features).mean(axis=0)
       batch_var = var.reshape(-1, features).mean(axis=0)
+      count = xf.size // (features * (batch // self.group_size))
     else:
       axes = tuple(range(x.ndim - 1))
       mean = xf.mean(axis=axes)
@@ -81,11 +90,16 @@ class BatchNorm(nn.Module):
         var = jax.lax.pmean(var, self.axis_name)
       y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
       batch_mean, batch_var = mean, var
+      count = xf.size // features
+      if self.axis_name is not None:
+        count = count * jax.lax.psum(1, self.axis_name)
 
+    if self.unbiased_variance:
+      batch_var = batch_var * (count / jnp.maximum(count - 1, 1))
     if not self.is_initializing():
       running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * batch_mean
       running_var.value = self.momentum * running_var.value + (1 - self.momentum) * batch_var
-    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    y = y * scale.astype(stat_dtype) + bias.astype(stat_dtype)
     return y.astype(self.dtype)
 
 

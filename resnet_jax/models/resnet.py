@@ -104,6 +104,8 @@ class ResNet(nn.Module):
     bn_momentum, bn_epsilon: BatchNorm running-average momentum and epsilon (``norm="batch"``).
     bn_axis_name: average BN moments over this named mesh axis (inside ``jax.shard_map``).
     bn_group_size: ghost BN: statistics over groups of this many examples.
+    bn_unbiased_variance: the running variance tracks the unbiased batch variance, as
+      PyTorch, Torch7 and Caffe (the papers' frameworks) do; False: the biased one (Flax).
   """
   stage_sizes: Sequence[int]
   stage_widths: Sequence[int] = (64, 128, 256, 512)
@@ -136,6 +138,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  bn_unbiased_variance: bool = False
 
   def __post_init__(self):
     if not (isinstance(self.block, type) and issubclass(self.block, blocks_lib.ResidualUnit)):
@@ -198,7 +201,8 @@ class ResNet(nn.Module):
     conv = functools.partial(layers.CONVS[self.conv] if isinstance(self.conv, str) else self.conv, **dtypes)
     if isinstance(self.norm, str) and self.norm == "batch":
       norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               axis_name=self.bn_axis_name, group_size=self.bn_group_size, **dtypes)
+                               axis_name=self.bn_axis_name, group_size=self.bn_group_size,
+                               unbiased_variance=self.bn_unbiased_variance, **dtypes)
     else:
       norm = functools.partial(NORMS[self.norm] if isinstance(self.norm, str) else self.norm, **dtypes)
     if callable(self.shortcut):
@@ -261,13 +265,15 @@ class ResNet(nn.Module):
       x = act(norm(name="final_bn")(x, train=train))
     elif self.unit_order == "relu_preact":
       x = act(x)
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    accum = jnp.promote_types(self.dtype, jnp.float32)  # float32 logits for bf16 nets
+    x = jnp.mean(x.astype(accum), axis=(1, 2))
     features["pre_logits"] = x
     if self.num_classes == 0:
       out = x
     else:
-      out = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-      out = out.astype(jnp.float32)
+      out = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=layers.head_kernel_init, bias_init=nn.initializers.zeros, name="head")(x)
+      out = out.astype(accum)
     if return_features:
       return out, features
     return out

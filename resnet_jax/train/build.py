@@ -26,7 +26,8 @@ from resnet_jax.train import config as config_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import optim
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float16 needs loss scaling, which the engine does not do: `config.validate` refuses it.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
@@ -44,9 +45,11 @@ def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   mode = config.bn.mode
   if mode not in config_lib.BN_MODES:
     raise config_lib.ConfigError(f"bn.mode={mode!r} is not one of {config_lib.BN_MODES}")
+  unbiased = bool(config.bn.get("unbiased_variance", False))
   if mode == "ghost":
-    return {"bn_axis_name": None, "bn_group_size": int(config.bn.ghost_batch_size)}
-  return {"bn_axis_name": None, "bn_group_size": None}
+    return {"bn_axis_name": None, "bn_group_size": int(config.bn.ghost_batch_size),
+            "bn_unbiased_variance": unbiased}
+  return {"bn_axis_name": None, "bn_group_size": None, "bn_unbiased_variance": unbiased}
 
 
 def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -71,11 +74,23 @@ def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_ste
   return schedule, optim.create_optimizer(config, schedule)
 
 
+def eval_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """`config.eval_batch_size` rounded up to a multiple of the devices.
+
+  Evaluation pads and masks its last batch, so any batch size counts every example
+  once; rounding lets the default configs start on any number of devices (8 GPUs, a
+  TPU pod slice) without an override.
+  """
+  size = int(config.eval_batch_size)
+  return -(-size // num_devices) * num_devices
+
+
 def pipeline(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> rjd.Pipeline:
   """The input pipeline of `config.data` on `mesh` (default: every device)."""
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
   return rjd.create_pipeline(config.data, global_batch_size=config.global_batch_size,
-                             eval_batch_size=config.eval_batch_size, mesh=mesh, seed=config.seed)
+                             eval_batch_size=eval_batch_size(config, mesh.shape[mesh_lib.DATA_AXIS]),
+                             mesh=mesh, seed=config.seed)
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ CONFIG_FILE = "config.json"
 
 # Choices of the engine's fields (the modules that use them import them from here).
 BN_MODES = ("global", "per_device", "ghost")
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_NAMES = ("float32", "bfloat16")
 SCHEDULES = ("step", "cosine", "constant")
 SCHEDULE_UNITS = ("steps", "epochs")
 WARMUP_MODES = ("constant", "linear")
@@ -40,6 +40,7 @@ ENGINE_MODEL_FIELDS = {
                    "compute dtype",
     "bn_axis_name": "set --config.bn.mode (global | per_device | ghost)",
     "bn_group_size": "set --config.bn.mode=ghost and --config.bn.ghost_batch_size",
+    "bn_unbiased_variance": "set --config.bn.unbiased_variance",
 }
 
 
@@ -204,6 +205,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "schedule.warmup_mode": (config.schedule.warmup_mode, WARMUP_MODES),
       "optimizer.weight_decay_mode": (config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES),
   }
+  if config.dtype == "float16":
+    raise ConfigError("dtype='float16' is not supported: training in float16 needs loss scaling, which "
+                      "this engine does not do; use dtype='bfloat16' (float32's range, the same speed on "
+                      "GPUs and TPUs that have it)")
   for name, (value, valid) in choices.items():
     if value not in valid:
       raise ConfigError(f"{name}={value!r} is not one of {valid}")

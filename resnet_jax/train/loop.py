@@ -1,6 +1,7 @@
 """The training loop: data-parallel steps, periodic eval, checkpoints, preemption and NaN guard."""
 from __future__ import annotations
 
+import functools
 import pathlib
 import signal
 import threading
@@ -69,18 +70,36 @@ def _fetch(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def ten_crop(pipe) -> bool:
+  """Whether the pipeline's eval batches are 10-crop squares (`data.ten_crop`)."""
+  return bool(pipe.config.get("ten_crop", False))
+
+
+def make_eval_step(model, mesh: Mesh, pipe):
+  """The eval step for `pipe`'s batches (10-crop evaluation when `data.ten_crop` is set)."""
+  return step_lib.make_eval_step(model, mesh, pipe.preprocess, pipe.num_classes,
+                                 ten_crop_size=pipe.image_shape[0] if ten_crop(pipe) else None)
+
+
 def evaluate_params(eval_step, state_params, state_batch_stats, pipe, mesh: Mesh) -> Dict[str, float]:
-  """Error, top-5 error (percent), mean loss and example count over the whole eval split."""
-  sums = step_lib.new_metrics(step_lib.zero_eval_metrics, mesh)
+  """Error, top-5 error (percent), mean loss and example count over the whole eval split.
+
+  With `data.ten_crop`, `error` is the single center crop and `ten_crop_error` /
+  `ten_crop_top5_error` / `ten_crop_loss` those of the averaged 10-crop softmax.
+  """
+  sums = step_lib.new_metrics(functools.partial(step_lib.zero_eval_metrics, ten_crop=ten_crop(pipe)), mesh)
   for batch in pipe.eval_iterator():
     sums = eval_step(state_params, state_batch_stats, sums, batch)
   sums = _fetch(sums)
   count = float(sums["count"])
   if count == 0:
     raise ValueError("the eval split is empty")
-  return {"error": 100.0 * float(sums["errors"]) / count,
-          "top5_error": 100.0 * float(sums["top5_errors"]) / count,
-          "loss": float(sums["loss"]) / count, "num_examples": int(count)}
+  out = {}
+  for prefix in ("", step_lib.TEN_CROP_PREFIX) if ten_crop(pipe) else ("",):
+    out.update({f"{prefix}error": 100.0 * float(sums[f"{prefix}errors"]) / count,
+                f"{prefix}top5_error": 100.0 * float(sums[f"{prefix}top5_errors"]) / count,
+                f"{prefix}loss": float(sums[f"{prefix}loss"]) / count})
+  return {**out, "num_examples": int(count)}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -129,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                                            steps_per_call=k) if k > 1 else None)
     stack = jax.jit(lambda *bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
                     out_shardings=NamedSharding(mesh, P(None, mesh_lib.DATA_AXIS)))
-    eval_step = step_lib.make_eval_step(model, mesh, pipe.preprocess, pipe.num_classes)
+    eval_step = make_eval_step(model, mesh, pipe)
     eval_every = steps_per_epoch * int(config.eval_every_epochs)
 
     step = int(jax.device_get(state.step))
@@ -195,8 +214,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         last_eval = evaluate_params(eval_step, state.params, state.batch_stats, pipe, mesh)
         eval_metrics = {"error": last_eval["error"], "top5_error": last_eval["top5_error"]}
         writer.write(step, {**last_eval, "epoch": step / steps_per_epoch}, "eval")
+        ten = (f"10-crop error {last_eval['ten_crop_error']:.2f}% | top-5 {last_eval['ten_crop_top5_error']:.2f}% | "
+               if "ten_crop_error" in last_eval else "")
         writer.print(f"eval step {step} | epoch {step / steps_per_epoch:.2f} | "
-                     f"error {last_eval['error']:.2f}% | top-5 {last_eval['top5_error']:.2f}% | "
+                     f"error {last_eval['error']:.2f}% | top-5 {last_eval['top5_error']:.2f}% | {ten}"
                      f"loss {last_eval['loss']:.4f} | {last_eval['num_examples']} images of {config.data.eval_split}")
         save(state, sums, eval_metrics)
       elif step % config.checkpoint_every_steps == 0:
@@ -296,6 +317,6 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, spli
   replicated = mesh_lib.replicated(mesh)
   params = jax.device_put(variables["params"], replicated)
   batch_stats = jax.device_put(variables.get("batch_stats", {}), replicated)
-  eval_step = step_lib.make_eval_step(model, mesh, pipe.preprocess, pipe.num_classes)
+  eval_step = make_eval_step(model, mesh, pipe)
   result = evaluate_params(eval_step, params, batch_stats, pipe, mesh)
   return {"step": int(step), **result, "model": config.model.name, "split": config.data.eval_split}
