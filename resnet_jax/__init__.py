@@ -3,7 +3,7 @@
 `resnet_jax.models` (imported with the package) holds the networks; the other parts load
 on first use: `rj.configs` (the papers' experiment configs), `rj.data` (input pipelines),
 `rj.train` (the training engine), `rj.compare` / `rj.study` (variant studies), `rj.paper`
-(the papers' numbers).
+(the papers' numbers), `rj.interop` (torchvision / timm weights in and out).
 """
 import importlib
 from typing import Any
@@ -14,7 +14,7 @@ from resnet_jax.models import (BasicBlock, BatchNorm, BottleneckBlock, Conv1x1Sh
                                ResidualUnit, ScaledShortcut, ZeroPadShortcut)
 
 __version__ = "0.1.0"
-_LAZY_MODULES = ("configs", "data", "train", "study", "paper", "allocator")
+_LAZY_MODULES = ("configs", "data", "train", "study", "paper", "allocator", "interop", "reproduce")
 _LAZY_NAMES = {"compare": "study", "Study": "study"}
 
 

@@ -1,0 +1,167 @@
+"""torchvision / timm weights in and out (resnet_jax.interop), numerically checked.
+
+`tests/fixtures/torchvision_reference.npz` holds tiny networks built with torchvision's own
+ResNet class (see its generator): converted, our networks must give the same eval logits,
+train-mode logits and updated running statistics. The full-size networks are compared with
+real torchvision where it is installed (`-m slow`, skipped otherwise).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import interop
+from resnet_jax import models
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+REFERENCE = np.load(FIXTURES / "torchvision_reference.npz")
+SMALL = {"stage_sizes": (1, 1, 1, 1), "stage_widths": (4, 8, 16, 32), "stem_width": 4}
+# fixture variant -> (our registry name, overrides that shrink it like the fixture)
+VARIANTS = {
+    "basic": ("resnet18", SMALL),
+    "bottleneck": ("resnet50", SMALL),
+    "grouped": ("resnext50_32x4d", {**SMALL, "cardinality": 2, "bottleneck_width": 2}),
+    "wide": ("wide_resnet50_2", SMALL),
+}
+
+
+def _state_dict(variant):
+  prefix = f"{variant}/state/"
+  return {k[len(prefix):]: REFERENCE[k] for k in REFERENCE.files if k.startswith(prefix)}
+
+
+def _random_variables(model, seed=0):
+  """Every variable of `model` drawn at random in numpy (no init compile for big nets)."""
+  rng = np.random.default_rng(seed)
+  abstract = models.abstract_variables(model, (1, 224, 224, 3))
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_tiny_torchvision_networks_compute_the_same_function(variant):
+  name, small = VARIANTS[variant]
+  variables = interop.from_torchvision(_state_dict(variant), name, **small)
+  model = interop.torchvision_model(name, num_classes=7, bn_unbiased_variance=True, **small)
+  x = jnp.asarray(REFERENCE["images"])
+  want = REFERENCE[f"{variant}/eval_logits"]
+  np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  want = REFERENCE[f"{variant}/train_logits"]
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  after = {"params": variables["params"], "batch_stats": updates["batch_stats"]}
+  converted = interop.to_torchvision(after, name, **small)
+  for key in converted:
+    if key.endswith(("running_mean", "running_var")):
+      np.testing.assert_allclose(converted[key], REFERENCE[f"{variant}/after_train/{key}"], rtol=1e-5,
+                                 atol=1e-6, err_msg=key)
+  # The exported state dict has exactly torchvision's keys, shapes and dtypes.
+  original = _state_dict(variant)
+  assert sorted(converted) == sorted(original)
+  for key, value in original.items():
+    assert converted[key].shape == value.shape and converted[key].dtype == value.dtype, key
+
+
+@pytest.mark.parametrize("name", sorted(interop.TORCHVISION))
+def test_round_trip_is_bit_exact(name):
+  model = interop.torchvision_model(name)
+  variables = _random_variables(model)
+  state_dict = interop.to_torchvision(variables, name)
+  assert all(isinstance(v, np.ndarray) for v in state_dict.values())
+  back = interop.from_torchvision(state_dict, name)
+  for a, b in zip(jax.tree_util.tree_leaves_with_path(variables), jax.tree_util.tree_leaves_with_path(back),
+                  strict=True):
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+
+
+def test_mismatched_state_dict_lists_missing_unexpected_and_shapes():
+  state = _state_dict("basic")
+  state.pop("layer2.0.conv1.weight")
+  state["layer9.0.conv1.weight"] = np.zeros((1,))
+  state["fc.weight"] = np.zeros((7, 31), np.float32)
+  with pytest.raises(interop.ConversionError) as info:
+    interop.from_torchvision(state, "resnet18", **SMALL)
+  message = str(info.value)
+  assert "resnet18" in message and "1 missing: layer2.0.conv1.weight" in message
+  assert "1 unexpected: layer9.0.conv1.weight" in message
+  assert "of another shape: fc.weight (7, 31) (ours head/kernel (32, 7))" in message
+  with pytest.raises(interop.ConversionError, match=r"missing: .*layer1\.0\.bn3"):  # a basic net is not a resnet50
+    interop.from_torchvision(_state_dict("basic"), "resnet50", **SMALL)
+  with pytest.raises(ValueError, match=r"no torchvision equivalent for 'cifar_resnet20'; supported: resnet18"):
+    interop.from_torchvision(state, "cifar_resnet20")
+
+
+def test_load_safetensors_npz_and_a_clear_error_for_pth_without_torch(tmp_path, monkeypatch):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  state = _state_dict("bottleneck")
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+  np.savez(tmp_path / "w.npz", **state)
+  a = interop.load(tmp_path / "w.safetensors", "resnet50", **SMALL)
+  b = interop.load(tmp_path / "w.npz", "resnet50", **SMALL)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  (tmp_path / "w.pth").write_bytes(b"")
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(ImportError, match=r"needs PyTorch: pip install 'resnet-jax\[torch\]'"):
+    interop.load(tmp_path / "w.pth", "resnet50", **SMALL)
+  with pytest.raises(ValueError, match=r"unknown checkpoint format '.h5'"):
+    (tmp_path / "w.h5").write_bytes(b"")
+    interop.load(tmp_path / "w.h5", "resnet50")
+
+
+def test_pretrained_new_head_and_headless_backbone(tmp_path, caplog):
+  np.savez(tmp_path / "w.npz", **_state_dict("basic"))
+  x = jnp.asarray(REFERENCE["images"])
+  model, variables = interop.pretrained("resnet18", tmp_path / "w.npz", **SMALL)
+  assert model.num_classes == 7
+  _, features = model.apply(variables, x, return_features=True)
+  with caplog.at_level(logging.WARNING):
+    tuned, tuned_vars = interop.pretrained("resnet18", tmp_path / "w.npz", num_classes=3, **SMALL)
+  assert "classifier was dropped; a new 3-class head" in caplog.text
+  assert tuned.apply(tuned_vars, x).shape == (2, 3) and tuned_vars["params"]["head"]["kernel"].shape == (32, 3)
+  for key in ("stem_conv", "stage4_unit1"):  # the backbone is the checkpoint's
+    for p, q in zip(jax.tree.leaves(tuned_vars["params"][key]), jax.tree.leaves(variables["params"][key])):
+      np.testing.assert_array_equal(p, q)
+  backbone, backbone_vars = interop.pretrained("resnet18", tmp_path / "w.npz", num_classes=0, **SMALL)
+  assert "head" not in backbone_vars["params"]
+  np.testing.assert_allclose(backbone.apply(backbone_vars, x), features["pre_logits"], rtol=1e-6)
+
+
+HAS_TORCHVISION = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="needs torch and torchvision (pip install -e '.[reference]')")
+@pytest.mark.parametrize("name", sorted(interop.TORCHVISION))
+def test_full_size_networks_equal_torchvision(name):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = getattr(torchvision.models, interop.TORCHVISION[name])(weights=None)
+  rng = np.random.default_rng(0)
+  with torch.no_grad():  # non-trivial BN statistics and affine parameters
+    for key, tensor in net.state_dict().items():
+      if key.endswith("running_var"):
+        tensor.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, tensor.shape).astype(np.float32)))
+      elif key.endswith("running_mean") or (key.endswith(".bias") and "bn" in key):
+        tensor.copy_(torch.from_numpy(0.1 * rng.standard_normal(tensor.shape).astype(np.float32)))
+  variables = interop.from_torchvision(net.state_dict(), name)
+  model = interop.torchvision_model(name, bn_unbiased_variance=True)
+  x = rng.standard_normal((2, 224, 224, 3)).astype(np.float32)
+  net.eval()
+  with torch.no_grad():
+    want = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  got = np.asarray(model.apply(variables, jnp.asarray(x)))
+  diff = float(np.abs(got - want).max() / np.abs(want).max())
+  print(f"{name}: eval logits max difference {diff:.2e} of the largest logit")
+  assert diff < 1e-5
+  exported = interop.to_torchvision(variables, name)
+  missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  assert not missing and not unexpected
