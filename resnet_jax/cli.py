@@ -130,13 +130,15 @@ def train_main(argv: Sequence[str]) -> int:
   from resnet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     mesh_lib.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
     result = loop.train(config, fv.workdir)
-  except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, FileNotFoundError, ValueError) as e:
+  except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, workdir_lib.WorkdirError,
+          FileNotFoundError, ValueError) as e:
     return _error("train", str(e))
-  except loop.NonFiniteLossError as e:
-    print(f"resnet-jax train: {e}", file=sys.stderr)
+  except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError) as e:
+    print(f"resnet-jax train: {e}", file=sys.stderr)  # not a usage error: exit 1
     return 1
   if result["eval"]:
     ev = result["eval"]
@@ -162,10 +164,14 @@ def eval_main(argv: Sequence[str]) -> int:
       return _error("eval", f"--step {step!r} is not a step number, 'latest' or 'best'")
     step = int(step)
   from resnet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
-    result = loop.evaluate(args.workdir, step=step, split=args.split)
-  except (ckpt_lib.CheckpointMismatchError, FileNotFoundError, ValueError) as e:
+    result = loop.evaluate(args.workdir, step=step, split=args.split,
+                           log=lambda line: print(f"resnet-jax eval: {line}", file=sys.stderr, flush=True))
+  except (ckpt_lib.CheckpointMismatchError, ckpt_lib.UnreadableCheckpointError, config_lib.ConfigError,
+          workdir_lib.WorkdirError, FileNotFoundError, ValueError) as e:
     return _error("eval", str(e))
   if args.json:
     print(json.dumps(result, sort_keys=True))

@@ -67,6 +67,9 @@ def parser(description: str, default_workdir: str) -> argparse.ArgumentParser:
                  help="heldout: train on train[:45000], report error on train[45000:] (the paper's split); "
                       "test: train on all 50k, report error on the test split")
   p.add_argument("--only", nargs="+", default=None, help="run only these variants")
+  p.add_argument("--rerun-changed", action="store_true",
+                 help="runs in WORKDIR trained with other settings are moved aside and trained again "
+                      "(default: an error naming the changed settings)")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, ~/tensorflow_datasets)")
   p.add_argument("--cifar10-source", default=os.environ.get("RESNET_JAX_CIFAR10_DIR"),
                  help="official CIFAR-10 files to prepare first if needed (default: $RESNET_JAX_CIFAR10_DIR)")
@@ -153,7 +156,8 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
     studies.append((group, base, rj.compare(base=base, variants=variants, seeds=args.seeds,
                                             workdir=workdir / group.name, overrides=overrides,
                                             paper=group.paper, error_label=label, metric=group.metric,
-                                            run=False)))
+                                            run=False,
+                                            on_change="rerun" if getattr(args, "rerun_changed", False) else "error")))
   if not studies:
     raise ValueError(f"--only {args.only} matches no variant of this experiment")
   if cifar:
@@ -185,8 +189,15 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
 
 
 def main_guard(fn) -> None:
+  """Runs an experiment's `main`: user errors (bad flags, changed settings, busy or damaged
+  workdirs, a full disk) end in one line on stderr, not a traceback."""
+  from resnet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     fn()
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, workdir_lib.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
+  except (ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1) from None

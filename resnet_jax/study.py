@@ -8,7 +8,9 @@
 
 Every run trains in ``workdir/<variant>/seed<k>`` and resumes from its checkpoint
 when the study is run again; a finished run (its ``result.json`` written) is not
-redone.
+redone. Running a study again with other settings than its runs were trained with
+is an error naming the changed fields, unless ``on_change="rerun"`` (the old run is
+moved aside to ``<run>.replaced-<time>`` and trained anew).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from resnet_jax import configs
 from resnet_jax.paper import PaperResult
 
 RESULT_FILE = "result.json"
+ON_CHANGE = ("error", "rerun")
 # A variant may train from another config: {"resnet110": {"config": "cifar10_resnet110"}}.
 CONFIG_KEY = "config"
 
@@ -73,6 +76,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+class StudyConfigChangedError(ValueError):
+  """A study was run again with settings other than those its runs were trained with."""
+
+
 class Study:
   """A set of runs: every variant of a base config, trained with every seed."""
 
@@ -80,7 +87,10 @@ class Study:
                workdir: str | pathlib.Path,
                overrides: Optional[Mapping[str, Any] | Callable[[ml_collections.ConfigDict], Mapping[str, Any]]] = None,
                paper: Optional[Mapping[str, PaperResult | float | None]] = None,
-               error_label: str = "test error", metric: str = "error"):
+               error_label: str = "test error", metric: str = "error", on_change: str = "error"):
+    if on_change not in ON_CHANGE:
+      raise ValueError(f"on_change={on_change!r} is not one of {ON_CHANGE}")
+    self.on_change = on_change
     if not variants:
       raise ValueError("compare needs at least one variant, e.g. {'identity': {}}")
     if not seeds:
@@ -112,11 +122,21 @@ class Study:
       from resnet_jax import train as train_lib
       train_fn = train_lib.train
     for run in self.runs:
+      config = self.config_for(run)
+      changes = self._changes(run, config)
+      if changes:
+        what = f"[{run.variant} seed {run.seed}] {run.workdir} was trained with other settings: {changes}"
+        if self.on_change == "error":
+          raise StudyConfigChangedError(
+              f"{what} (trained -> requested). Use another study workdir, or on_change='rerun' to move the "
+              "old runs aside and train them again")
+        aside = run.workdir.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.workdir.rename(aside)
+        log(f"{what}; moved it to {aside} and training it again")
       if run.finished:
         log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")
         continue
       log(f"[{run.variant} seed {run.seed}] training in {run.workdir}")
-      config = self.config_for(run)
       start = time.time()
       out = train_fn(config, run.workdir)
       if out.get("preempted"):
@@ -128,6 +148,20 @@ class Study:
       }
       run.result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return self
+
+  def _changes(self, run: Run, config: ml_collections.ConfigDict) -> str:
+    """The fields in which `run`'s stored config differs from `config` ("" if none or no run)."""
+    from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+    from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    if run.finished:
+      saved = run.result().get("config")
+    elif (run.workdir / config_lib.CONFIG_FILE).is_file() and any((run.workdir / "checkpoints").glob("[0-9]*")):
+      saved = config_lib.load_config(run.workdir)
+    else:
+      return ""
+    if saved is None:
+      return ""
+    return workdir_lib.describe_changes(workdir_lib.config_changes(saved, config))
 
   def results(self) -> list[dict]:
     return [r.result() for r in self.runs if r.finished]
@@ -207,7 +241,7 @@ class Study:
 def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0,),
             workdir: str | pathlib.Path = "runs/compare", overrides: Any = None,
             paper: Optional[Mapping[str, Any]] = None, run: bool = True,
-            error_label: str = "test error", metric: str = "error") -> Study:
+            error_label: str = "test error", metric: str = "error", on_change: str = "error") -> Study:
   """Trains every variant of ``base`` with every seed (resuming, skipping finished runs).
 
   Args:
@@ -224,6 +258,9 @@ def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequenc
     error_label: how the table and figure name the compared metric.
     metric: the eval metric compared (`"error"`, `"top5_error"`, `"ten_crop_error"` with
       `data.ten_crop`).
+    on_change: what to do with a run trained with other settings than requested now
+      (another `overrides`, variant or base): ``"error"`` (default; names the fields) or
+      ``"rerun"`` (moves it to ``<run>.replaced-<time>`` and trains it again).
   """
-  study = Study(base, variants, seeds, workdir, overrides, paper, error_label, metric)
+  study = Study(base, variants, seeds, workdir, overrides, paper, error_label, metric, on_change)
   return study.run() if run else study

@@ -302,7 +302,7 @@ def test_new_fields_accept_plain_strings():
     ("block", nn.Dense, r"unknown block .*Dense.*ResidualUnit subclass"),
     ("conv", "std", r"unknown conv 'std': valid choices are conv"),
     ("remat", "dots", r"unknown remat 'dots': valid choices are .*dots_saveable"),
-    ("num_classes", -1, r"num_classes -1 must be >= 0"),
+    ("num_classes", -1, r"num_classes=-1 must be an integer >= 0"),
 ])
 def test_bad_values_are_one_line_errors(field, value, pattern):
   with pytest.raises(ValueError, match=pattern) as info:

@@ -18,6 +18,7 @@ from resnet_jax import train as rt
 from resnet_jax.data import testing as data_testing
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train.workdir import ConfigChangedError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,11 @@ def test_train_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
   assert rt.evaluate(workdir)["step"] == 15
   assert not (workdir / "checkpoints" / "16.orbax-checkpoint-tmp-1").exists()
 
-  # A different network in the same workdir: a one-line error naming the field.
+  # A different network in the same workdir: a one-line error naming the field, from the saved
+  # config, and without it from the checkpoint's own fingerprint.
+  with pytest.raises(ConfigChangedError, match=r"model.stage_widths: \[4, 8, 16\] -> \[4, 8, 32\]"):
+    rt.train(smoke_config(data_dir, num_steps=20, **{"model.stage_widths": (4, 8, 32)}), workdir)
+  (workdir / "config.json").unlink()
   with pytest.raises(rt.CheckpointMismatchError, match=r"model.stage_widths: checkpoint \[4, 8, 16\] vs "
                      r"config \[4, 8, 32\]"):
     rt.train(smoke_config(data_dir, num_steps=20, **{"model.stage_widths": (4, 8, 32)}), workdir)

@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_best_checkpoints = 1
   c.steps_per_dispatch = 1             # >1: several steps per dispatch with lax.scan
   c.async_checkpoints = True
+  # Start from the weights (params and BN statistics) of another run, "WORKDIR" (its latest
+  # checkpoint), "WORKDIR:best" or "WORKDIR:STEP", with a fresh optimiser, schedule and data
+  # order: fine-tuning, or continuing deliberately with a changed recipe in a new workdir.
+  c.init_from = ""
   return c
 
 

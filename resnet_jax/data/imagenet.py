@@ -311,7 +311,7 @@ class ImageNetSource(TfdsSource):
 
   def open(self, config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> ImageNetSplits:
     if config.normalization != "per_channel":
-      raise ValueError(f"normalization={config.normalization!r}; imagenet2012 supports "
+      raise ValueError(f"data.normalization={config.normalization!r}; imagenet2012 supports "
                        "'per_channel' (ImageNet statistics)")
     if config.train_augment not in TRAIN_AUGMENTS:
       raise ValueError(f"train_augment={config.train_augment!r}; valid: {', '.join(TRAIN_AUGMENTS)}")

@@ -111,7 +111,7 @@ class SmallImageSource(TfdsSource):
   def open(self, config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> InMemoryImages:
     name, shape = self.name, self.info.image_shape
     if config.normalization not in NORMALIZATIONS:
-      raise ValueError(f"normalization={config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+      raise ValueError(f"data.normalization={config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     if int(config.image_size) != shape[0]:
       raise ValueError(f"image_size={config.image_size} for {name}: its images are "
                        f"{shape[0]}×{shape[1]}")

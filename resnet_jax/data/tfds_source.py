@@ -17,6 +17,24 @@ from typing import Optional
 from resnet_jax.data.source import DatasetSource
 
 
+def _num_records(path: pathlib.Path) -> int:
+  """Records an ArrayRecord file holds by its footer (0 when the footer is lost, e.g. truncated)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  try:
+    reader = array_record_module.ArrayRecordReader(str(path))
+  except (RuntimeError, OSError, ValueError):
+    return 0
+  try:
+    return int(reader.num_records())
+  except (RuntimeError, OSError, ValueError):
+    return 0
+  finally:
+    try:
+      reader.close()  # a damaged file reports its error again on close
+    except (RuntimeError, OSError, ValueError):
+      pass
+
+
 class TfdsSource(DatasetSource):
   """A `DatasetSource` prepared as TFDS's own dataset of the same name and version."""
   source_hint = "--source DIR"  # what `resnet-jax prepare NAME` needs, in its error messages
@@ -58,6 +76,12 @@ class TfdsSource(DatasetSource):
       if missing:
         raise FileNotFoundError(f"{name} at {path} is incomplete: split {split!r} misses {missing[0]}; "
                                 f"delete {path} and run `{self.prepare_command(data_dir)}`")
+      for shard, expected in zip(info.filepaths, info.shard_lengths):
+        found = _num_records(pathlib.Path(shard))
+        if found != expected:
+          raise ValueError(f"{name} shard {shard} is damaged (truncated or overwritten): it holds {found} "
+                           f"records, dataset_info.json says {expected}; delete {path} and run "
+                           f"`{self.prepare_command(data_dir)}`")
     return path
 
   def open_split(self, split: str, data_dir: pathlib.Path, decode_images: bool = True):
@@ -73,7 +97,8 @@ class TfdsSource(DatasetSource):
       raise FileNotFoundError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); run "
                               f"`{self.prepare_command(data_dir)}`") from e
     except (KeyError, ValueError) as e:
-      raise ValueError(f"bad split {split!r} for {name} ({e}); valid: "
+      reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+      raise ValueError(f"bad split {split!r} for {name} ({reason}); valid: "
                        f"{', '.join(builder.info.splits.keys())} with TFDS slicing, "
                        "e.g. 'train[:45000]'") from e
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -31,6 +32,37 @@ REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable", "d
 def _check_choice(field: str, value: Any, choices: Sequence[Any], other: str = "") -> None:
   if value not in choices:
     raise ValueError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}{other}")
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_number(field: str, value: Any, low: float, high: float = float("inf"),
+                  integer: bool = False, closed_high: bool = True, optional: bool = False) -> None:
+  """`value` is a number in [low, high] (or [low, high)), an int if `integer`, or None if `optional`."""
+  if optional and value is None:
+    return
+  ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) if integer else _is_number(value)
+  if ok:
+    ok = low <= value and (value <= high if closed_high else value < high)
+  if not ok:
+    kind = "an integer" if integer else "a number"
+    if high != float("inf"):
+      bound = f" in [{low}, {high}{']' if closed_high else ')'}"
+    else:
+      bound = f" >= {low}" if low != float("-inf") else ""
+    raise ValueError(f"{field}={value!r} must be {kind}{bound}{' or None' if optional else ''}")
+
+
+# Options of the named shortcuts: which shortcuts read them, and their defaults. Setting one
+# to another value for a shortcut that does not read it is refused rather than ignored.
+_SHORTCUT_OPTIONS = {
+    "shortcut_scale": (("scale",), 0.5),
+    "scale_residual": (("scale",), False),
+    "gate_bias_init": (("gate", "shortcut_gate"), -6.0),
+    "shortcut_dropout_rate": (("dropout",), 0.5),
+}
 
 
 def _declares(cls: type, field: str) -> bool:
@@ -158,17 +190,51 @@ class ResNet(nn.Module):
     _check_choice("downsample", self.downsample, ("A", "B"))
     _check_choice("unit_order", self.unit_order, blocks_lib.UNIT_ORDERS)
     _check_choice("stride_on", self.stride_on, blocks_lib.STRIDE_PLACEMENTS)
+    self._check_values()
     if len(self.stage_widths) != len(self.stage_sizes):
       raise ValueError(f"stage_widths {tuple(self.stage_widths)} and stage_sizes {tuple(self.stage_sizes)} "
                        "must have the same length")
     if self.stage_strides is not None and len(self.stage_strides) != len(self.stage_sizes):
       raise ValueError(f"stage_strides {tuple(self.stage_strides)} must have one entry per stage "
                        f"({len(self.stage_sizes)})")
-    if any(n < 1 for n in self.stage_sizes):
-      raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} must all be >= 1")
     if self.num_classes < 0:
       raise ValueError(f"num_classes {self.num_classes} must be >= 0 (0: no classifier, pooled features out)")
     super().__post_init__()
+
+  def _check_values(self) -> None:
+    """One-line errors for values that would otherwise fail deep inside JAX, or do nothing."""
+    for field in ("stage_sizes", "stage_widths") + (("stage_strides",) if self.stage_strides is not None else ()):
+      if not isinstance(getattr(self, field), (tuple, list)):
+        raise ValueError(f"{field}={getattr(self, field)!r} must be a sequence of integers, e.g. (3, 4, 6, 3)")
+      for v in getattr(self, field):
+        _check_number(f"{field} entry", v, 1, integer=True)
+    _check_number("num_classes", self.num_classes, 0, integer=True)  # 0: no classifier, pooled features out
+    _check_number("stem_width", self.stem_width, 1, integer=True)
+    _check_number("expansion", self.expansion, 1, integer=True, optional=True)
+    _check_number("cardinality", self.cardinality, 1, integer=True)
+    _check_number("bottleneck_width", self.bottleneck_width, 1, integer=True, optional=True)
+    _check_number("width_multiplier", self.width_multiplier, 0, closed_high=True)
+    if self.width_multiplier == 0:
+      raise ValueError("width_multiplier=0 must be positive")
+    _check_number("input_channels", self.input_channels, 1, integer=True)
+    _check_number("shortcut_scale", self.shortcut_scale, float("-inf"))
+    _check_number("gate_bias_init", self.gate_bias_init, float("-inf"))
+    _check_number("shortcut_dropout_rate", self.shortcut_dropout_rate, 0.0, 1.0, closed_high=False)
+    if not isinstance(self.scale_residual, bool):
+      raise ValueError(f"scale_residual={self.scale_residual!r} must be True or False")
+    if not isinstance(self.zero_init_residual, bool):
+      raise ValueError(f"zero_init_residual={self.zero_init_residual!r} must be True or False")
+    _check_number("bn_momentum", self.bn_momentum, 0.0, 1.0)
+    _check_number("bn_epsilon", self.bn_epsilon, 0.0)
+    if self.bn_epsilon == 0:
+      raise ValueError("bn_epsilon=0 must be positive (it keeps 1/sqrt(var + eps) finite)")
+    _check_number("bn_group_size", self.bn_group_size, 1, integer=True, optional=True)
+    if isinstance(self.shortcut, str):
+      for field, (used_by, default) in _SHORTCUT_OPTIONS.items():
+        value = getattr(self, field)
+        if self.shortcut not in used_by and value != default:
+          raise ValueError(f"{field}={value!r} has no effect with shortcut={self.shortcut!r}: it applies to "
+                           f"shortcut={' or '.join(map(repr, used_by))} (leave it at {default!r} otherwise)")
 
   # -- stage table -------------------------------------------------------------
   @property

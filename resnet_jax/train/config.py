@@ -12,6 +12,7 @@ import copy
 import difflib
 import json
 import pathlib
+import re
 from typing import Any, Iterable, List, Mapping, Sequence
 
 import ml_collections
@@ -216,6 +217,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "steps_per_dispatch", "eval_every_epochs"):
     if int(config[name]) < 1:
       raise ConfigError(f"{name}={config[name]} must be at least 1")
+  for name in ("keep_checkpoints",):
+    if int(config[name]) < 1:
+      raise ConfigError(f"{name}={config[name]} must be at least 1")
+  nonnegative = {"keep_best_checkpoints": config.keep_best_checkpoints,
+                 "optimizer.weight_decay": config.optimizer.weight_decay,
+                 "schedule.reference_batch_size": config.schedule.reference_batch_size,
+                 "schedule.warmup_learning_rate": config.schedule.warmup_learning_rate,
+                 "schedule.warmup_length": config.schedule.warmup_length}
+  for name in ("num_threads", "num_workers", "padding", "prefetch_batches"):
+    if name in config.data:
+      nonnegative[f"data.{name}"] = config.data[name]
+  for name, value in nonnegative.items():
+    if value is not None and value < 0:
+      raise ConfigError(f"{name}={value} must not be negative")
+  if not 0.0 <= config.optimizer.momentum < 1.0:
+    raise ConfigError(f"optimizer.momentum={config.optimizer.momentum} must be in [0, 1)")
+  if config.schedule.decay_factor <= 0:
+    raise ConfigError(f"schedule.decay_factor={config.schedule.decay_factor} must be positive (0.1: ÷10)")
+  boundaries = config.schedule.boundaries
+  if not (isinstance(boundaries, (tuple, list))
+          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in boundaries)):
+    raise ConfigError(f"schedule.boundaries={boundaries!r} must be a tuple of non-negative numbers, "
+                      "e.g. '(32000, 48000)'")
+  if config.optimizer.weight_decay_exclude:
+    try:
+      re.compile(config.optimizer.weight_decay_exclude)
+    except re.error as e:
+      raise ConfigError(f"optimizer.weight_decay_exclude={config.optimizer.weight_decay_exclude!r} is not a "
+                        f"regular expression ({e})") from None
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
   if config.optimizer.learning_rate <= 0:
@@ -226,6 +256,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"bn.ghost_batch_size={size} must be positive and divide "
                         f"global_batch_size={config.global_batch_size}")
   check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
+  try:
+    models.create(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model: {e}") from None
+  if config.get("init_from"):
+    parse_init_from(config.init_from)
+
+
+def parse_init_from(spec: str) -> tuple:
+  """`"WORKDIR[:latest|best|STEP]"` -> `(path, step)`; step None means latest."""
+  path, sep, step = str(spec).rpartition(":")
+  if not sep or "/" in step or not step:  # no step given (or a ':' inside the path)
+    path, step = str(spec), None
+  elif step not in ("latest", "best"):
+    if not step.isdigit():
+      raise ConfigError(f"init_from={spec!r}: the step after ':' must be a number, 'latest' or 'best'")
+    step = int(step)
+  if not (pathlib.Path(path) / CONFIG_FILE).is_file():
+    raise ConfigError(f"init_from={spec!r}: {path} is not the --workdir of a `resnet-jax train` run "
+                      f"(no {CONFIG_FILE})")
+  return path, step
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:

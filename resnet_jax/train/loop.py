@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 import pathlib
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
+from resnet_jax.train import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -32,25 +34,37 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Preemption:
-  """SIGTERM (a preempted TPU VM, `scancel`, SLURM's time limit) as a flag the loop polls.
+  """SIGTERM (a preempted TPU VM, `scancel`, SLURM's time limit) and SIGINT (Ctrl-C) as a
+  flag the loop polls: the run saves a checkpoint at the next step and exits.
 
-  With several processes JAX's preemption service (started by
-  `jax.distributed.initialize`) receives the signal and agrees on a common step,
-  so every process saves the same checkpoint.
+  A second Ctrl-C stops at once (Python's KeyboardInterrupt), losing the steps since the
+  last checkpoint. With several processes JAX's preemption service (started by
+  `jax.distributed.initialize`) receives SIGTERM and agrees on a common step, so every
+  process saves the same checkpoint.
   """
 
   def __init__(self):
     self.multiprocess = mesh_lib.is_multiprocess()
     self.requested = False
-    self._previous = None
+    self.signal_name = "SIGTERM"
+    self._previous = {}
 
   def start(self) -> None:
-    """Listens for SIGTERM from now on (single process, main thread)."""
-    if not self.multiprocess and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    """Listens for SIGTERM and SIGINT from now on (a single process, main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+      return
+    if self.multiprocess:  # a signal on one process must not make it save alone (saves are collective)
+      return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    # No printing here: a signal can arrive inside a print (a reentrant write fails).
+    if signum == signal.SIGINT and self.requested:  # the second Ctrl-C: stop now
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
 
   def reached(self, counter: int) -> bool:
     if self.multiprocess:
@@ -61,9 +75,9 @@ class Preemption:
     return self.requested
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
 
 def _fetch(tree: Any) -> Any:
@@ -110,6 +124,65 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   stopped early on SIGTERM (`preempted`).
   """
   workdir = pathlib.Path(workdir).absolute()
+  config_lib.validate(config)
+  # One writer per workdir, and a layout this version reads (before anything is written).
+  workdir_lock = workdir_lib.lock(workdir) if jax.process_index() == 0 else None
+  try:
+    return _train(config, workdir, mesh)
+  finally:
+    if workdir_lock is not None:
+      workdir_lock.release()
+
+
+def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Refuses to resume a run's checkpoints with a changed recipe (see `workdir.config_changes`)."""
+  try:
+    saved = config_lib.load_config(workdir)
+  except FileNotFoundError:
+    return
+  changes = workdir_lib.config_changes(saved, config)
+  if config.schedule.name != "cosine" and saved.get("schedule", {}).get("name") == config.schedule.name:
+    # Only the cosine schedule depends on the training length: a step or constant run may be
+    # extended (or cut short) without changing any step already taken.
+    changes = [c for c in changes if c[0] not in ("num_steps", "num_epochs")]
+  if changes:
+    raise workdir_lib.ConfigChangedError(
+        f"{workdir} holds checkpoints of a run with another config: "
+        f"{workdir_lib.describe_changes(changes)} (saved -> requested). Resume with the saved config "
+        f"({workdir / config_lib.CONFIG_FILE}), train in a new --workdir, or start a new run from its "
+        f"weights: --config.init_from={workdir}")
+
+
+def _init_from(config: ml_collections.ConfigDict, state: state_lib.TrainState, model, mesh: Mesh,
+               image_shape, num_classes: int) -> Tuple[state_lib.TrainState, str]:
+  """`state` with params and BN statistics of the run `config.init_from` (same network)."""
+  path, step = config_lib.parse_init_from(config.init_from)
+  other_model, variables = load_variables(path, step)
+  if other_model.num_classes != num_classes:
+    raise ckpt_lib.CheckpointMismatchError(
+        f"init_from={config.init_from!r}: that run's network has {other_model.num_classes} classes, this "
+        f"dataset {num_classes}")
+  ours = ckpt_lib.fingerprint({}, num_classes, image_shape, {"params": state.params,
+                                                             "batch_stats": state.batch_stats})
+  theirs = ckpt_lib.fingerprint({}, num_classes, image_shape, {"params": variables["params"],
+                                                               "batch_stats": variables.get("batch_stats", {})})
+  problem = ckpt_lib._describe_mismatch(theirs, ours, ckpt_lib.VARIABLE_KEYS)  # pylint: disable=protected-access
+  if problem:
+    raise ckpt_lib.CheckpointMismatchError(f"init_from={config.init_from!r} is another network: {problem}")
+  replicated = mesh_lib.replicated(mesh)
+  params = jax.device_put(jax.tree.map(jnp.asarray, variables["params"]), replicated)
+  batch_stats = jax.device_put(jax.tree.map(jnp.asarray, variables.get("batch_stats", {})), replicated)
+  del model
+  return state.replace(params=params, batch_stats=batch_stats), f"{path} ({'latest' if step is None else step})"
+
+
+def _last_train_record(workdir: pathlib.Path) -> Dict[str, float]:
+  records = [r for r in metrics_lib.read_metrics(workdir) if r.get("kind") == "train"]
+  return {k: v for k, v in records[-1].items() if k not in ("step", "kind", "time")} if records else {}
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optional[Mesh]) -> Dict[str, Any]:
+  workdir_lib.check_format(workdir, write=jax.process_index() == 0)
   exp = build.experiment(config, mesh)
   mesh, pipe, model, schedule, tx = exp.mesh, exp.pipeline, exp.model, exp.schedule, exp.tx
   steps_per_epoch, total_steps, image_shape = exp.steps_per_epoch, exp.total_steps, exp.image_shape
@@ -117,28 +190,39 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   meta = ckpt_lib.fingerprint(dict(config.model), pipe.num_classes, image_shape, abstract_state)
   replicated = mesh_lib.replicated(mesh)
 
-  writer = metrics_lib.MetricWriter(workdir)
   checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
                                        keep_best=config.keep_best_checkpoints,
                                        async_save=config.async_checkpoints)
+  if checkpointer.latest_step() is not None:
+    try:
+      _check_resumable(config, workdir)
+    except BaseException:
+      checkpointer.close()
+      raise
+  writer = metrics_lib.MetricWriter(workdir)
   preemption = Preemption()
   sessions = metrics_lib.SessionLog(workdir)
   step = 0
   end_reason = "error"
+  state = None
   try:
     train_iter = pipe.train_iterator()
-    latest = checkpointer.latest_step()
+    abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                                 jax.eval_shape(step_lib.zero_train_metrics))
+    restored = checkpointer.restore_newest(abstract_state, abstract_sums, meta, log=writer.print,
+                                           set_aside=jax.process_index() == 0)
     resumed_from = None
-    if latest is not None:
-      abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                                   jax.eval_shape(step_lib.zero_train_metrics))
-      state, sums, data_state = checkpointer.restore(latest, abstract_state, abstract_sums, meta)
+    if restored is not None:
+      restored_step, state, sums, data_state = restored
       train_iter.set_state(data_state)
-      resumed_from = str(checkpointer.directory / str(latest))
+      resumed_from = str(checkpointer.directory / str(restored_step))
       writer.print(f"resumed from {resumed_from}")
     else:
       state = state_lib.create_train_state(model, tx, mesh, image_shape, config.seed)
       sums = step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
+      if config.get("init_from"):
+        state, source = _init_from(config, state, model, mesh, image_shape, pipe.num_classes)
+        writer.print(f"initialised params and BatchNorm statistics from {source}")
     if jax.process_index() == 0:
       config_lib.save_config(config, workdir)
 
@@ -178,6 +262,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       check_finite(current_sums)
       checkpointer.save(step, current_state, current_sums, train_iter.get_state(), meta, eval_metrics)
 
+    if step >= total_steps:  # finished earlier: report its final evaluation again
+      last_eval = checkpointer.eval_metrics(step) if step == total_steps else {}
+      if not {"error", "top5_error", "loss", "num_examples"} <= set(last_eval):
+        last_eval = evaluate_params(eval_step, state.params, state.batch_stats, pipe, mesh)
+      last_eval["num_examples"] = int(last_eval["num_examples"])
+      last_train = _last_train_record(workdir)
+      writer.print(f"already finished at step {step} of {total_steps}: eval error {last_eval['error']:.2f}% | "
+                   f"top-5 {last_eval['top5_error']:.2f}% | {last_eval['num_examples']} images of "
+                   f"{config.data.eval_split}")
+
     while step < total_steps:
       events = [total_steps, (step // config.log_every_steps + 1) * config.log_every_steps,
                 (step // config.checkpoint_every_steps + 1) * config.checkpoint_every_steps,
@@ -212,7 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       if step % eval_every == 0 or step == total_steps:
         check_finite(sums)
         last_eval = evaluate_params(eval_step, state.params, state.batch_stats, pipe, mesh)
-        eval_metrics = {"error": last_eval["error"], "top5_error": last_eval["top5_error"]}
+        eval_metrics = dict(last_eval)  # stored with the checkpoint: error ranks it, all of it is reported
         writer.write(step, {**last_eval, "epoch": step / steps_per_epoch}, "eval")
         ten = (f"10-crop error {last_eval['ten_crop_error']:.2f}% | top-5 {last_eval['ten_crop_top5_error']:.2f}% | "
                if "ten_crop_error" in last_eval else "")
@@ -226,7 +320,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       if step < total_steps and preemption.reached(dispatches):
         save(state, sums)
         checkpointer.wait()
-        writer.print(f"preempted: saved step {step} to {checkpointer.directory}; "
+        cause = "interrupted (Ctrl-C)" if preemption.signal_name == "SIGINT" else "preempted"
+        writer.print(f"{cause}: saved step {step} to {checkpointer.directory}; "
                      "run the same command again to resume")
         preempted = True
         break
@@ -238,8 +333,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   finally:
     sessions.end(step, int(config.global_batch_size), end_reason)
     preemption.close()
-    checkpointer.close()
-    writer.close()
+    try:
+      checkpointer.close()
+    except ckpt_lib.CheckpointWriteError:
+      if end_reason in ("finished", "preempted"):  # else the error in flight says more
+        raise
+    finally:
+      writer.close()
   return {"step": step, "train": last_train, "eval": last_eval, "preempted": preempted,
           "state": state}
 
@@ -261,39 +361,71 @@ def _resolve_step(checkpointer: ckpt_lib.Checkpointer, step: Optional[int | str]
 
 
 def load_variables(workdir: str | pathlib.Path, step: Optional[int | str] = None,
-                   config: Optional[ml_collections.ConfigDict] = None
+                   config: Optional[ml_collections.ConfigDict] = None,
+                   log: Callable[[str], None] = logging.warning
                    ) -> Tuple[models.ResNet, Dict[str, Any]]:
   """The trained network of a `train` run and its `{"params", "batch_stats"}`, for inference.
 
   Restores only the parameters and BatchNorm statistics (an Orbax partial restore), so
   neither the optimiser nor the dataset is needed. `step`: a saved step, `"latest"`
-  (default) or `"best"` (the kept checkpoint with the lowest eval error).
+  (default) or `"best"` (the kept checkpoint with the lowest eval error). For `"latest"`,
+  an unreadable checkpoint is reported through `log` and the next older one is used.
 
   >>> model, variables = rj.train.load_variables("runs/cifar10_resnet20", step="best")
   >>> logits = model.apply(variables, images, train=False)
   """
+  model, variables, _ = _load_variables(workdir, step, config, log)
+  return model, variables
+
+
+def _load_variables(workdir, step, config, log) -> Tuple[models.ResNet, Dict[str, Any], int]:
   workdir = pathlib.Path(workdir).absolute()
+  workdir_lib.check_format(workdir)
   config = config_lib.load_config(workdir) if config is None else config
   checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
                                        keep_best=config.keep_best_checkpoints, async_save=False,
                                        create=False)
   try:
-    step = _resolve_step(checkpointer, step)
-    saved = checkpointer.read_meta(step)
-    num_classes, image_shape = int(saved["num_classes"]), tuple(saved["image_shape"])
-    model = build.model(config, num_classes)
-    abstract = models.abstract_variables(model, (1, *image_shape))
-    meta = ckpt_lib.fingerprint(dict(config.model), num_classes, image_shape, dict(abstract))
-    variables = checkpointer.restore_variables(step, dict(abstract), meta)
+    newest = step is None or step == "latest"
+    candidates = (sorted(checkpointer.manager.all_steps(), reverse=True) if newest
+                  else [_resolve_step(checkpointer, step)])
+    if not candidates:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+    unreadable = []
+    for found in candidates:
+      try:
+        saved = checkpointer.read_meta(found)
+        num_classes, image_shape = int(saved["num_classes"]), tuple(saved["image_shape"])
+        model = build.model(config, num_classes)
+        abstract = models.abstract_variables(model, (1, *image_shape))
+        meta = ckpt_lib.fingerprint(dict(config.model), num_classes, image_shape, dict(abstract))
+        variables = checkpointer.restore_variables(found, dict(abstract), meta)
+      except (ckpt_lib.CheckpointMismatchError, config_lib.ConfigError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
+        if not newest:
+          raise ckpt_lib.UnreadableCheckpointError(
+              f"checkpoint {checkpointer.directory / str(found)} is unreadable ({ckpt_lib.one_line(e)})"
+          ) from e
+        unreadable.append(found)
+        log(f"checkpoint {checkpointer.directory / str(found)} is unreadable ({ckpt_lib.one_line(e)}); "
+            "trying the next older one")
+        continue
+      if unreadable:
+        log(f"using step {found}, the newest readable checkpoint (unreadable: steps {unreadable})")
+      break
+    else:
+      raise ckpt_lib.UnreadableCheckpointError(
+          f"no checkpoint in {checkpointer.directory} is readable (steps {unreadable})")
   finally:
     checkpointer.close()
   if not variables["batch_stats"]:
     variables = {"params": variables["params"]}
-  return model, variables
+  return model, variables, int(found)
 
 
 def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, split: Optional[str] = None,
-             mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+             mesh: Optional[Mesh] = None, log: Callable[[str], None] = logging.warning) -> Dict[str, Any]:
   """Evaluates a checkpoint of `workdir` (the latest by default, or `"best"`) on every
   example of a split.
 
@@ -305,12 +437,7 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, spli
     config.data.eval_split = split
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
   pipe = build.pipeline(config, mesh)
-  checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, async_save=False, create=False)
-  try:
-    step = _resolve_step(checkpointer, step)
-  finally:
-    checkpointer.close()
-  model, variables = load_variables(workdir, step, config)
+  model, variables, step = _load_variables(workdir, step, config, log)
   if model.num_classes != pipe.num_classes:
     raise ValueError(f"the checkpoint has {model.num_classes} classes but data.name="
                      f"{config.data.name!r} has {pipe.num_classes}")

@@ -1,0 +1,167 @@
+"""What a training workdir promises: one writer at a time, a known layout version, one recipe.
+
+* `lock(workdir)`: an exclusive `flock` on `workdir/.lock`, held for the life of the
+  training process (the kernel releases it when the process dies, even on `kill -9`),
+  so a second `resnet-jax train` on the same workdir refuses instead of interleaving
+  checkpoints with the first.
+* `check_format(workdir)`: `workdir/workdir.json` records the layout version
+  (`FORMAT`) and the resnet_jax version that wrote it; another layout version is refused
+  with the version to use.
+* `config_changes(saved, requested)`: the fields of a resumed run's config that differ
+  from the config it was trained with, ignoring `OPERATIONAL_FIELDS` (logging, checkpoint
+  and evaluation cadence, data location, input threads: they do not change what is
+  trained). A resumed run with a changed recipe is refused; `init_from` starts a new
+  run from its weights instead.
+"""
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import platform
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import ml_collections
+
+FORMAT = 1
+FORMAT_FILE = "workdir.json"
+LOCK_FILE = ".lock"
+
+# Fields that may change between the sessions of one run: they change how often the run
+# logs, evaluates and saves, where it reads its data and how fast, never what it trains.
+OPERATIONAL_FIELDS = frozenset({
+    "log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
+    "keep_best_checkpoints", "async_checkpoints", "steps_per_dispatch", "eval_batch_size",
+    "data.data_dir", "data.num_workers", "data.num_threads", "data.prefetch_batches",
+    "data.eval_split", "init_from",
+})
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used by this run; the message says why and what to do."""
+
+
+class WorkdirBusyError(WorkdirError):
+  """Another process trains in the workdir."""
+
+
+class ConfigChangedError(WorkdirError):
+  """A resumed run was asked to train with a different recipe than its checkpoints."""
+
+
+def _version() -> str:
+  from resnet_jax import __version__  # pylint: disable=g-import-not-at-top
+  return __version__
+
+
+class Lock:
+  """The exclusive lock of a workdir (see the module docstring); a context manager."""
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.path = pathlib.Path(workdir) / LOCK_FILE
+    self._fd: Optional[int] = None
+
+  def acquire(self) -> "Lock":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise
+      try:
+        holder = json.loads(self.path.read_text() or "{}")
+      except (OSError, ValueError):
+        holder = {}
+      who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+             if holder else "another process")
+      raise WorkdirBusyError(
+          f"workdir {self.path.parent} is in use by another training process ({who}); wait for it "
+          "to finish or stop it (SIGTERM saves a checkpoint), or train in another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                             "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode())
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "Lock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def lock(workdir: str | pathlib.Path) -> Lock:
+  """Takes the workdir's lock or raises `WorkdirBusyError` naming the holder."""
+  return Lock(workdir).acquire()
+
+
+def check_format(workdir: str | pathlib.Path, write: bool = False) -> None:
+  """Refuses a workdir of another layout version; `write` records ours in a new workdir.
+
+  A workdir from before `workdir.json` existed (format 1, the first) is accepted and,
+  with `write`, stamped.
+  """
+  path = pathlib.Path(workdir) / FORMAT_FILE
+  if path.is_file():
+    try:
+      info = json.loads(path.read_text())
+      found = int(info["format"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {e}); it should hold "
+                         f'{{"format": {FORMAT}, ...}}') from None
+    if found != FORMAT:
+      raise WorkdirError(
+          f"workdir {path.parent} was written by resnet_jax {info.get('resnet_jax', '?')} in workdir "
+          f"format {found}; this is resnet_jax {_version()}, format {FORMAT}: continue it with "
+          f"resnet_jax {info.get('resnet_jax', 'of that format')}, or train in a new --workdir")
+    return
+  if write:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": FORMAT, "resnet_jax": _version()}) + "\n")
+
+
+def _flat(value: Any, prefix: str = "") -> Dict[str, Any]:
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    out = {}
+    for k, v in value.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  if isinstance(value, tuple):
+    value = list(value)
+  return {prefix[:-1]: value}
+
+
+def config_changes(saved: Mapping[str, Any] | ml_collections.ConfigDict,
+                   requested: Mapping[str, Any] | ml_collections.ConfigDict,
+                   ignore: frozenset = OPERATIONAL_FIELDS) -> List[Tuple[str, Any, Any]]:
+  """`(field, saved value, requested value)` for every field that differs, sorted.
+
+  A field present on one side only counts, with `None` on the other (`model.` fields
+  that one config lists and the other leaves at its default compare as their values).
+  """
+  a, b = _flat(saved), _flat(requested)
+  # JSON turned tuples into lists and ints stay ints; compare through JSON on both sides.
+  a = json.loads(json.dumps(a, default=str))
+  b = json.loads(json.dumps(b, default=str))
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if k not in ignore and a.get(k) != b.get(k)]
+
+
+def describe_changes(changes: List[Tuple[str, Any, Any]], limit: int = 3) -> str:
+  text = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes[:limit])
+  if len(changes) > limit:
+    text += f"; and {len(changes) - limit} more ({', '.join(k for k, _, _ in changes[limit:])})"
+  return text
