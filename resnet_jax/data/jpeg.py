@@ -169,9 +169,10 @@ class ArrayDecoder(JpegDecoder):
       return PillowDecoder().crop_resize(data, box, size, flip)
     sx, sy = image.shape[1] / full[0], image.shape[0] / full[1]
     out = resample(image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), size, flip)
-    if self.bgr:
-      return np.ascontiguousarray(out[..., 2::-1])
-    return np.ascontiguousarray(out[..., :3]) if out.shape[-1] != 3 else out
+    cv2 = _module("cv2")
+    if out.shape[-1] == 4:  # cvtColor: a strided numpy slice copies ~10× slower
+      return cv2.cvtColor(out, cv2.COLOR_BGRA2RGB if self.bgr else cv2.COLOR_RGBA2RGB)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if self.bgr else out
 
 
 class SimpleJpegDecoder(ArrayDecoder):
