@@ -132,7 +132,7 @@ def train_main(argv: Sequence[str]) -> int:
   from resnet_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   try:
     mesh_lib.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
-    result = loop.train(config, fv.workdir)
+    result = loop.train(config, fv.workdir, config_spec=spec)
   except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, FileNotFoundError, ValueError) as e:
     return _error("train", str(e))
   except loop.NonFiniteLossError as e:

@@ -14,10 +14,10 @@ the same libjpeg-turbo arithmetic and the same factor, so the decoded pixels are
 to Pillow's, and steps 2-3 with OpenCV: the same triangle as a separable prefilter when
 reducing, then bilinear sampling at Pillow's sample positions (`cv2.warpAffine`, the flip
 folded into the map). The crop box is the same; resampled pixels differ from Pillow's by
-0.3-0.5 grey levels on average and at most a few levels (`tests/test_jpeg.py` bounds it),
-because the triangle is applied at whole-pixel offsets before interpolating instead of at
-each sample's exact offset. The fast path is ~1.6-2× Pillow's per core
-(`experiments/bench_data.py`).
+0.3-0.5 grey levels on average (224² crops of ~500×375 JPEGs; a few levels at most), because
+the triangle is applied at whole-pixel offsets before interpolating instead of at each
+sample's exact offset (`tests/test_jpeg.py` bounds it). The fast path is ~1.5× Pillow's per
+core (`experiments/bench_data.py`; JPEG decoding itself is the floor).
 
 `create("auto")` picks simplejpeg + OpenCV, else OpenCV, else Pillow; a JPEG that a fast
 decoder refuses (e.g. CMYK) goes through Pillow.
@@ -25,6 +25,7 @@ decoder refuses (e.g. CMYK) goes through Pillow.
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import io
 import math
@@ -108,19 +109,39 @@ class PillowDecoder(JpegDecoder):
     return np.asarray(out)
 
 
-def _triangle(scale: float) -> np.ndarray:
-  """Pillow's bilinear taps at whole-pixel offsets for a reduction by `scale` (> 1), normalised."""
-  radius = math.ceil(scale) - 1
-  taps = 1.0 - np.abs(np.arange(-radius, radius + 1, dtype=np.float64)) / scale
-  return (taps / taps.sum()).astype(np.float32)
+def _triangle_taps(half_width: float) -> np.ndarray:
+  radius = math.ceil(half_width) - 1
+  taps = 1.0 - np.abs(np.arange(-radius, radius + 1, dtype=np.float64)) / half_width
+  return taps / taps.sum()
+
+
+def _variance(taps: np.ndarray) -> float:
+  offsets = np.arange(len(taps)) - len(taps) // 2
+  return float((offsets ** 2 * taps).sum())
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefilter(scale: float) -> np.ndarray:
+  """Triangle taps at whole-pixel offsets for a reduction by `scale` (> 1), normalised.
+
+  Pillow's kernel is a triangle of half-width `scale` (variance scale²/6) evaluated at each
+  sample's exact offset; here the prefilter is followed by bilinear interpolation, which
+  adds 1/6 pixel² on average, so the triangle's half-width is chosen to make the sum
+  scale²/6 (this halves the worst differences of the plain half-width-`scale` triangle).
+  """
+  target, lo, hi = (scale * scale - 1.0) / 6.0, 1.0, scale
+  for _ in range(30):  # the variance grows with the half-width: bisect
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if _variance(_triangle_taps(mid)) < target else (lo, mid)
+  return _triangle_taps(hi).astype(np.float32)
 
 
 def resample(image: np.ndarray, box: Box, size: int, flip: bool = False) -> np.ndarray:
   """`box` of `image` (uint8 [H, W, C]) to [size, size, C] with OpenCV, Pillow's BILINEAR geometry.
 
   Output pixel u samples the input at x = left + (u + 0.5) · box_width / size − 0.5 (pixel
-  centres at integer + 0.5, as Pillow); when reducing, the triangle of half-width
-  box_width / size is applied first (on a window around the box only).
+  centres at integer + 0.5, as Pillow); when reducing, a triangle prefilter (`_prefilter`)
+  is applied first, on a window around the box only.
   """
   cv2 = _module("cv2")
   x0, y0, x1, y1 = box
@@ -131,8 +152,8 @@ def resample(image: np.ndarray, box: Box, size: int, flip: bool = False) -> np.n
     right = min(math.ceil(x1) + margin, image.shape[1])
     bottom = min(math.ceil(y1) + margin, image.shape[0])
     one = np.ones((1,), np.float32)
-    image = cv2.sepFilter2D(image[top:bottom, left:right], -1, _triangle(sx) if sx > 1 else one,
-                            _triangle(sy) if sy > 1 else one, borderType=cv2.BORDER_REPLICATE)
+    image = cv2.sepFilter2D(image[top:bottom, left:right], -1, _prefilter(round(sx, 3)) if sx > 1 else one,
+                            _prefilter(round(sy, 3)) if sy > 1 else one, borderType=cv2.BORDER_REPLICATE)
     x0, y0 = x0 - left, y0 - top
   if flip:  # output column u reads the unflipped column size - 1 - u
     row_x = (-sx, 0.0, x0 + (size - 0.5) * sx - 0.5)
@@ -157,9 +178,10 @@ class ArrayDecoder(JpegDecoder):
     return size if size is not None else PillowDecoder().image_size(data)
 
   def crop_resize(self, data: bytes, box: Box, size: int, flip: bool = False) -> np.ndarray:
-    full = jpeg_size(data)
-    image = None
-    if full is not None:
+    header = jpeg_header(data)
+    image, full = None, None
+    if header is not None and header[2] in (1, 3):  # greyscale or YCbCr; CMYK converts as Pillow does
+      full = header[:2]
       factor = reduction(*full, box, size)
       try:
         image = self.decode(data, *full, factor)
@@ -201,8 +223,9 @@ class OpenCVDecoder(ArrayDecoder):
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame (not DHT/JPG/DAC)
 
 
-def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
-  """(width, height) from a JPEG's frame header; None when `data` is not a readable JPEG."""
+def jpeg_header(data: bytes) -> Optional[Tuple[int, int, int]]:
+  """(width, height, colour components) from a JPEG's frame header; None when `data` is not a
+  readable JPEG."""
   if data[:2] != b"\xff\xd8":
     return None
   i, n = 2, len(data)
@@ -218,13 +241,19 @@ def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
       continue
     length = int.from_bytes(data[i + 2:i + 4], "big")
     if marker in _SOF_MARKERS:
-      if i + 9 > n:
+      if i + 10 > n:
         return None
       height = int.from_bytes(data[i + 5:i + 7], "big")
       width = int.from_bytes(data[i + 7:i + 9], "big")
-      return (width, height) if width and height else None
+      return (width, height, data[i + 9]) if width and height else None
     i += 2 + length
   return None
+
+
+def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+  """(width, height) of a JPEG; None when `data` is not a readable JPEG."""
+  header = jpeg_header(data)
+  return None if header is None else header[:2]
 
 
 _CLASSES = {"simplejpeg": SimpleJpegDecoder, "opencv": OpenCVDecoder, "pillow": PillowDecoder}

@@ -19,6 +19,7 @@ from resnet_jax import models
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import cpu_notice
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import state as state_lib
@@ -103,11 +104,12 @@ def evaluate_params(eval_step, state_params, state_batch_stats, pipe, mesh: Mesh
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-          mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+          mesh: Optional[Mesh] = None, config_spec: Optional[str] = None) -> Dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Returns the last train and eval metrics, the final step and whether the run
-  stopped early on SIGTERM (`preempted`).
+  stopped early on SIGTERM (`preempted`). `config_spec` (the `--config` value) names the
+  config in the commands of the CPU-only notice (`cpu_notice`).
   """
   workdir = pathlib.Path(workdir).absolute()
   exp = build.experiment(config, mesh)
@@ -158,6 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                  f"batch {config.global_batch_size}, {steps_per_epoch} steps/epoch, "
                  f"steps {step}->{total_steps}")
     preemption.start()
+    notice = cpu_notice.CpuNotice(total_steps, config.global_batch_size, writer.print, config_spec)
     last_train: Dict[str, float] = {}
     last_eval: Dict[str, float] = {}
     window_start, window_step = time.perf_counter(), step
@@ -189,6 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         state, sums = train_step(state, sums, next(train_iter))
         step += 1
       dispatches += 1
+      notice.after_step(step, state)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         host = _fetch(sums)
