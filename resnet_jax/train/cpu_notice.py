@@ -20,12 +20,12 @@ SHORT_RUN_SECONDS = 600  # the suggested short run
 
 
 def describe_duration(seconds: float) -> str:
-  """"about 8.0 hours", "about 25 minutes", "about 40 seconds"."""
+  """"about 8.0 hours", "about 25 minutes", "about 40 seconds", "less than 10 seconds"."""
   if seconds >= 5400:
     return f"about {seconds / 3600:.1f} hours"
   if seconds >= 90:
     return f"about {round(seconds / 60)} minutes"
-  return f"about {max(round(seconds), 1)} seconds"
+  return f"about {round(seconds)} seconds" if seconds >= 10 else "less than 10 seconds"
 
 
 def _round_down(n: float) -> int:
