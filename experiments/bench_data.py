@@ -106,7 +106,8 @@ def _full_decoders(decoders) -> Dict[str, Callable[[bytes], np.ndarray]]:
   out = {"pillow": lambda j: np.asarray(Image.open(io.BytesIO(j)).convert("RGB"))}
   if "opencv" in decoders:
     import cv2  # pylint: disable=g-import-not-at-top
-    out["opencv"] = lambda j: cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR_RGB)
+    out["opencv"] = lambda j: cv2.cvtColor(cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR),
+                                           cv2.COLOR_BGR2RGB)
   if "simplejpeg" in decoders:
     import simplejpeg  # pylint: disable=g-import-not-at-top
     out["simplejpeg"] = simplejpeg.decode_jpeg
@@ -184,7 +185,7 @@ def bench_imagenet_pipeline(jpegs, workers: Sequence[int], decoders: Sequence[st
     rjd.prepare("imagenet2012", root, os.path.join(tmp, "tfds"))
     c.data_dir = os.path.join(tmp, "tfds")
     batch = 32
-    steps = max(len(jpegs) // batch, 4)
+    steps = max(3 * len(jpegs) // batch, 20)  # epochs repeat; long enough for worker start-up to fade
     cores = source.available_cores()
     print(f"\nimagenet train pipeline, {cores} cores, batches of {batch}, threads per process "
           "num_threads=0 (cores / processes):\n")
