@@ -161,7 +161,8 @@ def bench_imagenet_per_core(jpegs, rounds: int) -> Dict[str, Dict[str, float]]:
 def _pipeline_rate(c, steps: int, batch: int) -> float:
   pipe = rjd.create_pipeline(c, batch, batch)
   it = pipe.train_iterator()
-  jax.block_until_ready(next(it))
+  for _ in range(2 * max(int(c.num_workers), 1)):  # a batch from every worker: all have started
+    jax.block_until_ready(next(it))
   start = time.perf_counter()
   for _ in range(steps):
     out = next(it)
@@ -207,11 +208,12 @@ def bench_imagenet(num_images: int, rounds: int, workers: Sequence[int]) -> None
   print(f"synthetic JPEGs: {num_images}, quality 90, median {int(np.median([s[0] for s in shapes]))}×"
         f"{int(np.median([s[1] for s in shapes]))}, mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-  table = bench_imagenet_per_core(jpegs, rounds)
   default = jpeg.create("auto").name
-  print(f"\ndefault decoder (jpeg_decoder='auto'): {default}; on a 96-core host, "
-        + ", ".join(f"{t} ≈ {96 * row[default]:,.0f} img/s" for t, row in table.items() if default in row)
-        + " (96 × the per-core figure)")
+  if rounds:
+    table = bench_imagenet_per_core(jpegs, rounds)
+    print(f"\ndefault decoder (jpeg_decoder='auto'): {default}; on a 96-core host, "
+          + ", ".join(f"{t} ≈ {96 * row[default]:,.0f} img/s" for t, row in table.items() if default in row)
+          + " (96 × the per-core figure)")
   bench_imagenet_pipeline(jpegs, workers, ["pillow", default] if default != "pillow" else ["pillow"])
 
 
@@ -220,7 +222,7 @@ def main() -> None:
   parser.add_argument("--cifar-dir", default=None, help="TFDS data dir with cifar10 prepared")
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--imagenet-images", type=int, default=300)
-  parser.add_argument("--rounds", type=int, default=5, help="interleaved passes per decoder")
+  parser.add_argument("--rounds", type=int, default=5, help="interleaved passes per decoder (0: skip)")
   parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                       help="num_workers values of the pipeline measurement")
   args = parser.parse_args()
