@@ -133,7 +133,7 @@ def train_main(argv: Sequence[str]) -> int:
   from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     mesh_lib.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
-    result = loop.train(config, fv.workdir)
+    result = loop.train(config, fv.workdir, config_spec=spec)
   except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, workdir_lib.WorkdirError,
           FileNotFoundError, ValueError) as e:
     return _error("train", str(e))

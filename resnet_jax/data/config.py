@@ -16,7 +16,8 @@ def default_config(name: str) -> ml_collections.ConfigDict:
       "train[:45000]" / "train[45000:]".
     augment: train augmentation on/off (off: normalisation only).
     num_workers: host processes decoding examples (0: threads of this process).
-    num_threads: decoding threads per process (datasets decoded on the host: ImageNet).
+    num_threads: decoding threads per process (datasets decoded on the host: ImageNet); 0: the
+      machine's cores shared out among the processes (`source.decode_threads`).
     prefetch_batches: batches prepared ahead of the accelerator.
   Fields of one dataset: its source's `config_fields()` (CIFAR: `small_images.SmallImageSource`,
   normalization, image_size, padding; ImageNet: `imagenet.ImageNetSource`).
@@ -26,7 +27,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
   c.name = name
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.num_workers = 0
-  c.num_threads = 8
+  c.num_threads = 0
   c.prefetch_batches = 2
   c.augment = True
   for key, value in source.config_fields().items():

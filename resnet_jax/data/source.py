@@ -23,6 +23,22 @@ import numpy as np
 ExampleSeed = Tuple[int, int, int]  # (seed, global step, batch row): `np.random.default_rng(seed)`
 
 
+def available_cores() -> int:
+  """CPU cores this process may run on (its affinity mask, e.g. a container's or SLURM's share)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS, Windows
+    return os.cpu_count() or 1
+
+
+def decode_threads(config: ml_collections.ConfigDict) -> int:
+  """Decoding threads per process: `num_threads`, or when 0 the cores shared out among the
+  `num_workers` processes (at least one each)."""
+  if int(config.num_threads) > 0:
+    return int(config.num_threads)
+  return max(available_cores() // max(int(config.num_workers), 1), 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """Facts about a dataset that need no files (benchmarks, model building, schedules).

@@ -20,6 +20,7 @@ from resnet_jax import models
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import cpu_notice
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import state as state_lib
@@ -117,18 +118,19 @@ def evaluate_params(eval_step, state_params, state_batch_stats, pipe, mesh: Mesh
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-          mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+          mesh: Optional[Mesh] = None, config_spec: Optional[str] = None) -> Dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Returns the last train and eval metrics, the final step and whether the run
-  stopped early on SIGTERM (`preempted`).
+  stopped early on SIGTERM (`preempted`). `config_spec` (the `--config` value) names the
+  config in the commands of the CPU-only notice (`cpu_notice`).
   """
   workdir = pathlib.Path(workdir).absolute()
   config_lib.validate(config)
   # One writer per workdir, and a layout this version reads (before anything is written).
   workdir_lock = workdir_lib.lock(workdir) if jax.process_index() == 0 else None
   try:
-    return _train(config, workdir, mesh)
+    return _train(config, workdir, mesh, config_spec)
   finally:
     if workdir_lock is not None:
       workdir_lock.release()
@@ -181,7 +183,8 @@ def _last_train_record(workdir: pathlib.Path) -> Dict[str, float]:
   return {k: v for k, v in records[-1].items() if k not in ("step", "kind", "time")} if records else {}
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optional[Mesh]) -> Dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optional[Mesh],
+           config_spec: Optional[str] = None) -> Dict[str, Any]:
   workdir_lib.check_format(workdir, write=jax.process_index() == 0)
   exp = build.experiment(config, mesh)
   mesh, pipe, model, schedule, tx = exp.mesh, exp.pipeline, exp.model, exp.schedule, exp.tx
@@ -242,6 +245,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optio
                  f"batch {config.global_batch_size}, {steps_per_epoch} steps/epoch, "
                  f"steps {step}->{total_steps}")
     preemption.start()
+    notice = cpu_notice.CpuNotice(total_steps, config.global_batch_size, writer.print, config_spec)
     last_train: Dict[str, float] = {}
     last_eval: Dict[str, float] = {}
     window_start, window_step = time.perf_counter(), step
@@ -283,6 +287,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optio
         state, sums = train_step(state, sums, next(train_iter))
         step += 1
       dispatches += 1
+      notice.after_step(step, state)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         host = _fetch(sums)

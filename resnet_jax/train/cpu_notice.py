@@ -1,0 +1,83 @@
+"""A run on a machine without an accelerator: one line, after its first steps, saying what to expect.
+
+`make train` on a laptop starts the paper's 64k-iteration ResNet-20, about 8 hours on a
+2-core CPU; the line gives that duration from the measured speed, and the commands of a
+one-minute (`:smoke`) and a ten-minute run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import jax
+
+# Measure over the first steps after the first (which compiles): until both hold, or MEASURE_STEPS.
+MEASURE_SECONDS = 3.0
+MIN_MEASURED_STEPS = 2
+MEASURE_STEPS = 20
+SHORT_RUN_SECONDS = 600  # the suggested short run
+
+
+def describe_duration(seconds: float) -> str:
+  """"about 8.0 hours", "about 25 minutes", "about 40 seconds", "less than 10 seconds"."""
+  if seconds >= 5400:
+    return f"about {seconds / 3600:.1f} hours"
+  if seconds >= 90:
+    return f"about {round(seconds / 60)} minutes"
+  return f"about {round(seconds)} seconds" if seconds >= 10 else "less than 10 seconds"
+
+
+def _round_down(n: float) -> int:
+  """Two significant digits, rounded down: 1,347 -> 1,300."""
+  if n < 10:
+    return max(int(n), 1)
+  unit = 10 ** (int(math.log10(n)) - 1)
+  return int(n // unit * unit)
+
+
+def notice_text(remaining_steps: int, batch_size: int, images_per_sec: float,
+                config_spec: Optional[str] = None) -> str:
+  """The line printed on a CPU-only machine; `config_spec` is the `--config` value, if known."""
+  name = (config_spec or "NAME").split(":", 1)[0]
+  seconds = remaining_steps * batch_size / max(images_per_sec, 1e-9)
+  line = (f"no accelerator: JAX runs on the CPU, where the remaining {remaining_steps:,} steps of "
+          f"{batch_size} take {describe_duration(seconds)} at {images_per_sec:,.0f} img/s")
+  if seconds <= 2 * SHORT_RUN_SECONDS:
+    return line
+  short_steps = _round_down(SHORT_RUN_SECONDS * images_per_sec / batch_size)
+  return (f"{line}; a one-minute run: resnet-jax train --config {name}:smoke --workdir /tmp/smoke; "
+          f"a ten-minute one: resnet-jax train --config {name} --config.num_steps={short_steps} "
+          "--workdir DIR")
+
+
+class CpuNotice:
+  """Prints `notice_text` once, from the speed of the first steps, when JAX has no accelerator.
+
+  `after_step(step, state)` is called by the loop after each dispatch; it waits for the
+  state only during the few measured steps (and not at all on an accelerator).
+  """
+
+  def __init__(self, total_steps: int, batch_size: int, print_fn: Callable[[str], None],
+               config_spec: Optional[str] = None, clock: Callable[[], float] = time.perf_counter):
+    self.active = jax.default_backend() == "cpu" and jax.process_index() == 0
+    self._total, self._batch, self._print = int(total_steps), int(batch_size), print_fn
+    self._spec, self._clock = config_spec, clock
+    self._start: Optional[tuple] = None
+
+  def after_step(self, step: int, state) -> None:
+    if not self.active:
+      return
+    if step >= self._total:  # the run is over before the speed is known
+      self.active = False
+      return
+    jax.block_until_ready(state)
+    now = self._clock()
+    if self._start is None:  # the first step compiled: measure from its end
+      self._start = (step, now)
+      return
+    steps, seconds = step - self._start[0], now - self._start[1]
+    if steps >= MEASURE_STEPS or (steps >= MIN_MEASURED_STEPS and seconds >= MEASURE_SECONDS):
+      rate = steps * self._batch / max(seconds, 1e-9)
+      self._print(notice_text(self._total - step, self._batch, rate, self._spec))
+      self.active = False
