@@ -160,12 +160,12 @@ def report(r: Dict[str, Any]) -> str:
            f"  {r['windows']} interleaved windows of {r['steps_per_window']} steps after {r['warmup']} "
            f"warm-up dispatches; compilation cache: {r['compilation_cache'] or 'off'}",
            f"  {'candidate':<22} {'img/s':>10} {'ms/step':>9} {'(min-max)':>17} {'TFLOP/s':>8} "
-           f"{'compile':>9}"]
+           f"{'compile':>9} {'CPU ms/step':>12}"]
   for name, x in r["results"].items():
     compile_s = "-" if x["compile_s"] is None else f"{x['compile_s']:.1f} s"
     spread = f"({x['ms_per_step_min']:.2f}-{x['ms_per_step_max']:.2f})"
     lines.append(f"  {name:<22} {x['img_per_s']:>10,.0f} {x['ms_per_step']:>9.2f} {spread:>17} "
-                 f"{x['tflops']:>8.3f} {compile_s:>9}")
+                 f"{x['tflops']:>8.3f} {compile_s:>9} {x['cpu_ms_per_step']:>12.1f}")
   for name, x in r["ratios"].items():
     rounds = ", ".join(f"{v:.3f}" for v in x["rounds"])
     extra = ""

@@ -80,7 +80,11 @@ class ResNet(nn.Module):
 
 
 def like(model: models.ResNet) -> ResNet:
-  """The minimal network with `model`'s stage table, widths, block type, stem and shortcut."""
+  """The minimal network with `model`'s stage table, widths, block type, stem and shortcut.
+
+  Always the original unit order (He et al. 2015): for a pre-activation network it has the
+  same convolutions, and BatchNorms in the original places.
+  """
   if model.stem not in ("cifar", "imagenet"):
     raise ValueError(f"the minimal reference has the 'cifar' and 'imagenet' stems, not stem={model.stem!r}")
   stages = []

@@ -4,6 +4,9 @@ Candidates are timed in interleaved windows (A, B, C, A, B, C, ...), so a machin
 speed drifts (a shared CPU, a GPU warming up) affects them alike; ratios are the median
 of per-round ratios. Each window runs `--steps` train steps after compilation and
 `--warmup` untimed dispatches, and ends with `jax.block_until_ready` on the state.
+Besides wall time each window records this process's CPU time (all its threads): on a
+CPU backend shared with other jobs it varies less than wall time, and it counts the host
+work of an input pipeline even where that work overlaps the device's.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class Candidate:
   steps_per_dispatch: int
   compile_s: Optional[float]
   seconds: List[float] = dataclasses.field(default_factory=list)
+  cpu_seconds: List[float] = dataclasses.field(default_factory=list)  # this process, all threads
 
 
 def _copy(tree):
@@ -200,9 +204,10 @@ def measure(candidates: Sequence[Candidate], steps: int, windows: int, warmup: i
     c.window(warmup * c.steps_per_dispatch)
   for _ in range(windows):
     for c in candidates:
-      t0 = time.perf_counter()
+      t0, cpu0 = time.perf_counter(), time.process_time()
       c.window(steps)
       c.seconds.append(time.perf_counter() - t0)
+      c.cpu_seconds.append(time.process_time() - cpu0)
 
 
 def summary(candidates: Sequence[Candidate], steps: int, batch: int, macs: int) -> Dict[str, Any]:
@@ -213,6 +218,7 @@ def summary(candidates: Sequence[Candidate], steps: int, batch: int, macs: int) 
     img_s = statistics.median(rates)
     out[c.name] = {"img_per_s": img_s, "img_per_s_windows": rates, "ms_per_step": statistics.median(ms),
                    "ms_per_step_min": min(ms), "ms_per_step_max": max(ms),
+                   "cpu_ms_per_step": statistics.median(1000.0 * s / steps for s in c.cpu_seconds),
                    "steps_per_dispatch": c.steps_per_dispatch, "compile_s": c.compile_s,
                    "tflops": 6.0 * macs * img_s / 1e12}
   return out
