@@ -3,13 +3,14 @@
   python experiments/bench_data.py --cifar-dir TFDS_DIR    # a prepared cifar10 (`resnet-jax prepare`)
   python experiments/bench_data.py --imagenet-images 400   # synthetic JPEGs, ImageNet-like sizes
 
-CIFAR: global batches of 128 as `jax.Array`s (host pipeline only; crop/flip run on device),
-plus the jitted on-device augmentation. ImageNet, on synthetic JPEGs (mostly ~500×375,
-quality 90, like ImageNet's train set): images per CPU-second for each host transform
-(`scale`, `inception`, eval) with each JPEG decoder installed (`resnet_jax.data.jpeg`:
-Pillow, OpenCV, simplejpeg; PyTurboJPEG with DCT scaling and with region decode by a
-lossless crop, when it and libturbojpeg are installed), interleaved so that all share the
-machine's conditions; then the Grain train pipeline end to end for `num_workers` processes.
+CIFAR: global batches of 128 as `jax.Array`s from the host pipeline and gathered on the
+devices (`data.placement`; crop/flip run on device), plus the jitted on-device augmentation.
+ImageNet, on synthetic JPEGs (mostly ~500×375, quality 90, like ImageNet's train set):
+images per CPU-second for each host transform (`scale`, `inception`, eval) with each JPEG
+decoder installed (`resnet_jax.data.jpeg`: Pillow, OpenCV, simplejpeg; PyTurboJPEG with DCT
+scaling and with region decode by a lossless crop, when it and libturbojpeg are installed),
+interleaved so that all share the machine's conditions; then the Grain train pipeline end to
+end for `num_workers` processes.
 """
 from __future__ import annotations
 
@@ -40,13 +41,16 @@ def bench_cifar(data_dir: str, steps: int) -> None:
   pipe = rjd.create_pipeline(c, 128, 500, seed=0)  # mesh None: every device
   print(f"cifar10: pipeline created ({pipe.num_train_examples:,} images decoded into memory) in "
         f"{time.perf_counter() - start:.1f} s")
-  it = pipe.train_iterator()
-  jax.block_until_ready(next(it))
-  start = time.perf_counter()
-  for _ in range(steps):
-    batch = next(it)
-  jax.block_until_ready(batch)
-  print(f"cifar10 train batches: {steps * 128 / (time.perf_counter() - start):,.0f} img/s (host pipeline)")
+  for placement in ("host", "device"):
+    it = rjd.TrainIterator(pipe) if placement == "host" else rjd.DeviceResidentTrainIterator(
+        pipe, *pipe.dataset.train_arrays())
+    jax.block_until_ready(next(it))
+    start = time.perf_counter()
+    for _ in range(steps):
+      batch = next(it)
+    jax.block_until_ready(batch)
+    print(f"cifar10 train batches: {steps * 128 / (time.perf_counter() - start):,.0f} img/s "
+          f"({placement} placement)")
   fn = jax.jit(lambda x, k: pipe.preprocess(x, k, True))
   jax.block_until_ready(fn(batch["image"], jax.random.key(0)))
   start = time.perf_counter()

@@ -92,7 +92,7 @@ def plan(groups) -> str:
                    f"{config.num_epochs:g} | {hours:.1f} | {p.error:.2f} ({p.source}) |")
   lines += ["", f"Hours: the config's epochs × {TRAIN_IMAGES:,} images at the Flax example's ResNet-50 "
             f"train-step speed on one H100 ({REFERENCE_IMG_S:,.0f} img/s, bf16, batch 256), scaled by "
-            "MACs. An estimate, not a measurement of this code: run `experiments/bench_train.py --config "
+            "MACs. An estimate, not a measurement of this code: run `resnet-jax bench --config "
             "imagenet_resnet50 --dtype bfloat16` on the target machine and scale by its img/s. On n "
             "chips of a TPU slice (or n GPUs) divide by n × (per-chip img/s / "
             f"{REFERENCE_IMG_S:,.0f}); the input pipeline needs about one CPU core per 600 img/s "

@@ -1,7 +1,8 @@
-"""`resnet-jax`: train, evaluate, list models, prepare datasets.
+"""`resnet-jax`: train, evaluate, benchmark, list models, prepare datasets.
 
   resnet-jax train --config cifar10_resnet20[:smoke] --workdir DIR [--config.x=v ...]
   resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--json]
+  resnet-jax bench --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data real] ...
   resnet-jax models [--filter SUBSTR]
   resnet-jax prepare cifar10 --source DIR [--data-dir TFDS_DIR]
 
@@ -19,10 +20,12 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-USAGE = """usage: resnet-jax {train,eval,models,prepare} ...
+USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
 
   train    --config NAME[:smoke] | PATH.py[:arg] --workdir DIR [--config.FIELD=VALUE ...]
   eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--json]
+  bench    --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data synthetic|real]
+           [--steps-per-dispatch K ...] [--steps S] [--compare-minimal] [--json]
   models   [--filter SUBSTR]
   prepare  NAME --source DIR [--data-dir TFDS_DIR]
 """
@@ -218,14 +221,20 @@ def prepare_main(argv: Sequence[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": train_main, "eval": eval_main, "models": models_main, "prepare": prepare_main}
+def bench_main(argv: Sequence[str]) -> int:
+  from resnet_jax import bench  # pylint: disable=g-import-not-at-top
+  return bench.main(argv)
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "bench": bench_main, "models": models_main,
+            "prepare": prepare_main}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The `resnet-jax` program; `argv` None means the command line (sys.argv).
 
-  From the command line, `train` and `eval` on a CPU-only machine re-execute once
-  with jemalloc/tcmalloc preloaded when available (`resnet_jax.allocator`).
+  From the command line, `train`, `eval` and `bench` on a CPU-only machine re-execute
+  once with jemalloc/tcmalloc preloaded when available (`resnet_jax.allocator`).
   """
   from_command_line = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -237,13 +246,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   command = COMMANDS.get(argv[0])
   if command is None:
     return _error(argv[0], f"unknown command; valid commands: {', '.join(COMMANDS)}")
-  if from_command_line and argv[0] in ("train", "eval"):
+  if from_command_line and argv[0] in ("train", "eval", "bench"):
     from resnet_jax import allocator  # pylint: disable=g-import-not-at-top
     try:
       note = allocator.reexec_if_useful(argv)
     except allocator.AllocatorError as e:
       return _error(argv[0], str(e))
-    if argv[0] == "train":
+    if argv[0] in ("train", "bench"):
       print(note, flush=True)
   return command(argv[1:])
 

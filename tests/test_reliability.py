@@ -361,6 +361,7 @@ BAD_TRAIN_FLAGS = [
     ("--config.data.num_threads=-1", "data.num_threads=-1"),
     ("--config.data.num_workers=-1", "data.num_workers=-1"),
     ("--config.data.padding=-1", "data.padding=-1"),
+    ("--config.data.placement=gpu", "'gpu'"),
     ("--config.data.prefetch_batches=-1", "data.prefetch_batches=-1"),
     ("--config.data.train_split=train[:abc]", "'train[:abc]'"),
     ("--config.dtype=float16", "dtype='float16'"),

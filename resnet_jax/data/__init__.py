@@ -14,6 +14,7 @@ from typing import Any
 from resnet_jax.data import augment
 from resnet_jax.data import registry
 from resnet_jax.data.config import default_config
+from resnet_jax.data.device_resident import DeviceResidentTrainIterator
 from resnet_jax.data.pipeline import DATA_AXIS, Pipeline, TrainIterator, create_pipeline
 from resnet_jax.data.prepare import prepare, resolve_data_dir
 from resnet_jax.data.registry import dataset_info, dataset_names, dataset_source, register_dataset
@@ -21,7 +22,8 @@ from resnet_jax.data.small_images import InMemoryImages, SmallImageSource
 from resnet_jax.data.source import DatasetInfo, DatasetSource, OpenDataset
 from resnet_jax.data.tfds_source import TfdsSource
 
-__all__ = ["DATASETS", "DATA_AXIS", "DatasetInfo", "DatasetSource", "InMemoryImages", "OpenDataset",
+__all__ = ["DATASETS", "DATA_AXIS", "DatasetInfo", "DatasetSource", "DeviceResidentTrainIterator",
+           "InMemoryImages", "OpenDataset",
            "Pipeline", "SmallImageSource", "TfdsSource", "TrainIterator", "augment", "create_pipeline",
            "dataset_info", "dataset_names", "dataset_source", "default_config", "prepare",
            "register_dataset", "resolve_data_dir"]

@@ -19,6 +19,9 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     num_threads: decoding threads per process (datasets decoded on the host: ImageNet); 0: the
       machine's cores shared out among the processes (`source.decode_threads`).
     prefetch_batches: batches prepared ahead of the accelerator.
+    placement: where train batches are assembled: "auto" (on the devices when the dataset is
+      held in memory and fits, e.g. CIFAR; else the host), "device" or "host"
+      (`device_resident.py`). The batches are the same either way.
   Fields of one dataset: its source's `config_fields()` (CIFAR: `small_images.SmallImageSource`,
   normalization, image_size, padding; ImageNet: `imagenet.ImageNetSource`).
   """
@@ -30,6 +33,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
   c.num_threads = 0
   c.prefetch_batches = 2
   c.augment = True
+  c.placement = "auto"
   for key, value in source.config_fields().items():
     setattr(c, key, value)
   return c

@@ -46,7 +46,8 @@ def default_mesh() -> Mesh:
 
 
 @functools.lru_cache(maxsize=4)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of the `n` train records in `epoch`: global step s of the epoch takes [s·B, (s+1)·B)."""
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
@@ -73,7 +74,7 @@ class _TrainPositions(grain.MapDataset):
     step = self._start + index // local
     row = self._rows[0] + index % local
     epoch, within = divmod(step, self._steps_per_epoch)
-    record = int(_permutation(self._seed, epoch, self._n)[within * self._b + row])
+    record = int(epoch_permutation(self._seed, epoch, self._n)[within * self._b + row])
     return record, (self._seed, step, row)
 
 
@@ -138,12 +139,23 @@ class TrainIterator:
   def __iter__(self) -> "TrainIterator":
     return self
 
-  def __next__(self) -> Batch:
+  def _next_local(self) -> Dict[str, np.ndarray]:
     if self._it is None:
       self._it = iter(self._pipe._train_dataset(self._step))  # pylint: disable=protected-access
     local = next(self._it)
     self._step += 1
-    return self._pipe._globalize(local)  # pylint: disable=protected-access
+    return local
+
+  def __next__(self) -> Batch:
+    return self._pipe._globalize(self._next_local())  # pylint: disable=protected-access
+
+  def take(self, steps: int) -> Batch:
+    """The next `steps` global batches in one: every leaf [steps, B, ...] (`steps_per_dispatch`)."""
+    if steps == 1:
+      return next(self)
+    locals_ = [self._next_local() for _ in range(steps)]
+    stacked = {k: np.stack([np.asarray(b[k]) for b in locals_]) for k in locals_[0]}
+    return self._pipe._globalize(stacked, steps)  # pylint: disable=protected-access
 
   def _fingerprint(self) -> Dict[str, Any]:
     p = self._pipe
@@ -173,6 +185,8 @@ class Pipeline:
     source: the dataset's registered `DatasetSource`; dataset: its opened splits.
     num_classes, image_shape (the network input), eval_image_shape.
     num_train_examples, num_eval_examples, steps_per_epoch, num_eval_batches.
+    placement: "device" (train batches gathered on the devices) or "host" (Grain), from
+      `config.placement` ("auto" | "device" | "host"; see `device_resident.py`).
     preprocess: `preprocess(images_uint8, rng, train) -> float32 [B, H, W, C]`, pure and
       jittable, for the train and eval steps.
   """
@@ -212,6 +226,9 @@ class Pipeline:
     self.steps_per_epoch = self.num_train_examples // self.global_batch_size
     self.num_eval_batches = math.ceil(self.num_eval_examples / self.eval_batch_size)
     self.preprocess: Callable[..., jax.Array] = self.dataset.preprocess
+    from resnet_jax.data import device_resident  # pylint: disable=g-import-not-at-top
+    self.placement = device_resident.resolve_placement(
+        str(config.get("placement", "auto")), self.dataset.train_arrays(), mesh.devices.flat, config.name)
 
   # ----------------------------------------------------------------------------- datasets
 
@@ -239,19 +256,29 @@ class Pipeline:
     load = functools.partial(_load_eval, self.dataset, tuple(self.eval_image_shape))
     return self._to_iter(ds.map(load).batch(hi - lo, drop_remainder=True))
 
-  def _globalize(self, local: Dict[str, np.ndarray]) -> Batch:
+  def _globalize(self, local: Dict[str, np.ndarray], steps: int = 1) -> Batch:
+    """Process-local rows -> global arrays; with `steps` > 1 the rows of `steps` batches."""
     batch = self.eval_batch_size if "mask" in local else self.global_batch_size
+    lead, sharding = ((), self.sharding) if steps == 1 else (
+        (steps,), NamedSharding(self.mesh, P(None, DATA_AXIS)))
     out = {}
     for key, value in local.items():
       value = np.asarray(value, np.int32 if key == "label" else None)
-      out[key] = jax.make_array_from_process_local_data(self.sharding, value,
-                                                        (batch,) + value.shape[1:])
+      shape = lead + (batch,) + value.shape[len(lead) + 1:]
+      out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
     return out
 
   # ------------------------------------------------------------------------------- public
 
   def train_iterator(self) -> TrainIterator:
-    """Infinite global batches {"image": uint8 [B, H, W, C], "label": int32 [B]}, from step 0."""
+    """Infinite global batches {"image": uint8 [B, H, W, C], "label": int32 [B]}, from step 0.
+
+    With `placement` "device" the batches are gathered on the devices from a copy of the
+    split made for this iterator (`device_resident.py`); the same batches either way.
+    """
+    if self.placement == "device":
+      from resnet_jax.data import device_resident  # pylint: disable=g-import-not-at-top
+      return device_resident.DeviceResidentTrainIterator(self, *self.dataset.train_arrays())
     return TrainIterator(self)
 
   def eval_iterator(self) -> Iterator[Batch]:

@@ -43,6 +43,9 @@ class InMemoryImages(OpenDataset):
   def eval_image_shape(self) -> Tuple[int, int, int]:
     return tuple(self.eval_images.shape[1:])
 
+  def train_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    return self.train_images, self.train_labels
+
   def load_train(self, record: int, example_seed: ExampleSeed) -> Tuple[np.ndarray, Any]:
     del example_seed  # augmentation runs on device
     return self.train_images[record], self.train_labels[record]

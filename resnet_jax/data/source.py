@@ -109,6 +109,14 @@ class OpenDataset(abc.ABC):
   def eval_image_shape(self) -> Tuple[int, int, int]:
     return self.image_shape
 
+  def train_arrays(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The whole train split as (uint8 images [N, H, W, C], labels [N]) in record order, when it
+    is held in memory and `load_train` only indexes it (no host augmentation); else None.
+
+    Datasets that return arrays can keep the split on the devices (`data.placement`).
+    """
+    return None
+
   @abc.abstractmethod
   def load_train(self, record: int, example_seed: ExampleSeed) -> Tuple[np.ndarray, int]:
     """(image, label) of a train record; host randomness from `np.random.default_rng(example_seed)`.

@@ -76,7 +76,7 @@ class BatchNorm(nn.Module):
       axes = tuple(range(1, grouped.ndim - 1))
       mean = grouped.mean(axis=axes, keepdims=True)
       var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
-      y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      y = _normalize(grouped, mean, var, scale, bias, self.epsilon).reshape(x.shape)
       batch_mean = mean.reshape(-1, features).mean(axis=0)
       batch_var = var.reshape(-1, features).mean(axis=0)
       count = xf.size // (features * (batch // self.group_size))
@@ -88,7 +88,7 @@ class BatchNorm(nn.Module):
       var = jnp.square(xf - mean).mean(axis=axes)
       if self.axis_name is not None:
         var = jax.lax.pmean(var, self.axis_name)
-      y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+      y = _normalize(xf, mean, var, scale, bias, self.epsilon)
       batch_mean, batch_var = mean, var
       count = xf.size // features
       if self.axis_name is not None:
@@ -99,8 +99,19 @@ class BatchNorm(nn.Module):
     if not self.is_initializing():
       running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * batch_mean
       running_var.value = self.momentum * running_var.value + (1 - self.momentum) * batch_var
-    y = y * scale.astype(stat_dtype) + bias.astype(stat_dtype)
     return y.astype(self.dtype)
+
+
+def _normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array,
+               epsilon: float) -> jax.Array:
+  """`(x - mean) / sqrt(var + eps) * scale + bias`, the scale folded into one per-channel factor.
+
+  Multiplying by `scale * rsqrt(var + eps)` (a vector) rather than by `rsqrt(...)` and
+  then `scale` (two full-size products, each kept for the backward pass) cut the train
+  step's memory traffic by 14 % (ResNet-20 on CPU, XLA's cost analysis): 4.00 -> 3.43 GB per
+  step (experiments/README.md, "Speed").
+  """
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale.astype(x.dtype)) + bias.astype(x.dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 import resnet_jax.data as rjd
+from resnet_jax import compilation_cache
 from resnet_jax import models
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import mesh as mesh_lib
@@ -115,8 +116,13 @@ class Experiment:
 
 
 def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> Experiment:
-  """Validates `config` and builds its pipeline, model and optimiser."""
+  """Validates `config` and builds its pipeline, model and optimiser.
+
+  Also switches on JAX's persistent compilation cache (`resnet_jax.compilation_cache`;
+  `RESNET_JAX_COMPILATION_CACHE=off` keeps it off), so a restarted run loads its compiled steps.
+  """
   config_lib.validate(config)
+  compilation_cache.enable()
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
   pipe = pipeline(config, mesh)
   steps_per_epoch = int(pipe.steps_per_epoch)

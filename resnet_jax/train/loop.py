@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from resnet_jax import models
 from resnet_jax.train import build
@@ -233,8 +233,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optio
     train_step = step_lib.make_train_step(model, tx, config, mesh, pipe.preprocess, pipe.num_classes)
     multi_step = (step_lib.make_train_step(model, tx, config, mesh, pipe.preprocess, pipe.num_classes,
                                            steps_per_call=k) if k > 1 else None)
-    stack = jax.jit(lambda *bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
-                    out_shardings=NamedSharding(mesh, P(None, mesh_lib.DATA_AXIS)))
     eval_step = make_eval_step(model, mesh, pipe)
     eval_every = steps_per_epoch * int(config.eval_every_epochs)
 
@@ -281,7 +279,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optio
                 (step // config.checkpoint_every_steps + 1) * config.checkpoint_every_steps,
                 (step // eval_every + 1) * eval_every]
       if multi_step is not None and min(events) - step >= k:
-        state, sums = multi_step(state, sums, stack(*[next(train_iter) for _ in range(k)]))
+        state, sums = multi_step(state, sums, train_iter.take(k))
         step += k
       else:
         state, sums = train_step(state, sums, next(train_iter))

@@ -14,10 +14,13 @@ BatchNorm statistics are an experimental choice (STYLE.md), decided here from
 
 Metrics are accumulated on device (`MetricSums`) and only fetched by the loop
 every few steps; `make_train_step(..., steps_per_call=K)` runs K steps per
-dispatch with `lax.scan`.
+dispatch with `lax.scan`. On CPU the step differentiates the network through
+`cpu_conv.conv_general_dilated`, whose gradient convolutions XLA:CPU runs with Eigen
+inside the scan too (without it a scanned ResNet step was ~16x slower; see `cpu_conv`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -27,6 +30,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from resnet_jax.train import cpu_conv
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train.config import BN_MODES
 from resnet_jax.train.state import TrainState
@@ -78,6 +82,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   mode = config.bn.mode
   if mode not in BN_MODES:
     raise ValueError(f"bn.mode={mode!r} is not one of {BN_MODES}")
+  platform = mesh.devices.flat[0].platform
+  model, canonical = cpu_conv.for_platform(model, platform)
+  if steps_per_call > 1 and not canonical:
+    warnings.warn(
+        f"steps_per_call={steps_per_call} on {platform}: the network's convolution "
+        f"(conv={getattr(model, 'conv', None)!r}) is not a flax.linen.Conv constructor, so its "
+        "gradient convolutions inside lax.scan run as XLA:CPU's naive loops (~16x slower than "
+        "single steps for a ResNet); use steps_per_dispatch=1 on CPU", stacklevel=2)
   label_smoothing = float(config.label_smoothing)
 
   def loss_and_grads(params, batch_stats, images, labels, dropout_rng, axis_name=None):

@@ -36,7 +36,7 @@ OPERATIONAL_FIELDS = frozenset({
     "log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
     "keep_best_checkpoints", "async_checkpoints", "steps_per_dispatch", "eval_batch_size",
     "data.data_dir", "data.num_workers", "data.num_threads", "data.prefetch_batches",
-    "data.eval_split", "init_from",
+    "data.eval_split", "data.placement", "data.jpeg_decoder", "init_from",
 })
 
 

@@ -1,0 +1,74 @@
+"""`resnet-jax bench`: the report's contents, the minimal reference network, one-line errors."""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import resnet_jax.data as rjd
+from resnet_jax import cli
+from resnet_jax import models
+from resnet_jax.bench import minimal
+from resnet_jax.data import testing as data_testing
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  tmp = tmp_path_factory.mktemp("cifar")
+  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=32, num_test=20, seed=4)
+  rjd.prepare("cifar10", source=source, data_dir=tmp / "tfds")
+  return tmp / "tfds"
+
+
+def test_bench_real_data_side_by_side(data_dir, capsys):
+  code = cli.main(["bench", "--config", "cifar10_resnet20:smoke", "--data", "real", "--data-dir",
+                   str(data_dir), "--steps", "2", "--windows", "2", "--warmup", "1",
+                   "--steps-per-dispatch", "1", "2", "--compare-minimal", "--json",
+                   "--set", "data.train_split=train", "data.eval_split=test"])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  r = json.loads(out.strip().splitlines()[-1])
+  names = {"step K=1", "step K=2", "minimal flax", "loop/host K=1", "loop/device K=1", "loop/host K=2",
+           "loop/device K=2"}
+  assert set(r["results"]) == names
+  for x in r["results"].values():
+    assert len(x["img_per_s_windows"]) == 2 and x["img_per_s"] > 0
+    assert x["ms_per_step_min"] <= x["ms_per_step"] <= x["ms_per_step_max"] and x["cpu_ms_per_step"] > 0
+  assert r["results"]["step K=1"]["compile_s"] > 0 and r["results"]["minimal flax"]["compile_s"] > 0
+  assert set(r["ratios"]) == {"step K=2 / step K=1", "step K=1 / minimal flax", "loop/host K=1 / step K=1",
+                              "loop/device K=1 / step K=1", "loop/host K=2 / step K=2",
+                              "loop/device K=2 / step K=2"}
+  assert all(len(x["rounds"]) == 2 for x in r["ratios"].values())
+  model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16), stem_width=4)
+  assert r["macs_per_image"] == models.flops(model, (1, 32, 32, 3))
+  assert r["params"] == r["minimal_params"]  # the reference is the same network size
+  step = r["results"]["step K=1"]
+  assert step["tflops"] == pytest.approx(6 * r["macs_per_image"] * step["img_per_s"] / 1e12)
+  assert "loop overhead over the bare step" in out and "speed step K=1 / minimal flax" in out
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet56", "resnet50", "resnext50_32x4d",
+                                  "resnext29_8x64d"])
+def test_minimal_reference_has_the_networks_size(name):
+  model = models.create(name)
+  size = 32 if model.stem == "cifar" else 224
+  ours = models.count_params(models.abstract_variables(model, (1, size, size, 3)))
+  net = minimal.like(model)
+  shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))
+  assert minimal.count_params(shapes) == ours
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "resnet51"], "unknown model 'resnet51'"),
+    (["--config", "cifar10_resnet21"], "unknown config 'cifar10_resnet21'"),
+    ([], "give --model NAME"),
+    (["--model", "resnet50", "--data", "fake"], "--data 'fake' is not one of synthetic, real"),
+    (["--model", "resnet50", "--dtype", "float16"], "--dtype 'float16' is not one of float32, bfloat16"),
+    (["--model", "resnet50", "--steps", "5", "--steps-per-dispatch", "2"], "must be at least 1 and divide --steps 5"),
+    (["--model", "resnet50", "--placement", "gpu"], "--placement 'gpu' is not one of both, host, device"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message, capsys):
+  assert cli.main(["bench", *argv]) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1, err
