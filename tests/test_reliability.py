@@ -219,15 +219,23 @@ def test_kill_9_during_an_async_save_resumes_from_the_newest_complete_checkpoint
   is left behind; the next run resumes from step 5 and removes it."""
   workdir = tmp_path / "run"
   script = textwrap.dedent(f"""
-      import os, pathlib, signal, sys
+      import asyncio, os, pathlib, signal, sys, time
       sys.path.insert(0, {str(ROOT / 'tests')!r})
+      from orbax.checkpoint._src.path import atomicity
       from resnet_jax.train import checkpoint as ckpt_lib
       from test_reliability import smoke_config
       from resnet_jax import train as rt
+      rename = atomicity.AtomicRenameTemporaryPath.finalize
+      async def slow_rename(self, *args, **kwargs):  # Orbax's commit of step 10 is still pending
+        if self.get_final().name == "10":
+          await asyncio.sleep(120)
+        return await rename(self, *args, **kwargs)
+      atomicity.AtomicRenameTemporaryPath.finalize = slow_rename
       original = ckpt_lib.Checkpointer.save
       def save(self, step, *args, **kwargs):
         started = original(self, step, *args, **kwargs)
         if step == 10:
+          time.sleep(0.5)  # the background thread writes step 10's files into the temporary directory
           tmp = [p.name for p in self.directory.iterdir() if "tmp" in p.name]
           print("TMP", tmp, flush=True)
           os.kill(os.getpid(), signal.SIGKILL)
