@@ -254,7 +254,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return _error(argv[0], str(e))
     if argv[0] in ("train", "bench"):
       print(note, flush=True)
-  return command(argv[1:])
+  try:
+    return command(argv[1:])
+  except KeyboardInterrupt:  # Ctrl-C before training started, or a second Ctrl-C
+    print(f"resnet-jax {argv[0]}: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -453,3 +453,11 @@ def test_bad_eval_and_prepare_flags_are_one_line(data_dir, tmp_path_factory, cap
   assert cli.main(argv) == 2
   line = _one_line_error(capsys.readouterr().err)
   assert message in line, line
+
+
+def test_ctrl_c_before_training_starts_is_one_line(monkeypatch, capsys):
+  def interrupted(argv):
+    raise KeyboardInterrupt
+  monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+  assert cli.main(["train", "--config", SMOKE, "--workdir", "/tmp/unused"]) == 130
+  assert _one_line_error(capsys.readouterr().err) == "resnet-jax train: interrupted"
