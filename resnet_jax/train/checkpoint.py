@@ -157,7 +157,10 @@ class Checkpointer:
             # Orbax records a save's metrics only when `best_fn` is set; BestN needs them.
             best_fn=_eval_error, best_mode="min",
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            # Only a writer removes Orbax's temporary directories of unfinished saves: a reader
+            # (`create=False`: eval, load_variables) may run beside a training process whose
+            # asynchronous save is in flight.
+            cleanup_tmp_directories=create,
             create=create))
     self._pending: Optional[int] = None  # the step of the last save started
 
