@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import resnet_jax.data as rjd
 from resnet_jax import cli
 from resnet_jax import models
 from resnet_jax.bench import minimal
@@ -15,10 +14,8 @@ from resnet_jax.data import testing as data_testing
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> pathlib.Path:
-  tmp = tmp_path_factory.mktemp("cifar")
-  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=32, num_test=20, seed=4)
-  rjd.prepare("cifar10", source=source, data_dir=tmp / "tfds")
-  return tmp / "tfds"
+  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=32,
+                                      num_test=20, seed=4)
 
 
 def test_bench_real_data_side_by_side(data_dir, capsys):

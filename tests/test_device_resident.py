@@ -20,10 +20,8 @@ B = 32  # 320 train images: 10 steps per epoch
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> pathlib.Path:
-  tmp = tmp_path_factory.mktemp("cifar")
-  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=64, num_test=40, seed=3)
-  rjd.prepare("cifar10", source=source, data_dir=tmp / "tfds")
-  return tmp / "tfds"
+  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=64,
+                                      num_test=40, seed=3)
 
 
 def _pipe(data_dir, placement, seed=7, mesh=None):

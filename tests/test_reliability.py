@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import resnet_jax as rj
-import resnet_jax.data as rjd
 from resnet_jax import cli
 from resnet_jax import train as rt
 from resnet_jax.configs import cifar10_resnet20
@@ -35,10 +34,8 @@ ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPAT
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> pathlib.Path:
-  tmp = tmp_path_factory.mktemp("cifar")
-  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=64, num_test=50, seed=0)
-  rjd.prepare("cifar10", source=source, data_dir=tmp / "tfds")
-  return tmp / "tfds"
+  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=64,
+                                      num_test=50, seed=0)
 
 
 OVERRIDES = {"data.train_split": "train", "data.eval_split": "test", "eval_batch_size": 25}
@@ -336,9 +333,7 @@ def test_workdir_of_another_format_is_refused(data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_damaged_dataset_shard_names_the_file_and_the_prepare_command(tmp_path, damage, capsys):
-  source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=16, num_test=20, seed=0)
-  tfds_dir = tmp_path / "tfds"
-  rjd.prepare("cifar10", source=source, data_dir=tfds_dir)
+  tfds_dir = data_testing.prepare_cifar10(tmp_path, num_train_per_batch=16, num_test=20, seed=0)
   shard = next((tfds_dir / "cifar10").rglob("cifar10-train.array_record-*"))
   if damage == "truncate":
     shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])

@@ -26,10 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> pathlib.Path:
   """320 train / 50 test random CIFAR-10-format images, prepared as TFDS ArrayRecord."""
-  tmp = tmp_path_factory.mktemp("cifar")
-  source = data_testing.write_cifar10_binary(tmp / "src", num_train_per_batch=64, num_test=50, seed=0)
-  rjd.prepare("cifar10", source=source, data_dir=tmp / "tfds")
-  return tmp / "tfds"
+  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=64,
+                                      num_test=50, seed=0)
 
 
 OVERRIDES = {"data.train_split": "train", "data.eval_split": "test", "eval_batch_size": 20}

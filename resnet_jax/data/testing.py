@@ -52,6 +52,16 @@ def write_cifar10_binary(directory: str | pathlib.Path, num_train_per_batch: int
   return folder
 
 
+def prepare_cifar10(directory: str | pathlib.Path, num_train_per_batch: int = 20, num_test: int = 30,
+                    seed: int = 0) -> pathlib.Path:
+  """`write_cifar10_binary` into `directory/src`, prepared as TFDS in `directory/tfds` (returned)."""
+  from resnet_jax import data as rjd  # pylint: disable=g-import-not-at-top
+  directory = pathlib.Path(directory)
+  source = write_cifar10_binary(directory / "src", num_train_per_batch, num_test, seed)
+  rjd.prepare("cifar10", source=source, data_dir=directory / "tfds")
+  return directory / "tfds"
+
+
 def write_cifar(directory: str | pathlib.Path, name: str = "cifar10", binary: bool = True,
                 num_train: int = 50, num_test: int = 20, seed: int = 0) -> pathlib.Path:
   """Writes CIFAR-10/100 in an official layout (`binary` or python pickles) under its official folder.
