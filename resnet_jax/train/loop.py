@@ -155,7 +155,7 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
         f"weights: --config.init_from={workdir}")
 
 
-def _init_from(config: ml_collections.ConfigDict, state: state_lib.TrainState, model, mesh: Mesh,
+def _init_from(config: ml_collections.ConfigDict, state: state_lib.TrainState, mesh: Mesh,
                image_shape, num_classes: int) -> Tuple[state_lib.TrainState, str]:
   """`state` with params and BN statistics of the run `config.init_from` (same network)."""
   path, step = config_lib.parse_init_from(config.init_from)
@@ -174,7 +174,6 @@ def _init_from(config: ml_collections.ConfigDict, state: state_lib.TrainState, m
   replicated = mesh_lib.replicated(mesh)
   params = jax.device_put(jax.tree.map(jnp.asarray, variables["params"]), replicated)
   batch_stats = jax.device_put(jax.tree.map(jnp.asarray, variables.get("batch_stats", {})), replicated)
-  del model
   return state.replace(params=params, batch_stats=batch_stats), f"{path} ({'latest' if step is None else step})"
 
 
@@ -224,7 +223,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Optio
       state = state_lib.create_train_state(model, tx, mesh, image_shape, config.seed)
       sums = step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
       if config.get("init_from"):
-        state, source = _init_from(config, state, model, mesh, image_shape, pipe.num_classes)
+        state, source = _init_from(config, state, mesh, image_shape, pipe.num_classes)
         writer.print(f"initialised params and BatchNorm statistics from {source}")
     if jax.process_index() == 0:
       config_lib.save_config(config, workdir)
