@@ -5,6 +5,8 @@
 #   run.sh start   start the run, or resume it, in the background (idempotent)
 #   run.sh status  is it running; the last progress line
 #   run.sh save    copy the newest checkpoint, metrics and session log into this folder (commit them)
+#   run.sh finish  once the run has finished: evaluate the final checkpoint on the test images,
+#                  save, and write results.json, curves.png and the table (report.py)
 #
 # The code that trains is a git worktree of RUN_COMMIT outside the checkout, so edits to the
 # checkout never touch the running code. Everything the run writes lives outside the checkout
@@ -88,9 +90,26 @@ save() {
   echo "saved checkpoint $latest ($(du -sh "$HERE/checkpoint" | cut -f1)) to $HERE/checkpoint"
 }
 
+finish() {
+  if running; then echo "error: the run is still training (pid $(cat "$PIDFILE")); finish it first" >&2; return 2; fi
+  local num_steps
+  num_steps="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_steps"])' "$WORKDIR/config.json")"
+  if [[ ! -d "$WORKDIR/checkpoints/$num_steps" ]]; then
+    echo "error: no checkpoint of step $num_steps in $WORKDIR/checkpoints; resume with: $0 start" >&2; return 2
+  fi
+  # The run's own code evaluates its final checkpoint on the official test images available here.
+  "$SRC/.venv/bin/resnet-jax" eval --workdir "$WORKDIR" --step "$num_steps" --split test --json \
+    >"$HERE/eval_test.log" 2>&1 || { tail -5 "$HERE/eval_test.log" >&2; return 2; }
+  save
+  [[ -x "$REPO/.venv/bin/python" ]] || make -C "$REPO" install >/dev/null
+  "$REPO/.venv/bin/python" "$HERE/report.py" --workdir "$WORKDIR" --test-eval "$HERE/eval_test.log" \
+    --run-commit "$RUN_COMMIT" --out "$HERE"
+}
+
 case "${1:-start}" in
   start) start ;;
   status) status ;;
   save) save ;;
-  *) echo "usage: $0 [start|status|save]" >&2; exit 2 ;;
+  finish) finish ;;
+  *) echo "usage: $0 [start|status|save|finish]" >&2; exit 2 ;;
 esac
