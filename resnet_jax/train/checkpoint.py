@@ -110,8 +110,13 @@ def fingerprint(model_config: Dict[str, Any], num_classes: int, image_shape: Tup
   }
 
 
-def _describe_mismatch(saved: Dict[str, Any], current: Dict[str, Any],
-                       tree_keys: Tuple[str, ...] = STATE_KEYS) -> Optional[str]:
+def describe_mismatch(saved: Dict[str, Any], current: Dict[str, Any],
+                      tree_keys: Tuple[str, ...] = STATE_KEYS) -> Optional[str]:
+  """How two `fingerprint`s differ, in one line (the first differing part); None if they match.
+
+  Compares the model fields, class count and image shape, then the shapes of each tree in
+  ``tree_keys`` (missing, extra and reshaped entries, at most three of each).
+  """
   for key in ("model", "num_classes", "image_shape"):
     if saved.get(key) != current[key]:
       if key == "model":
@@ -282,7 +287,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, abstract_metric_sums: Any,
               meta: Dict[str, Any]) -> Tuple[Any, Any, Dict[str, Any]]:
     """Restores `step` after checking its fingerprint against `meta`."""
-    problem = _describe_mismatch(self.read_meta(step), meta)
+    problem = describe_mismatch(self.read_meta(step), meta)
     if problem:
       raise CheckpointMismatchError(
           f"checkpoint {self.directory / str(step)} does not match this config: {problem} "
@@ -302,7 +307,7 @@ class Checkpointer:
     `meta` is a `fingerprint` whose optimiser-state entry is ignored, so no optimiser
     config is needed.
     """
-    problem = _describe_mismatch(self.read_meta(step), meta, VARIABLE_KEYS)
+    problem = describe_mismatch(self.read_meta(step), meta, VARIABLE_KEYS)
     if problem:
       raise CheckpointMismatchError(
           f"checkpoint {self.directory / str(step)} does not match this model: {problem}")

@@ -168,7 +168,7 @@ def _init_from(config: ml_collections.ConfigDict, state: state_lib.TrainState, m
                                                              "batch_stats": state.batch_stats})
   theirs = ckpt_lib.fingerprint({}, num_classes, image_shape, {"params": variables["params"],
                                                                "batch_stats": variables.get("batch_stats", {})})
-  problem = ckpt_lib._describe_mismatch(theirs, ours, ckpt_lib.VARIABLE_KEYS)  # pylint: disable=protected-access
+  problem = ckpt_lib.describe_mismatch(theirs, ours, ckpt_lib.VARIABLE_KEYS)
   if problem:
     raise ckpt_lib.CheckpointMismatchError(f"init_from={config.init_from!r} is another network: {problem}")
   replicated = mesh_lib.replicated(mesh)
