@@ -207,18 +207,15 @@ class Study:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from resnet_jax.train import metrics
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
     for variant in self.variants:
       runs = [r for r in self.runs if r.variant == variant]
       for kind, key, ax in (("train", "loss", ax_loss), ("eval", self.metric, ax_err)):
         by_step: dict[int, list[float]] = {}
         for run in runs:
-          last = {}
-          for rec in run.curves():  # a resumed run may log a step twice: keep the last
-            if rec.get("kind") == kind and key in rec:
-              last[rec["step"]] = rec[key]
-          for step, value in last.items():
-            by_step.setdefault(step, []).append(value)
+          for step, rec in metrics.latest_per_step(run.curves(), kind, key).items():
+            by_step.setdefault(step, []).append(rec[key])
         if by_step:
           steps = sorted(by_step)
           ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=variant,

@@ -123,6 +123,18 @@ def read_metrics(workdir: str | pathlib.Path) -> list[Dict[str, float]]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def latest_per_step(records: list[Dict], kind: str, key: Optional[str] = None) -> Dict[int, Dict]:
+  """Step -> record of that `kind` (and holding `key`, if given), in step order.
+
+  A resumed run logs the steps after its checkpoint again; the later record wins.
+  """
+  out: Dict[int, Dict] = {}
+  for rec in records:
+    if rec.get("kind") == kind and (key is None or key in rec):
+      out[int(rec["step"])] = rec
+  return dict(sorted(out.items()))
+
+
 def format_duration(seconds: float) -> str:
   seconds = max(int(seconds), 0)
   h, rem = divmod(seconds, 3600)

@@ -16,24 +16,10 @@ import pathlib
 import sys
 
 from resnet_jax import paper
+from resnet_jax.train import metrics as metrics_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
 MODEL = "cifar_resnet20"
-
-
-def read_jsonl(path: pathlib.Path) -> list[dict]:
-  if not path.exists():
-    raise SystemExit(f"error: {path} does not exist; is --workdir the run's workdir?")
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def last_per_step(records: list[dict], kind: str) -> dict[int, dict]:
-  """A resumed run logs the steps after its checkpoint again: the later record wins."""
-  out: dict[int, dict] = {}
-  for rec in records:
-    if rec.get("kind") == kind:
-      out[int(rec["step"])] = rec
-  return dict(sorted(out.items()))
 
 
 def segments(sessions: list[dict], metrics: list[dict], batch_size: int) -> list[dict]:
@@ -116,9 +102,13 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   config = json.loads((args.workdir / "config.json").read_text())
-  metrics = read_jsonl(args.workdir / "metrics.jsonl")
-  sessions = read_jsonl(args.workdir / "sessions.jsonl")
-  train, evals = last_per_step(metrics, "train"), last_per_step(metrics, "eval")
+  metrics = metrics_lib.read_metrics(args.workdir)
+  sessions = metrics_lib.read_sessions(args.workdir)
+  if not metrics or not sessions:
+    raise SystemExit(f"error: no {metrics_lib.METRICS_FILE} or {metrics_lib.SESSIONS_FILE} records in "
+                     f"{args.workdir}; is --workdir the run's workdir?")
+  train = metrics_lib.latest_per_step(metrics, "train")
+  evals = metrics_lib.latest_per_step(metrics, "eval")
   if not evals:
     raise SystemExit(f"error: no eval record in {args.workdir / 'metrics.jsonl'}")
   num_steps = config["num_steps"]
@@ -131,7 +121,7 @@ def main(argv=None) -> int:
   paper_result = paper.CIFAR10_DEPTH[MODEL]
   heldout_n = int(final.get("num_examples", 5000))
 
-  test = None
+  test = test_n = None
   if args.test_eval is not None:
     lines = [l for l in args.test_eval.read_text().splitlines() if l.strip().startswith("{")]
     if not lines:
@@ -140,6 +130,7 @@ def main(argv=None) -> int:
     if test.get("step") != final_step or test.get("split") != "test":
       raise SystemExit(f"error: {args.test_eval} evaluates split {test.get('split')!r} at step "
                        f"{test.get('step')}; expected split 'test' at the run's last step {final_step}")
+    test_n = int(test.get("num_examples", 1000))
 
   results = {
       "model": MODEL,
@@ -156,8 +147,7 @@ def main(argv=None) -> int:
       "test_1k": None if test is None else {
           "split": "test", "step": test.get("step"), "error": test["error"],
           "top5_error": test.get("top5_error"), "loss": test.get("loss"),
-          "num_examples": int(test.get("num_examples", 1000)),
-          "standard_error": round(std_error(test["error"], int(test.get("num_examples", 1000))), 2)},
+          "num_examples": test_n, "standard_error": round(std_error(test["error"], test_n), 2)},
       "paper": {"error": paper_result.error, "source": paper_result.source,
                 "protocol": "CIFAR-10 test set (10,000 images), trained on 45k"},
       "commit": args.run_commit or (commits[0] if len(commits) == 1 else commits),
