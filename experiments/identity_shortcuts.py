@@ -10,17 +10,18 @@ from __future__ import annotations
 from resnet_jax import paper
 from resnet_jax.reproduce import Group, main_guard, parser, run
 
+OPTIONS = "model.shortcut_options"
 VARIANTS = {
     "original": {},
-    "scale_shortcut_0.5": {"model.shortcut": "scale", "model.shortcut_scale": 0.5},
-    "scale_both_0.5": {"model.shortcut": "scale", "model.shortcut_scale": 0.5, "model.scale_residual": True},
-    "exclusive_gate_b0": {"model.shortcut": "gate", "model.gate_bias_init": 0.0},
-    "exclusive_gate_b-6": {"model.shortcut": "gate", "model.gate_bias_init": -6.0},
-    "exclusive_gate_b-7": {"model.shortcut": "gate", "model.gate_bias_init": -7.0},
-    "shortcut_gate_b0": {"model.shortcut": "shortcut_gate", "model.gate_bias_init": 0.0},
-    "shortcut_gate_b-6": {"model.shortcut": "shortcut_gate", "model.gate_bias_init": -6.0},
+    "scale_shortcut_0.5": {"model.shortcut": "scale", f"{OPTIONS}.scale": 0.5},
+    "scale_both_0.5": {"model.shortcut": "scale", f"{OPTIONS}.scale": 0.5, f"{OPTIONS}.scale_residual": True},
+    "exclusive_gate_b0": {"model.shortcut": "gate", f"{OPTIONS}.gate_bias_init": 0.0},
+    "exclusive_gate_b-6": {"model.shortcut": "gate", f"{OPTIONS}.gate_bias_init": -6.0},
+    "exclusive_gate_b-7": {"model.shortcut": "gate", f"{OPTIONS}.gate_bias_init": -7.0},
+    "shortcut_gate_b0": {"model.shortcut": "shortcut_gate", f"{OPTIONS}.gate_bias_init": 0.0},
+    "shortcut_gate_b-6": {"model.shortcut": "shortcut_gate", f"{OPTIONS}.gate_bias_init": -6.0},
     "conv1x1": {"model.shortcut": "conv1x1"},
-    "dropout_0.5": {"model.shortcut": "dropout", "model.shortcut_dropout_rate": 0.5},
+    "dropout_0.5": {"model.shortcut": "dropout", f"{OPTIONS}.rate": 0.5},
 }
 SMOKE = ("original", "scale_both_0.5", "exclusive_gate_b-6", "conv1x1", "dropout_0.5")
 
@@ -34,7 +35,7 @@ def main() -> None:
   run("identity_shortcuts", [Group("shortcuts", args.model, VARIANTS, paper.IDENTITY_SHORTCUTS)], args,
       "Shortcut variants on ResNet-110, CIFAR-10 (He et al. 2016, Table 1)",
       notes=["paper: median of 5 runs on the 10k test set; shortcuts where dimensions change are option A "
-             "(`model.downsample`)"])
+             "(`model.shortcut_options.downsample`)"])
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ from resnet_jax.models import (BasicBlock, BatchNorm, BottleneckBlock, Conv1x1Sh
                                ResidualUnit, ScaledShortcut, ZeroPadShortcut)
 
 __version__ = "0.1.0"
-_LAZY_MODULES = ("configs", "data", "train", "study", "paper", "allocator", "interop", "reproduce")
+_LAZY_MODULES = {name: name for name in ("configs", "data", "train", "study", "paper", "interop", "reproduce",
+                                          "runtime")}
+_LAZY_MODULES["allocator"] = "runtime.allocator"  # `rj.allocator`, from before the runtime package
 _LAZY_NAMES = {"compare": "study", "Study": "study"}
 
 
 def __getattr__(name: str) -> Any:
   if name in _LAZY_MODULES:
-    return importlib.import_module(f"resnet_jax.{name}")
+    return importlib.import_module(f"resnet_jax.{_LAZY_MODULES[name]}")
   if name in _LAZY_NAMES:
     return getattr(importlib.import_module(f"resnet_jax.{_LAZY_NAMES[name]}"), name)
   raise AttributeError(f"module 'resnet_jax' has no attribute {name!r}")

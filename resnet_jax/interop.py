@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file as load_safetensors
 
 from resnet_jax import models
 from resnet_jax.models import layers
@@ -212,14 +213,13 @@ def load(path: str | pathlib.Path, name: str, num_classes: Optional[int] = None,
     raise FileNotFoundError(f"no checkpoint file {path}")
   suffix = path.suffix.lower()
   if suffix == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    state_dict = load_file(str(path))
+    state_dict = load_safetensors(str(path))
   elif suffix == ".npz":
     with np.load(path) as f:
       state_dict = {k: f[k] for k in f.files}
   elif suffix in (".pth", ".pt", ".bin"):
     try:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch  # pylint: disable=g-import-not-at-top  (optional, and seconds to import)
     except ImportError:
       raise ImportError(f"reading {path.name} needs PyTorch: pip install 'resnet-jax[torch]' (or convert "
                         "it to .safetensors, which needs no torch)") from None

@@ -21,8 +21,12 @@ import time
 from typing import Any, Mapping, Optional, Sequence
 
 import resnet_jax as rj
+import resnet_jax.data as rjd
 from resnet_jax import study as study_lib
 from resnet_jax.paper import PaperResult
+from resnet_jax.runtime.provenance import device_description, git_commit
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import workdir as workdir_lib
 
 # The papers' CIFAR schedule is in iterations; splits of the two error protocols
 # of ../shared/data/README.md (and of the paper's §4.2 45k/5k split).
@@ -108,7 +112,6 @@ def budget_overrides(base_config, args) -> dict[str, Any]:
 def prepare_data(args, data_dir: Optional[str]) -> None:
   """Prepares CIFAR-10 from ``--cifar10-source`` into ``data_dir`` (a no-op once prepared)."""
   if args.cifar10_source:
-    import resnet_jax.data as rjd
     rjd.prepare("cifar10", args.cifar10_source, data_dir)
 
 
@@ -175,14 +178,14 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
             f"reduced: --steps {args.steps}" if args.steps else
             f"reduced: --scale {args.scale}" if args.scale else "the paper's full schedule")
   header = [f"# {title}", "", f"- budget: {budget}", f"- protocol: {protocol}",
-            f"- seeds: {args.seeds}", f"- commit: {study_lib.git_commit()}",
-            f"- device: {study_lib.device_description()}", *[f"- {n}" for n in notes], ""]
+            f"- seeds: {args.seeds}", f"- commit: {git_commit()}",
+            f"- device: {device_description()}", *[f"- {n}" for n in notes], ""]
   text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
   (results_dir / "table.md").write_text(text)
   summary = {"experiment": experiment, "title": title, "budget": budget,
              "protocol": protocol,
              "error_label": splits[2], "seeds": args.seeds, "wall_time_s": time.time() - start,
-             "commit": study_lib.git_commit(), "device": study_lib.device_description(), "runs": records}
+             "commit": git_commit(), "device": device_description(), "runs": records}
   (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
   print(f"\nwrote {results_dir / 'table.md'} and {results_dir / 'results.json'}", flush=True)
   return summary
@@ -191,8 +194,6 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
 def main_guard(fn) -> None:
   """Runs an experiment's `main`: user errors (bad flags, changed settings, busy or damaged
   workdirs, a full disk) end in one line on stderr, not a traceback."""
-  from resnet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     fn()
   except (ValueError, FileNotFoundError, workdir_lib.WorkdirError) as e:

@@ -17,36 +17,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import platform
 import statistics
-import subprocess
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import matplotlib
 import ml_collections
 
 from resnet_jax import configs
 from resnet_jax.paper import PaperResult
+from resnet_jax.runtime.provenance import device_description, git_commit
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import loop
+from resnet_jax.train import metrics
+from resnet_jax.train import workdir as workdir_lib
 
 RESULT_FILE = "result.json"
 ON_CHANGE = ("error", "rerun")
 # A variant may train from another config: {"resnet110": {"config": "cifar10_resnet110"}}.
 CONFIG_KEY = "config"
-
-
-def git_commit() -> str:
-  try:
-    out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True, timeout=10,
-                         cwd=pathlib.Path(__file__).resolve().parents[1])
-    return out.stdout.strip() or "unknown"
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-
-
-def device_description() -> str:
-  import jax
-  devices = jax.devices()
-  return f"{len(devices)}x {devices[0].device_kind} ({jax.default_backend()}), {platform.node()}"
 
 
 @dataclasses.dataclass
@@ -67,7 +56,6 @@ class Run:
     return json.loads(self.result_path.read_text()) if self.finished else None
 
   def curves(self) -> list[dict]:
-    from resnet_jax.train import metrics
     return metrics.read_metrics(self.workdir)
 
 
@@ -118,9 +106,7 @@ class Study:
 
   def run(self, train_fn: Optional[Callable[..., dict]] = None, log: Callable[[str], None] = print) -> "Study":
     """Trains every unfinished run (resuming from its checkpoint); finished runs are skipped."""
-    if train_fn is None:
-      from resnet_jax import train as train_lib
-      train_fn = train_lib.train
+    train_fn = loop.train if train_fn is None else train_fn
     for run in self.runs:
       config = self.config_for(run)
       changes = self._changes(run, config)
@@ -151,8 +137,6 @@ class Study:
 
   def _changes(self, run: Run, config: ml_collections.ConfigDict) -> str:
     """The fields in which `run`'s stored config differs from `config` ("" if none or no run)."""
-    from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-    from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
     if run.finished:
       saved = run.result().get("config")
     elif (run.workdir / config_lib.CONFIG_FILE).is_file() and any((run.workdir / "checkpoints").glob("[0-9]*")):
@@ -204,10 +188,8 @@ class Study:
 
   def plot(self, path: str | pathlib.Path, title: Optional[str] = None) -> pathlib.Path:
     """Training loss and eval error vs iteration, one line per variant (mean over seeds)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from resnet_jax.train import metrics
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after choosing the backend)
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
     for variant in self.variants:
       runs = [r for r in self.runs if r.variant == variant]

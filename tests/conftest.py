@@ -9,9 +9,32 @@ from __future__ import annotations
 import os
 import pathlib
 
+import jax
 import pytest
 
+from resnet_jax.data import testing as data_testing
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  """320 train / 50 test random CIFAR-10-format images, prepared once as TFDS ArrayRecord.
+
+  A module that needs another dataset defines its own `data_dir`.
+  """
+  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("tiny_cifar10"), num_train_per_batch=64,
+                                      num_test=50, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """XLA without most optimisations, for modules that test what a network is, not how fast
+  it runs (compiles several times faster; the arithmetic is the same up to float rounding)."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The CPU allocator choice (resnet_jax.allocator): when it re-executes, and that it changes no bits."""
+"""The CPU allocator choice (resnet_jax.runtime.allocator): when it re-executes, and that it changes no bits."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from resnet_jax import allocator
+from resnet_jax.runtime import allocator
 
 
 def _finder(available):

@@ -1,6 +1,5 @@
 """`resnet-jax bench`: the report's contents, the minimal reference network, one-line errors."""
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +8,6 @@ import pytest
 from resnet_jax import cli
 from resnet_jax import models
 from resnet_jax.bench import minimal
-from resnet_jax.data import testing as data_testing
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=32,
-                                      num_test=20, seed=4)
 
 
 def test_bench_real_data_side_by_side(data_dir, capsys):

@@ -71,6 +71,21 @@ def test_any_model_field_can_be_overridden(data_dir, tmp_path, capsys):
   assert saved["model"]["unit_order"] == "full_preact"
 
 
+def test_shortcut_options_are_set_one_by_one(data_dir, tmp_path, capsys):
+  workdir = tmp_path / "options"
+  rc = cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+                 "--config.data.train_split=train", "--config.data.eval_split=test",
+                 "--config.num_steps=2", "--config.eval_batch_size=16", "--config.model.shortcut=scale",
+                 "--config.model.shortcut_options.scale", "0.25", "--config.model.shortcut_options.downsample=B"])
+  assert rc == 0, capsys.readouterr().err
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["shortcut_options"] == {"scale": 0.25, "downsample": "B"}
+  rc = cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path / "bad"),
+                 "--config.model.shortcut_options.rate=0.5"])
+  err = capsys.readouterr().err
+  assert rc == 2 and "shortcut_options 'rate' does not apply to shortcut='A'" in err, err
+
+
 def test_bad_model_field_value_is_one_line(data_dir, tmp_path, capsys):
   rc = cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}",
                  "--config.data.train_split=train", "--config.data.eval_split=test",

@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-from resnet_jax import compilation_cache as cc
+from resnet_jax.runtime import compilation_cache as cc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def test_directory_default_explicit_and_off():
 
 WORKER = """
 import sys
-from resnet_jax import compilation_cache
+from resnet_jax.runtime import compilation_cache
 import jax, jax.numpy as jnp
 print(compilation_cache.enable())
 jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()

@@ -7,7 +7,7 @@ import pytest
 
 from resnet_jax import cli
 from resnet_jax.data import testing as data_testing
-from resnet_jax.train import cpu_notice
+from resnet_jax.runtime import cpu_notice
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,15 +13,8 @@ import resnet_jax.data as rjd
 from resnet_jax import train as rt
 from resnet_jax.configs import cifar10_resnet20
 from resnet_jax.data import device_resident
-from resnet_jax.data import testing as data_testing
 
 B = 32  # 320 train images: 10 steps per epoch
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=64,
-                                      num_test=40, seed=3)
 
 
 def _pipe(data_dir, placement, seed=7, mesh=None):

@@ -144,9 +144,9 @@ def test_ten_crop_evaluation_averages_the_softmax_of_the_ten_views():
                                eval_iterator=lambda: iter([{"image": images, "label": labels,
                                                             "mask": jnp.asarray([True, True, True, False])}]))
   mesh = rt.create_mesh(jax.devices()[:1])
-  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
-  out = loop.evaluate_params(loop.make_eval_step(model, mesh, pipe), variables["params"],
-                             variables["batch_stats"], pipe, mesh)
+  from resnet_jax.train import evaluation  # pylint: disable=g-import-not-at-top
+  out = evaluation.evaluate_params(evaluation.pipeline_eval_step(model, mesh, pipe), variables["params"],
+                                     variables["batch_stats"], pipe, mesh)
   views = augment.ten_crop(preprocess(images, None, False), 32)
   probs = jnp.stack([jax.nn.softmax(model.apply(variables, v)) for v in views])       # [10, 4, 5]
   mean = probs.mean(0)[:3]

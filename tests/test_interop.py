@@ -20,6 +20,8 @@ import pytest
 from resnet_jax import interop
 from resnet_jax import models
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
+
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "torchvision_reference.npz")
 SMALL = {"stage_sizes": (1, 1, 1, 1), "stage_widths": (4, 8, 16, 32), "stem_width": 4}

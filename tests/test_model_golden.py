@@ -14,6 +14,8 @@ import pytest
 
 from resnet_jax import models
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
+
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 _spec = importlib.util.spec_from_file_location("make_model_golden", FIXTURES / "make_model_golden.py")
 golden_lib = importlib.util.module_from_spec(_spec)
@@ -37,5 +39,10 @@ def test_network_layout_unchanged(name):
 def test_network_outputs_unchanged(name):
   got = golden_lib.outputs(name, models)
   for key in ("eval", "train"):
-    np.testing.assert_allclose(got[key], GOLDEN[f"{name}/{key}"], rtol=2e-5, atol=2e-5, err_msg=key)
-  np.testing.assert_allclose(float(got["stats_sum"]), float(GOLDEN[f"{name}/stats_sum"]), rtol=1e-5)
+    want = GOLDEN[f"{name}/{key}"]
+    # Float32 through 50 layers differs by up to ~1e-4 of the largest logit between CPUs (the
+    # fixture's AMD EPYC and an Intel Xeon: other vector widths, other summation orders); a
+    # changed network (a stride, an activation, an init) changes logits by O(1) of that scale.
+    scale = max(1.0e-3, float(np.abs(want).max()))
+    np.testing.assert_allclose(got[key], want, rtol=1e-3, atol=1e-3 * scale, err_msg=key)
+  np.testing.assert_allclose(float(got["stats_sum"]), float(GOLDEN[f"{name}/stats_sum"]), rtol=1e-4)

@@ -12,6 +12,8 @@ import pytest
 import resnet_jax as rj
 from resnet_jax import models
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
+
 # torchvision's *_Weights.IMAGENET1K_V1 meta "num_params" (1000 classes).
 TORCHVISION_PARAMS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,

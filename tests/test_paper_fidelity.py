@@ -146,6 +146,8 @@ def test_one_step_equals_pytorch_sgd(name, step):
         ", ".join(f"{k} {ours_worst[k]:.1e} / {torch_worst[k]:.1e}" for k in ours_worst))
   # float32 rounding of these gradients reaches ~2e-3 of a tensor's largest entry in
   # PyTorch too (its own worst cases above): the bounds are that level, not a looser one.
+  # Ours varies with the CPU's vector width (params at resnet20/0: 1.5e-4 on an AMD EPYC,
+  # 2.1e-4 on an Intel Xeon); the float64 comparison above is the proof of equality.
   assert ours_worst["batch_stats"] <= 1e-5
-  assert ours_worst["params"] <= 2e-4
+  assert ours_worst["params"] <= 4e-4
   assert ours_worst["momentum"] <= 5e-3

@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +15,11 @@ import time
 import jax
 import numpy as np
 import pytest
+import support
 
 import resnet_jax as rj
 from resnet_jax import cli
 from resnet_jax import train as rt
-from resnet_jax.configs import cifar10_resnet20
 from resnet_jax.data import testing as data_testing
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
@@ -32,21 +31,11 @@ SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py:smoke")
 ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=64,
-                                      num_test=50, seed=0)
-
-
 OVERRIDES = {"data.train_split": "train", "data.eval_split": "test", "eval_batch_size": 25}
 
 
 def smoke_config(data_dir, **overrides):
-  config = cifar10_resnet20.get_config("smoke")
-  for key, value in {**OVERRIDES, "data.data_dir": str(data_dir), **overrides}.items():
-    section, _, field = key.rpartition(".")
-    (config[section] if section else config)[field] = value
-  return config
+  return support.smoke_config(data_dir, **{"eval_batch_size": 25, **overrides})
 
 
 def _flags(data_dir, **overrides):
@@ -453,6 +442,7 @@ def test_bad_eval_and_prepare_flags_are_one_line(data_dir, tmp_path_factory, cap
 def test_ctrl_c_before_training_starts_is_one_line(monkeypatch, capsys):
   def interrupted(argv):
     raise KeyboardInterrupt
-  monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+  from resnet_jax.commands import train as train_command  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train_command, "main", interrupted)
   assert cli.main(["train", "--config", SMOKE, "--workdir", "/tmp/unused"]) == 130
   assert _one_line_error(capsys.readouterr().err) == "resnet-jax train: interrupted"

@@ -11,11 +11,10 @@ import time
 import jax
 import numpy as np
 import pytest
+import support
 
 import resnet_jax.data as rjd
-from resnet_jax.configs import cifar10_resnet20
 from resnet_jax import train as rt
-from resnet_jax.data import testing as data_testing
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train.workdir import ConfigChangedError
@@ -23,22 +22,11 @@ from resnet_jax.train.workdir import ConfigChangedError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-  """320 train / 50 test random CIFAR-10-format images, prepared as TFDS ArrayRecord."""
-  return data_testing.prepare_cifar10(tmp_path_factory.mktemp("cifar"), num_train_per_batch=64,
-                                      num_test=50, seed=0)
-
-
 OVERRIDES = {"data.train_split": "train", "data.eval_split": "test", "eval_batch_size": 20}
 
 
 def smoke_config(data_dir, **overrides):
-  config = cifar10_resnet20.get_config("smoke")
-  for key, value in {**OVERRIDES, "data.data_dir": str(data_dir), **overrides}.items():
-    section, _, field = key.rpartition(".")
-    (config[section] if section else config)[field] = value
-  return config
+  return support.smoke_config(data_dir, **{"eval_batch_size": 20, **overrides})
 
 
 def _leaves(state):
@@ -184,3 +172,10 @@ def test_loss_decreases_on_real_cifar10_subset(cifar10_source, tmp_path):
   losses = [r["loss"] for r in records if r["kind"] == "train"]
   assert len(losses) == 4 and losses[-1] < losses[0] - 0.15, losses
   assert [r for r in records if r["kind"] == "eval"][-1]["error"] < 85.0  # chance: 90%
+
+
+def test_the_schedule_helpers():
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  assert [s for s in range(1, 13) if loop.itstime(s, 5, 12)] == [5, 10, 12]
+  assert loop.next_due(0, (5, 4), 12) == 4 and loop.next_due(4, (5, 4), 12) == 5
+  assert loop.next_due(10, (5, 100), 12) == 12

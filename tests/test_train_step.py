@@ -54,12 +54,12 @@ def test_one_train_step_and_one_eval_step():
   assert all(jax.tree.leaves(changed))
   assert not np.array_equal(jax.tree.leaves(stats_before)[0], jax.tree.leaves(state.batch_stats)[0])
 
-  eval_step = rt.make_eval_step(model, mesh, _preprocess, 10)
+  eval_step = rt.make_eval_step(model, mesh, _preprocess)
   batch = _batch(1)
   mask = np.arange(B) < 10   # a padded last batch: 10 real examples
-  zero = step_lib.zero_eval_metrics()
+  zero = rt.zero_eval_metrics()
   full = eval_step(state.params, state.batch_stats, zero, {**batch, "mask": jnp.ones(B, bool)})
-  part = eval_step(state.params, state.batch_stats, step_lib.zero_eval_metrics(),
+  part = eval_step(state.params, state.batch_stats, rt.zero_eval_metrics(),
                    {**batch, "mask": jnp.asarray(mask)})
   assert float(full["count"]) == B and float(part["count"]) == 10
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},

@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  "same network (plain jax.jit, Optax SGD) in the same windows")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any config field")
   p.add_argument("--no-compilation-cache", action="store_true", help="compile from scratch (the "
-                 "persistent cache is on by default; see resnet_jax.compilation_cache)")
+                 "persistent cache is on by default; see resnet_jax.runtime.compilation_cache)")
   p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   return p.parse_args(argv)
 

@@ -10,12 +10,9 @@ work of an input pipeline even where that work overlaps the device's.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import statistics
-import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 

@@ -22,6 +22,7 @@ import urllib.request
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+from PIL import Image
 from tensorflow_datasets.image_classification import cifar as tfds_cifar
 
 from resnet_jax.data.small_images import SmallImageSource
@@ -223,7 +224,6 @@ def read_files(name: str, folder: pathlib.Path) -> CifarFiles:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format="PNG", compress_level=1)
   return buf.getvalue()

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax.data import pipeline as pipeline_lib
+from resnet_jax.data.train_iterator import TrainIterator, epoch_permutation
+
+if TYPE_CHECKING:  # the pipeline builds its iterators: no import at run time
+  from resnet_jax.data.pipeline import Pipeline
 
 PLACEMENTS = ("auto", "device", "host")
 MAX_DEVICE_FRACTION = 0.25  # of each device's memory; the rest is the network's
@@ -87,14 +90,14 @@ def _stack(batches):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
 
-class DeviceResidentTrainIterator(pipeline_lib.TrainIterator):
+class DeviceResidentTrainIterator(TrainIterator):
   """A `TrainIterator` whose batches are gathered on the devices: same batches, same state.
 
   The split and each epoch's permutation are uploaded once; a step's only host work is
   dispatching the gather (one dispatch for the K batches of `take(K)`).
   """
 
-  def __init__(self, pipeline: pipeline_lib.Pipeline, images: np.ndarray, labels: np.ndarray,
+  def __init__(self, pipeline: "Pipeline", images: np.ndarray, labels: np.ndarray,
                step: int = 0):
     super().__init__(pipeline, step)
     if images.dtype != np.uint8 or len(images) != len(labels):
@@ -116,7 +119,7 @@ class DeviceResidentTrainIterator(pipeline_lib.TrainIterator):
     """The host pipeline's permutation of `epoch`, on every device (uploaded once per epoch)."""
     if epoch != self._epoch:
       p = self._pipe
-      order = pipeline_lib.epoch_permutation(p.seed, epoch, p.num_train_examples).astype(np.int32)
+      order = epoch_permutation(p.seed, epoch, p.num_train_examples).astype(np.int32)
       self._permutation = _replicated(order, self._replicated)
       self._epoch = epoch
     return self._permutation

@@ -24,12 +24,13 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from resnet_jax.data import device_resident
 from resnet_jax.data import registry
 from resnet_jax.data.prepare import resolve_data_dir
 from resnet_jax.data.source import DatasetSource, ExampleSeed, OpenDataset
+from resnet_jax.data.train_iterator import STATE_VERSION, TrainIterator, epoch_permutation  # noqa: F401
 
 DATA_AXIS = "data"  # the training engine's mesh axis (resnet_jax.train.mesh.DATA_AXIS)
-STATE_VERSION = 1
 Batch = Dict[str, jax.Array]
 
 
@@ -43,12 +44,6 @@ def __getattr__(name: str) -> Any:
 def default_mesh() -> Mesh:
   """A 1-D mesh named `DATA_AXIS` over `jax.devices()` (every device of every process)."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The order of the `n` train records in `epoch`: global step s of the epoch takes [s·B, (s+1)·B)."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 class _TrainPositions(grain.MapDataset):
@@ -128,55 +123,6 @@ def _local_rows(sharding: NamedSharding, global_batch: int) -> Tuple[int, int]:
   return lo, hi
 
 
-class TrainIterator:
-  """Infinite iterator of global train batches; `get_state`/`set_state` resume exactly."""
-
-  def __init__(self, pipeline: "Pipeline", step: int = 0):
-    self._pipe = pipeline
-    self._step = step
-    self._it: Optional[Iterator[Any]] = None
-
-  def __iter__(self) -> "TrainIterator":
-    return self
-
-  def _next_local(self) -> Dict[str, np.ndarray]:
-    if self._it is None:
-      self._it = iter(self._pipe._train_dataset(self._step))  # pylint: disable=protected-access
-    local = next(self._it)
-    self._step += 1
-    return local
-
-  def __next__(self) -> Batch:
-    return self._pipe._globalize(self._next_local())  # pylint: disable=protected-access
-
-  def take(self, steps: int) -> Batch:
-    """The next `steps` global batches in one: every leaf [steps, B, ...] (`steps_per_dispatch`)."""
-    if steps == 1:
-      return next(self)
-    locals_ = [self._next_local() for _ in range(steps)]
-    stacked = {k: np.stack([np.asarray(b[k]) for b in locals_]) for k in locals_[0]}
-    return self._pipe._globalize(stacked, steps)  # pylint: disable=protected-access
-
-  def _fingerprint(self) -> Dict[str, Any]:
-    p = self._pipe
-    return {"dataset": p.config.name, "split": p.config.train_split, "seed": p.seed,
-            "global_batch_size": p.global_batch_size, "num_examples": p.num_train_examples,
-            "version": STATE_VERSION}
-
-  def get_state(self) -> Dict[str, Any]:
-    """JSON-serialisable: the next global step and what defines the sample stream."""
-    return {"step": self._step, **self._fingerprint()}
-
-  def set_state(self, state: Dict[str, Any]) -> None:
-    expected = self._fingerprint()
-    diff = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-    if diff:
-      raise ValueError(f"data iterator state does not match this pipeline (saved, now): {diff}; "
-                       "resume with the same dataset, split, seed and global batch size")
-    self._step = int(state["step"])
-    self._it = None
-
-
 class Pipeline:
   """Train and eval batches of one registered dataset for a mesh; see `create_pipeline`.
 
@@ -226,7 +172,6 @@ class Pipeline:
     self.steps_per_epoch = self.num_train_examples // self.global_batch_size
     self.num_eval_batches = math.ceil(self.num_eval_examples / self.eval_batch_size)
     self.preprocess: Callable[..., jax.Array] = self.dataset.preprocess
-    from resnet_jax.data import device_resident  # pylint: disable=g-import-not-at-top
     self.placement = device_resident.resolve_placement(
         str(config.get("placement", "auto")), self.dataset.train_arrays(), mesh.devices.flat, config.name)
 
@@ -277,7 +222,6 @@ class Pipeline:
     split made for this iterator (`device_resident.py`); the same batches either way.
     """
     if self.placement == "device":
-      from resnet_jax.data import device_resident  # pylint: disable=g-import-not-at-top
       return device_resident.DeviceResidentTrainIterator(self, *self.dataset.train_arrays())
     return TrainIterator(self)
 

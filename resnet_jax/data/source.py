@@ -19,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
 ExampleSeed = Tuple[int, int, int]  # (seed, global step, batch row): `np.random.default_rng(seed)`
 
@@ -73,7 +74,6 @@ class DatasetInfo:
 
   def num_examples(self, split: str) -> int:
     """Examples of a TFDS split string, slices included: `num_examples("train[:45000]")` is 45000."""
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     sizes = {k: _SplitSize(v) for k, v in self.splits.items()}
     try:
       parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)

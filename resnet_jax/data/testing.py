@@ -14,8 +14,10 @@ import tarfile
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from resnet_jax.data import cifar
+from resnet_jax.data.prepare import prepare
 
 CIFAR10_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                        "ship", "truck")
@@ -55,10 +57,9 @@ def write_cifar10_binary(directory: str | pathlib.Path, num_train_per_batch: int
 def prepare_cifar10(directory: str | pathlib.Path, num_train_per_batch: int = 20, num_test: int = 30,
                     seed: int = 0) -> pathlib.Path:
   """`write_cifar10_binary` into `directory/src`, prepared as TFDS in `directory/tfds` (returned)."""
-  from resnet_jax import data as rjd  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory)
   source = write_cifar10_binary(directory / "src", num_train_per_batch, num_test, seed)
-  rjd.prepare("cifar10", source=source, data_dir=directory / "tfds")
+  prepare("cifar10", source=source, data_dir=directory / "tfds")
   return directory / "tfds"
 
 
@@ -114,7 +115,6 @@ def make_archive(folder: str | pathlib.Path, archive: str | pathlib.Path) -> pat
 
 def synthetic_jpeg(rng: np.random.Generator, height: int, width: int, quality: int = 90) -> bytes:
   """A smooth random RGB image (compresses like a photo, unlike noise) encoded as JPEG."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   small = rng.integers(0, 256, size=(max(height // 16, 2), max(width // 16, 2), 3), dtype=np.uint8)
   image = Image.fromarray(small).resize((width, height), Image.BILINEAR)
   noise = rng.integers(-12, 13, size=(height, width, 3))

@@ -14,12 +14,14 @@ import pathlib
 import shutil
 from typing import Optional
 
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+
 from resnet_jax.data.source import DatasetSource
 
 
 def _num_records(path: pathlib.Path) -> int:
   """Records an ArrayRecord file holds by its footer (0 when the footer is lost, e.g. truncated)."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   try:
     reader = array_record_module.ArrayRecordReader(str(path))
   except (RuntimeError, OSError, ValueError):
@@ -61,7 +63,6 @@ class TfdsSource(DatasetSource):
     TFDS writes into `<version>.incomplete*` and renames at the end, so a directory
     with `dataset_info.json` was completely written; the shard files are checked too.
     """
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     name, path = self.name, self.dataset_dir(data_dir)
     if not (path / "dataset_info.json").is_file():
       return None
@@ -86,7 +87,6 @@ class TfdsSource(DatasetSource):
 
   def open_split(self, split: str, data_dir: pathlib.Path, decode_images: bool = True):
     """`tfds.builder(name).as_data_source(split)`, with errors that say how to prepare."""
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     name = self.name
     self.check_prepared(data_dir)  # a present but unusable dataset raises here
     builder = tfds.builder(name, data_dir=str(data_dir))
@@ -108,7 +108,6 @@ class TfdsSource(DatasetSource):
     if done is not None:
       logging.info("%s is already prepared in %s", self.name, done)
       return done
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     downloads = data_dir / "downloads"
     source = None if source is None else pathlib.Path(source).expanduser().absolute()
     builder = self.builder(source, data_dir, downloads)

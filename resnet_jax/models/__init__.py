@@ -12,18 +12,20 @@ from resnet_jax.models.blocks import (BasicBlock, BottleneckBlock, ConvSpec, PRE
                                       ResNeXtBlock, STRIDE_PLACEMENTS, UNIT_ORDERS)
 from resnet_jax.models.layers import ACTIVATIONS, CONVS, conv_kernel_init, he_conv
 from resnet_jax.models.norm import NORMS, BatchNorm, flax_norm
+from resnet_jax.models.parts import PartTable
 from resnet_jax.models.registry import config, create, field_names, names, register
 from resnet_jax.models.resnet import BLOCKS, REMAT_POLICIES, PlainNet, ResNet, STEMS
 from resnet_jax.models.stems import CifarStem, ImageNetStem
 from resnet_jax.models.shortcuts import (SHORTCUTS, Conv1x1Shortcut, DropoutShortcut, GatedShortcut,
-                                         NoShortcut, ProjectionShortcut, ScaledShortcut, ZeroPadShortcut,
-                                         make_shortcut, zero_pad_identity)
+                                         NoShortcut, ProjectionShortcut, ScaledShortcut, Shortcut,
+                                         ZeroPadShortcut, make_shortcut, shortcut_factory, zero_pad_identity)
 
 __all__ = [
     "ACTIVATIONS", "BLOCKS", "BasicBlock", "BatchNorm", "BottleneckBlock", "CONVS", "CifarStem", "Conv1x1Shortcut",
     "ConvSpec", "DropoutShortcut", "GatedShortcut", "ImageNetStem", "NORMS", "NoShortcut", "PREACT_ORDERS",
-    "PlainNet", "ProjectionShortcut", "REMAT_POLICIES", "ResNeXtBlock", "ResNet", "ResidualUnit", "SHORTCUTS",
-    "STEMS", "STRIDE_PLACEMENTS", "ScaledShortcut", "UNIT_ORDERS", "ZeroPadShortcut", "abstract_variables",
+    "PartTable", "PlainNet", "ProjectionShortcut", "REMAT_POLICIES", "ResNeXtBlock", "ResNet", "ResidualUnit", "SHORTCUTS",
+    "STEMS", "STRIDE_PLACEMENTS", "ScaledShortcut", "Shortcut", "UNIT_ORDERS", "ZeroPadShortcut", "abstract_variables",
     "config", "conv_kernel_init", "count_params", "create", "field_names", "flax_norm", "flops", "he_conv",
-    "make_shortcut", "names", "register", "stage_costs", "summary", "xla_flops", "zero_pad_identity",
+    "make_shortcut", "names", "register", "shortcut_factory", "stage_costs", "summary", "xla_flops",
+    "zero_pad_identity",
 ]

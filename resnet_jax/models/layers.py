@@ -6,10 +6,12 @@ into Rectifiers", Eq. 10) and drop their biases, which BatchNorm makes redundant
 from __future__ import annotations
 
 import functools
-from typing import Callable, Union
+from typing import Callable
 
 import flax.linen as nn
 import jax
+
+from resnet_jax.models.parts import PartTable
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -24,22 +26,14 @@ head_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifor
 # The papers' convolution: no bias, He-normal (fan-out) kernel. A ``flax.linen.Conv`` constructor.
 he_conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_kernel_init)
 
-CONVS = {"conv": he_conv}
+CONVS = PartTable("conv", {"conv": he_conv}, "a flax.linen.Conv-like constructor")
 
-ACTIVATIONS = {
+ACTIVATIONS = PartTable("act", {
     "relu": nn.relu,
     "gelu": nn.gelu,
     "silu": nn.silu,
     "swish": nn.swish,
     "elu": nn.elu,
     "leaky_relu": nn.leaky_relu,
-}
+}, "a callable")
 
-
-def activation(act: Union[str, Activation]) -> Activation:
-  """The activation named in ``ACTIVATIONS``, or ``act`` itself if it is a callable."""
-  if callable(act):
-    return act
-  if act not in ACTIVATIONS:
-    raise ValueError(f"unknown act {act!r}: valid choices are {', '.join(ACTIVATIONS)} or a callable")
-  return ACTIVATIONS[act]

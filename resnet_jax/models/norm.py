@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.models.parts import PartTable
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -144,8 +146,8 @@ def flax_norm(cls: type, **options: Any) -> Callable[..., nn.Module]:
 # Named norms for configs. GroupNorm: 32 groups, the default of Wu & He 2018 (widths must
 # divide by 32; use ``flax_norm(nn.GroupNorm, num_groups=...)`` for narrow CIFAR nets).
 # LayerNorm normalises each position over its channels.
-NORMS = {
+NORMS = PartTable("norm", {
     "batch": BatchNorm,
     "group": flax_norm(nn.GroupNorm, num_groups=32),
     "layer": flax_norm(nn.LayerNorm),
-}
+}, "a norm constructor (see flax_norm)")

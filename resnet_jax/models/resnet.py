@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Any, Callable, Optional, Sequence, Union
+import warnings
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -22,11 +23,24 @@ from resnet_jax.models import shortcuts as shortcuts_lib
 from resnet_jax.models import stems as stems_lib
 from resnet_jax.models.layers import conv_kernel_init  # noqa: F401  (re-exported)
 from resnet_jax.models.norm import NORMS, BatchNorm
+from resnet_jax.models.parts import PartTable
 
-BLOCKS = {"basic": blocks_lib.BasicBlock, "bottleneck": blocks_lib.BottleneckBlock}
+BLOCKS = PartTable("block", {"basic": blocks_lib.BasicBlock, "bottleneck": blocks_lib.BottleneckBlock},
+                   "a ResidualUnit subclass",
+                   accepts=lambda v: isinstance(v, type) and issubclass(v, blocks_lib.ResidualUnit))
 STEMS = stems_lib.STEMS
 # Policies of ``jax.checkpoint_policies`` that ``remat`` accepts by name.
 REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+# ResNet fields from before ``shortcut_options`` (deprecated): field -> (the shortcut option it
+# sets, its old default). An old default is ignored where the shortcut does not read it.
+LEGACY_SHORTCUT_FIELDS = {
+    "downsample": ("downsample", "A"),
+    "shortcut_scale": ("scale", 0.5),
+    "scale_residual": ("scale_residual", False),
+    "gate_bias_init": ("gate_bias_init", -6.0),
+    "shortcut_dropout_rate": ("rate", 0.5),
+}
 
 
 def _check_choice(field: str, value: Any, choices: Sequence[Any], other: str = "") -> None:
@@ -55,18 +69,30 @@ def _check_number(field: str, value: Any, low: float, high: float = float("inf")
     raise ValueError(f"{field}={value!r} must be {kind}{bound}{' or None' if optional else ''}")
 
 
-# Options of the named shortcuts: which shortcuts read them, and their defaults. Setting one
-# to another value for a shortcut that does not read it is refused rather than ignored.
-_SHORTCUT_OPTIONS = {
-    "shortcut_scale": (("scale",), 0.5),
-    "scale_residual": (("scale",), False),
-    "gate_bias_init": (("gate", "shortcut_gate"), -6.0),
-    "shortcut_dropout_rate": (("dropout",), 0.5),
-}
-
-
 def _declares(cls: type, field: str) -> bool:
   return dataclasses.is_dataclass(cls) and any(f.name == field for f in dataclasses.fields(cls))
+
+
+def _legacy_shortcut_options(net: "ResNet") -> Dict[str, Any]:
+  """The shortcut options set through the deprecated flat fields, checked under their old names."""
+  options = {}
+  for field, (option, default) in LEGACY_SHORTCUT_FIELDS.items():
+    value = getattr(net, field)
+    if value is None:
+      continue
+    warnings.warn(f"ResNet field {field} is deprecated: use shortcut_options={{{option!r}: {value!r}}}",
+                  DeprecationWarning, stacklevel=4)
+    if field == "downsample":
+      _check_choice("downsample", value, shortcuts_lib.DOWNSAMPLES)
+    readers = [n for n in shortcuts_lib.SHORTCUTS if option in shortcuts_lib.shortcut_class(n)[0].option_names()]
+    if isinstance(net.shortcut, str) and net.shortcut not in readers:
+      if value != default:
+        raise ValueError(f"{field}={value!r} has no effect with shortcut={net.shortcut!r}: it applies to "
+                         f"shortcut={' or '.join(map(repr, readers))} (leave it unset otherwise)")
+      continue
+    shortcuts_lib.shortcut_class(readers[0])[0].check_option(option, value, label=field)
+    options[option] = value
+  return options
 
 
 class ResNet(nn.Module):
@@ -93,7 +119,10 @@ class ResNet(nn.Module):
     ``bottleneck_features``/``cardinality``/``stride_on`` only if it declares them.
   * ``shortcut``: a name below or a factory called as ``shortcut(features=,
     strides=, conv=, norm=, name=)`` whose module is applied as
-    ``m(x, residual, train=, preactivated=)``.
+    ``m(x, residual, train=, preactivated=)``; ``shortcut_options`` are passed to it.
+
+  Each kind's names live in one ``PartTable`` (``NORMS``, ``CONVS``, ``ACTIVATIONS``,
+  ``STEMS``, ``BLOCKS``, ``SHORTCUTS``), which also resolves them.
 
   The network binds its ``dtype`` and ``param_dtype`` into ``conv`` and ``norm``.
 
@@ -119,11 +148,14 @@ class ResNet(nn.Module):
     shortcut: one of ``shortcuts.SHORTCUTS``: ``"A"``, ``"B"``, ``"C"``, ``"scale"``,
       ``"gate"``, ``"shortcut_gate"``, ``"conv1x1"``, ``"dropout"``, ``"none"`` (plain
       net), or a factory (see above).
-    downsample: for the Identity-Mappings variants (scale, gate, shortcut_gate,
-      dropout), how the shortcut matches shapes where they change: ``"A"`` or ``"B"``.
-    shortcut_scale, scale_residual: λ of the ``"scale"`` shortcut and whether F is scaled too.
-    gate_bias_init: initial gate bias b_g of the gating shortcuts (−6 in the paper).
-    shortcut_dropout_rate: dropout rate of the ``"dropout"`` shortcut.
+    shortcut_options: the shortcut's own options, as one mapping (an option the named
+      shortcut does not read is refused): for the Identity-Mappings variants (scale,
+      gate, shortcut_gate, dropout) ``downsample`` (``"A"`` or ``"B"``: how shapes are
+      matched where they change); ``scale`` (λ) and ``scale_residual`` (F scaled too) of
+      ``"scale"``; ``gate_bias_init`` (b_g, −6 in the paper) of the gates; ``rate`` of
+      ``"dropout"``. E.g. ``shortcut="gate", shortcut_options={"gate_bias_init": -6.0}``.
+    downsample, shortcut_scale, scale_residual, gate_bias_init, shortcut_dropout_rate:
+      deprecated spellings of ``shortcut_options`` (None: unset).
     unit_order: one of ``blocks.UNIT_ORDERS``; the pre-activation orders add the
       final norm-activation (``full_preact``) or activation (``relu_preact``) before pooling.
     zero_init_residual: zero-initialise each unit's last norm scale (off, as in the papers).
@@ -152,11 +184,12 @@ class ResNet(nn.Module):
   width_multiplier: float = 1.0
   stride_on: str = "conv1x1"
   shortcut: Union[str, Callable[..., nn.Module]] = "B"
-  downsample: str = "A"
-  shortcut_scale: float = 0.5
-  scale_residual: bool = False
-  gate_bias_init: float = -6.0
-  shortcut_dropout_rate: float = 0.5
+  shortcut_options: Optional[Mapping[str, Any]] = None
+  downsample: Optional[str] = None
+  shortcut_scale: Optional[float] = None
+  scale_residual: Optional[bool] = None
+  gate_bias_init: Optional[float] = None
+  shortcut_dropout_rate: Optional[float] = None
   unit_order: str = "original"
   zero_init_residual: bool = False
   norm: Union[str, Callable[..., nn.Module]] = "batch"
@@ -173,21 +206,12 @@ class ResNet(nn.Module):
   bn_unbiased_variance: bool = False
 
   def __post_init__(self):
-    if not (isinstance(self.block, type) and issubclass(self.block, blocks_lib.ResidualUnit)):
-      _check_choice("block", self.block, tuple(BLOCKS), " or a ResidualUnit subclass")
-    if not callable(self.stem):
-      _check_choice("stem", self.stem, tuple(STEMS), " or a stem module class")
-    if not callable(self.shortcut):
-      _check_choice("shortcut", self.shortcut, shortcuts_lib.SHORTCUTS, " or a shortcut factory")
-    if not callable(self.norm):
-      _check_choice("norm", self.norm, tuple(NORMS), " or a norm constructor (see flax_norm)")
-    if not callable(self.conv):
-      _check_choice("conv", self.conv, tuple(layers.CONVS), " or a flax.linen.Conv-like constructor")
-    if not callable(self.act):
-      _check_choice("act", self.act, tuple(layers.ACTIVATIONS), " or a callable")
+    for table, value in ((BLOCKS, self.block), (STEMS, self.stem), (shortcuts_lib.SHORTCUTS, self.shortcut), (NORMS, self.norm),
+                         (layers.CONVS, self.conv), (layers.ACTIVATIONS, self.act)):
+      table.check(value)
     if not (isinstance(self.remat, bool) or callable(self.remat)):
       _check_choice("remat", self.remat, REMAT_POLICIES, ", True, False or a jax.checkpoint_policies policy")
-    _check_choice("downsample", self.downsample, ("A", "B"))
+    self._shortcut_options()  # one-line errors now, not at the first call
     _check_choice("unit_order", self.unit_order, blocks_lib.UNIT_ORDERS)
     _check_choice("stride_on", self.stride_on, blocks_lib.STRIDE_PLACEMENTS)
     self._check_values()
@@ -217,11 +241,6 @@ class ResNet(nn.Module):
     if self.width_multiplier == 0:
       raise ValueError("width_multiplier=0 must be positive")
     _check_number("input_channels", self.input_channels, 1, integer=True)
-    _check_number("shortcut_scale", self.shortcut_scale, float("-inf"))
-    _check_number("gate_bias_init", self.gate_bias_init, float("-inf"))
-    _check_number("shortcut_dropout_rate", self.shortcut_dropout_rate, 0.0, 1.0, closed_high=False)
-    if not isinstance(self.scale_residual, bool):
-      raise ValueError(f"scale_residual={self.scale_residual!r} must be True or False")
     if not isinstance(self.zero_init_residual, bool):
       raise ValueError(f"zero_init_residual={self.zero_init_residual!r} must be True or False")
     _check_number("bn_momentum", self.bn_momentum, 0.0, 1.0)
@@ -229,18 +248,25 @@ class ResNet(nn.Module):
     if self.bn_epsilon == 0:
       raise ValueError("bn_epsilon=0 must be positive (it keeps 1/sqrt(var + eps) finite)")
     _check_number("bn_group_size", self.bn_group_size, 1, integer=True, optional=True)
+
+  def _shortcut_options(self) -> Dict[str, Any]:
+    """``shortcut_options`` merged with the deprecated flat fields, checked for the shortcut."""
+    legacy = _legacy_shortcut_options(self)
+    given = dict(self.shortcut_options or {})
+    both = sorted(set(legacy) & set(given))
+    if both:
+      raise ValueError(f"shortcut option {both[0]!r} is set twice: in shortcut_options and by a deprecated "
+                       "field; keep the shortcut_options one")
+    options = {**legacy, **given}
     if isinstance(self.shortcut, str):
-      for field, (used_by, default) in _SHORTCUT_OPTIONS.items():
-        value = getattr(self, field)
-        if self.shortcut not in used_by and value != default:
-          raise ValueError(f"{field}={value!r} has no effect with shortcut={self.shortcut!r}: it applies to "
-                           f"shortcut={' or '.join(map(repr, used_by))} (leave it at {default!r} otherwise)")
+      shortcuts_lib.check_shortcut_options(self.shortcut, options)
+    return options
 
   # -- stage table -------------------------------------------------------------
   @property
   def block_class(self) -> type:
     """The ``ResidualUnit`` subclass of every unit."""
-    return BLOCKS[self.block] if isinstance(self.block, str) else self.block
+    return BLOCKS.resolve(self.block)
 
   def unit_features(self, stage: int) -> tuple[int, Optional[int]]:
     """(output channels, bottleneck width or None) of the units of ``stage`` (0-based)."""
@@ -264,21 +290,19 @@ class ResNet(nn.Module):
   def _layers(self):
     """(conv, norm, act, shortcut) constructors with the network's dtype and options bound."""
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = functools.partial(layers.CONVS[self.conv] if isinstance(self.conv, str) else self.conv, **dtypes)
-    if isinstance(self.norm, str) and self.norm == "batch":
+    conv = functools.partial(layers.CONVS.resolve(self.conv), **dtypes)
+    norm = NORMS.resolve(self.norm)
+    if self.norm == "batch":  # the network's BatchNorm fields (set by the engine from `config.bn`)
       norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                axis_name=self.bn_axis_name, group_size=self.bn_group_size,
-                               unbiased_variance=self.bn_unbiased_variance, **dtypes)
-    else:
-      norm = functools.partial(NORMS[self.norm] if isinstance(self.norm, str) else self.norm, **dtypes)
-    if callable(self.shortcut):
-      shortcut = self.shortcut
-    else:
-      shortcut = shortcuts_lib.make_shortcut(
-          self.shortcut, downsample=self.downsample, scale=self.shortcut_scale,
-          scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
-          dropout_rate=self.shortcut_dropout_rate)
-    return conv, norm, layers.activation(self.act), shortcut
+                               unbiased_variance=self.bn_unbiased_variance)
+    norm = functools.partial(norm, **dtypes)
+    options = self._shortcut_options()
+    if isinstance(self.shortcut, str):
+      shortcut = shortcuts_lib.shortcut_factory(self.shortcut, options)
+    else:  # a factory of the user's: its options are its own business
+      shortcut = functools.partial(self.shortcut, **options) if options else self.shortcut
+    return conv, norm, layers.ACTIVATIONS.resolve(self.act), shortcut
 
   def _unit_class(self) -> type:
     """The block class, wrapped in ``nn.remat`` (``train`` static) if asked."""
@@ -303,9 +327,9 @@ class ResNet(nn.Module):
     features = {}
 
     x = x.astype(self.dtype)
-    stem_cls = STEMS[self.stem] if isinstance(self.stem, str) else self.stem
+    stem_cls = STEMS.resolve(self.stem)
     stem = stem_cls(width=self.stem_width, conv=conv, norm=norm, act=act, name="stem")
-    if stem_cls in STEMS.values():
+    if STEMS.name_of(stem_cls) is not None:
       nn.share_scope(self, stem)  # the papers' stems: ``stem_conv``, ``stem_bn`` at the top level
     x = stem(x, train)
     features["stem"] = x

@@ -20,17 +20,27 @@ He et al. 2016 ("Identity Mappings"), Fig. 2 / Table 1:
   * ``NoShortcut``: plain networks.
 For the variants, h is the identity, and where shapes change it is option A or B
 (``downsample``).
+
+Every shortcut shares the fields of ``Shortcut`` (``features``, ``strides``, ``conv``,
+``norm``); its own fields are its *options*, which a network passes as one mapping
+(``ResNet(shortcut="scale", shortcut_options={"scale": 0.5})``) and
+``check_options`` validates in one line each.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Optional
+import numbers
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.models.parts import PartTable
+
 ModuleDef = Any
+DOWNSAMPLES = ("A", "B")
 
 
 def zero_pad_identity(x: jax.Array, features: int, strides: int) -> jax.Array:
@@ -47,88 +57,115 @@ def zero_pad_identity(x: jax.Array, features: int, strides: int) -> jax.Array:
   return x
 
 
-def _shape_changes(x: jax.Array, features: int, strides: int) -> bool:
-  return strides != 1 or x.shape[-1] != features
+def _is_number(value: Any) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class ZeroPadShortcut(nn.Module):
-  """Option A: parameter-free identity shortcut (He et al. 2015, §3.3)."""
+class Shortcut(nn.Module):
+  """The fields every shortcut has, and what several of them compute.
+
+  Subclasses add their options as fields and say how each option's value is checked
+  (``OPTION_CHECKS``: option -> (test, "what it must be")); fields that a shortcut's
+  name decides (``NAMED_BY``: "C" is a projection ``always``) are not options.
+  """
+  OPTION_CHECKS: ClassVar[Dict[str, Tuple[Callable[[Any], bool], str]]] = {}
+  NAMED_BY: ClassVar[Tuple[str, ...]] = ()
+
   features: int
   strides: int = 1
   conv: ModuleDef = nn.Conv
   norm: Optional[ModuleDef] = None
+
+  def shape_changes(self, x: jax.Array) -> bool:
+    return self.strides != 1 or x.shape[-1] != self.features
+
+  def project(self, x: jax.Array, preactivated: Optional[jax.Array], train: bool) -> jax.Array:
+    """A 1×1 convolution (+ norm, unless pre-activated units pass none) of the unit's input."""
+    source = x if preactivated is None else preactivated
+    h = self.conv(self.features, (1, 1), (self.strides, self.strides), name="projection_conv")(source)
+    if self.norm is not None:
+      h = self.norm(name="projection_bn")(h, train=train)
+    return h
+
+  @classmethod
+  def option_names(cls) -> Tuple[str, ...]:
+    base = {f.name for f in dataclasses.fields(Shortcut)} | set(cls.NAMED_BY)
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in base and f.name not in ("parent", "name"))
+
+  @classmethod
+  def check_option(cls, key: str, value: Any, label: Optional[str] = None) -> None:
+    """One-line ValueError for a bad value of one of `cls`'s options (called `label` in it)."""
+    test, must = cls.OPTION_CHECKS.get(key, (lambda v: True, ""))
+    if not test(value):
+      raise ValueError(f"{label or 'shortcut option ' + key}={value!r} must be {must}")
+
+
+class _IdentityVariant(Shortcut):
+  """Identity Mappings variants: h(x) is the identity, option A or B where shapes change."""
+  OPTION_CHECKS: ClassVar = {"downsample": (lambda v: v in DOWNSAMPLES, "'A' (zero-pad) or 'B' (projection)")}
+
+  downsample: str = "A"
+
+  def identity_or_downsample(self, x, preactivated, train: bool) -> jax.Array:
+    if not self.shape_changes(x):
+      return x
+    if self.downsample == "A":
+      return zero_pad_identity(x, self.features, self.strides)
+    return self.project(x, preactivated, train)
+
+
+class ZeroPadShortcut(Shortcut):
+  """Option A: parameter-free identity shortcut (He et al. 2015, §3.3)."""
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
     return zero_pad_identity(x, self.features, self.strides) + residual
 
 
-class ProjectionShortcut(nn.Module):
+class ProjectionShortcut(Shortcut):
   """Options B and C: 1×1 convolution + BN where shapes change (B) or always (C).
 
   ``norm=None`` gives the conv-only projection of pre-activation units, whose
   input is already batch-normalised.
   """
-  features: int
-  strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: Optional[ModuleDef] = None
+  NAMED_BY: ClassVar = ("always",)
+
   always: bool = False
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
-    if not (self.always or _shape_changes(x, self.features, self.strides)):
+    if not (self.always or self.shape_changes(x)):
       return x + residual
-    source = x if preactivated is None else preactivated
-    h = self.conv(self.features, (1, 1), (self.strides, self.strides), name="projection_conv")(source)
-    if self.norm is not None:
-      h = self.norm(name="projection_bn")(h, train=train)
-    return h + residual
+    return self.project(x, preactivated, train) + residual
 
 
-def _identity_or_downsample(module: nn.Module, x, preactivated, features: int, strides: int,
-                            downsample: str, train: bool):
-  """h(x) for the Identity-Mappings variants: identity, or option A/B where shapes change."""
-  if not _shape_changes(x, features, strides):
-    return x
-  if downsample == "A":
-    return zero_pad_identity(x, features, strides)
-  source = x if preactivated is None else preactivated
-  h = module.conv(features, (1, 1), (strides, strides), name="projection_conv")(source)
-  if module.norm is not None:
-    h = module.norm(name="projection_bn")(h, train=train)
-  return h
-
-
-class ScaledShortcut(nn.Module):
+class ScaledShortcut(_IdentityVariant):
   """Constant scaling λ·h(x) + (λ or 1)·F (Identity Mappings, Table 1)."""
-  features: int
-  strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: Optional[ModuleDef] = None
-  downsample: str = "A"
+  OPTION_CHECKS: ClassVar = {**_IdentityVariant.OPTION_CHECKS,
+                             "scale": (_is_number, "a number"),
+                             "scale_residual": (lambda v: isinstance(v, bool), "True or False")}
+
   scale: float = 0.5
   scale_residual: bool = False
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
-    h = _identity_or_downsample(self, x, preactivated, self.features, self.strides, self.downsample, train)
+    h = self.identity_or_downsample(x, preactivated, train)
     f_scale = self.scale if self.scale_residual else 1.0
     return self.scale * h + f_scale * residual
 
 
-class GatedShortcut(nn.Module):
+class GatedShortcut(_IdentityVariant):
   """Gating g(x) = σ(W_g x + b_g), W_g a 1×1 conv (Identity Mappings, §3.1).
 
   ``exclusive=True``: g·F + (1−g)·h(x) (Highway-style exclusive gating);
   ``exclusive=False``: F + (1−g)·h(x) (shortcut-only gating). The paper's best
   results used b_g initialised to −6.
   """
-  features: int
-  strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: Optional[ModuleDef] = None
-  downsample: str = "A"
+  OPTION_CHECKS: ClassVar = {**_IdentityVariant.OPTION_CHECKS,
+                             "gate_bias_init": (_is_number, "a number")}
+  NAMED_BY: ClassVar = ("exclusive",)
+
   exclusive: bool = True
   gate_bias_init: float = -6.0
 
@@ -138,17 +175,13 @@ class GatedShortcut(nn.Module):
     gate = self.conv(self.features, (1, 1), (self.strides, self.strides), use_bias=True,
                      bias_init=nn.initializers.constant(self.gate_bias_init), name="gate_conv")(source)
     g = nn.sigmoid(gate)
-    h = _identity_or_downsample(self, x, preactivated, self.features, self.strides, self.downsample, train)
+    h = self.identity_or_downsample(x, preactivated, train)
     f = g * residual if self.exclusive else residual
     return f + (1.0 - g) * h
 
 
-class Conv1x1Shortcut(nn.Module):
+class Conv1x1Shortcut(Shortcut):
   """A 1×1 convolution (no BN) on every shortcut (Identity Mappings, Table 1)."""
-  features: int
-  strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: Optional[ModuleDef] = None
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
@@ -157,64 +190,84 @@ class Conv1x1Shortcut(nn.Module):
     return h + residual
 
 
-class DropoutShortcut(nn.Module):
+class DropoutShortcut(_IdentityVariant):
   """Dropout on the shortcut, rate 0.5 in the paper (Identity Mappings, Table 1).
 
   Needs a ``"dropout"`` rng when ``train=True``.
   """
-  features: int
-  strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: Optional[ModuleDef] = None
-  downsample: str = "A"
+  OPTION_CHECKS: ClassVar = {**_IdentityVariant.OPTION_CHECKS,
+                             "rate": (lambda v: _is_number(v) and 0.0 <= v < 1.0, "a number in [0.0, 1.0)")}
+
   rate: float = 0.5
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
-    h = _identity_or_downsample(self, x, preactivated, self.features, self.strides, self.downsample, train)
+    h = self.identity_or_downsample(x, preactivated, train)
     h = nn.Dropout(self.rate, deterministic=not train)(h)
     return h + residual
 
 
-class NoShortcut(nn.Module):
+class NoShortcut(Shortcut):
   """No shortcut: the unit is a plain stack of layers (He et al. 2015, plain nets)."""
-  features: int
-  strides: int = 1
-  conv: ModuleDef = nn.Conv
-  norm: Optional[ModuleDef] = None
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
     return residual
 
 
-SHORTCUTS = ("A", "B", "C", "scale", "gate", "shortcut_gate", "conv1x1", "dropout", "none")
+# Named shortcuts: a class, with the options its name fixes.
+SHORTCUTS = PartTable("shortcut", {
+    "A": ZeroPadShortcut,
+    "B": ProjectionShortcut,
+    "C": functools.partial(ProjectionShortcut, always=True),
+    "scale": ScaledShortcut,
+    "gate": functools.partial(GatedShortcut, exclusive=True),
+    "shortcut_gate": functools.partial(GatedShortcut, exclusive=False),
+    "conv1x1": Conv1x1Shortcut,
+    "dropout": DropoutShortcut,
+    "none": NoShortcut,
+}, "a shortcut factory")
+
+
+def shortcut_class(name: str) -> Tuple[type, Dict[str, Any]]:
+  """The class of a named shortcut and the options its name fixes ("C": always=True)."""
+  part = SHORTCUTS.resolve(name)
+  if isinstance(part, functools.partial):
+    return part.func, dict(part.keywords)
+  return part, {}
+
+
+def check_shortcut_options(name: str, options: Mapping[str, Any]) -> None:
+  """One-line ValueError for an option the named shortcut does not take, or a bad value."""
+  cls, _ = shortcut_class(name)
+  free = cls.option_names()
+  for key, value in options.items():
+    if key not in free:
+      takes = f"takes {', '.join(free)}" if free else "takes no options"
+      raise ValueError(f"shortcut_options {key!r} does not apply to shortcut={name!r} ({takes})")
+    cls.check_option(key, value)
+
+
+def shortcut_factory(name: str, options: Optional[Mapping[str, Any]] = None) -> Callable[..., nn.Module]:
+  """The named shortcut with `options` bound: a factory taking ``features``, ``strides``,
+  ``conv``, ``norm`` and ``name``, like every shortcut module."""
+  options = dict(options or {})
+  check_shortcut_options(name, options)
+  cls, fixed = shortcut_class(name)
+  return functools.partial(cls, **fixed, **options) if fixed or options else cls
 
 
 def make_shortcut(kind: str, *, downsample: str = "A", scale: float = 0.5,
                   scale_residual: bool = False, gate_bias_init: float = -6.0,
                   dropout_rate: float = 0.5) -> Callable[..., nn.Module]:
-  """The shortcut class for a name in ``SHORTCUTS``, with its options bound.
+  """The shortcut for a name in ``SHORTCUTS`` with those of these options that it reads.
 
-  The returned factory takes ``features``, ``strides``, ``conv``, ``norm`` and
-  ``name``, like every shortcut module.
+  Kept for code written before ``shortcut_factory(name, options)``, which refuses an
+  option the shortcut does not read instead of ignoring it.
   """
-  if downsample not in ("A", "B"):
+  if downsample not in DOWNSAMPLES:
     raise ValueError(f"unknown downsample {downsample!r}: valid choices are 'A' (zero-pad) and 'B' (projection)")
-  table = {
-      "A": ZeroPadShortcut,
-      "B": ProjectionShortcut,
-      "C": functools.partial(ProjectionShortcut, always=True),
-      "scale": functools.partial(ScaledShortcut, downsample=downsample, scale=scale,
-                                 scale_residual=scale_residual),
-      "gate": functools.partial(GatedShortcut, downsample=downsample, exclusive=True,
-                                gate_bias_init=gate_bias_init),
-      "shortcut_gate": functools.partial(GatedShortcut, downsample=downsample, exclusive=False,
-                                         gate_bias_init=gate_bias_init),
-      "conv1x1": Conv1x1Shortcut,
-      "dropout": functools.partial(DropoutShortcut, downsample=downsample, rate=dropout_rate),
-      "none": NoShortcut,
-  }
-  if kind not in table:
-    raise ValueError(f"unknown shortcut {kind!r}: valid choices are {', '.join(SHORTCUTS)}")
-  return table[kind]
+  given = {"downsample": downsample, "scale": scale, "scale_residual": scale_residual,
+           "gate_bias_init": gate_bias_init, "rate": dropout_rate}
+  cls, _ = shortcut_class(kind)
+  return shortcut_factory(kind, {k: v for k, v in given.items() if k in cls.option_names()})

@@ -14,6 +14,7 @@ import jax
 
 from resnet_jax.models.layers import Activation, he_conv
 from resnet_jax.models.norm import BatchNorm
+from resnet_jax.models.parts import PartTable
 
 ModuleDef = Any
 
@@ -51,4 +52,4 @@ class CifarStem(ConvStem):
   max_pool: ClassVar[bool] = False
 
 
-STEMS = {"imagenet": ImageNetStem, "cifar": CifarStem}
+STEMS = PartTable("stem", {"imagenet": ImageNetStem, "cifar": CifarStem}, "a stem module class")

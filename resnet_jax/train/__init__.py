@@ -5,18 +5,23 @@
 >>> train.evaluate("runs/cifar10_resnet20")["error"]
 >>> model, variables = train.load_variables("runs/cifar10_resnet20", step="best")
 
-`train.build` is the one place where a config becomes a model, optimiser and pipeline.
+Modules: `build` (the one place where a config becomes a model, optimiser and pipeline),
+`step` (the train step), `evaluate` (eval step and whole-split evaluation), `loop` (the
+schedule of steps, logs, evals and saves), `session` (the workdir's writers for one
+process), `load` (a trained run's weights), `checkpoint`, `metrics`, `workdir`, `config`.
 """
 from resnet_jax.train import build
 from resnet_jax.train.build import Experiment
 from resnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from resnet_jax.train.config import BN_MODES, ConfigError, load_config, num_train_steps, validate
-from resnet_jax.train.loop import NonFiniteLossError, evaluate, evaluate_params, load_variables, train
+from resnet_jax.train.evaluation import evaluate, evaluate_params, make_eval_step, zero_eval_metrics
+from resnet_jax.train.load import load_variables
+from resnet_jax.train.loop import train
 from resnet_jax.train.mesh import DATA_AXIS, create_mesh, initialize_distributed
 from resnet_jax.train.optim import create_learning_rate_schedule, create_optimizer
+from resnet_jax.train.session import NonFiniteLossError
 from resnet_jax.train.state import TrainState, abstract_train_state, create_train_state
-from resnet_jax.train.step import (make_eval_step, make_train_step, new_metrics, zero_eval_metrics,
-                                   zero_train_metrics)
+from resnet_jax.train.step import make_train_step, new_metrics, zero_train_metrics
 
 __all__ = [
     "BN_MODES", "CheckpointMismatchError", "Checkpointer", "ConfigError", "DATA_AXIS", "Experiment",

@@ -21,20 +21,15 @@ import optax
 from jax.sharding import Mesh
 
 import resnet_jax.data as rjd
-from resnet_jax import compilation_cache
 from resnet_jax import models
+from resnet_jax.runtime import compilation_cache
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import optim
 
-# float16 needs loss scaling, which the engine does not do: `config.validate` refuses it.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  if config.dtype not in DTYPES:
-    raise config_lib.ConfigError(f"dtype={config.dtype!r} is not one of {tuple(DTYPES)}")
-  return DTYPES[config.dtype]
+  return config_lib.choice("dtype", config.dtype, config_lib.DTYPES)
 
 
 def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -43,29 +38,21 @@ def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   "global" and "per_device" need none: under `jax.jit` a BatchNorm sees the whole
   batch, under the step's `jax.shard_map` ("per_device") its device's shard.
   """
-  mode = config.bn.mode
-  if mode not in config_lib.BN_MODES:
-    raise config_lib.ConfigError(f"bn.mode={mode!r} is not one of {config_lib.BN_MODES}")
-  unbiased = bool(config.bn.get("unbiased_variance", False))
-  if mode == "ghost":
-    return {"bn_axis_name": None, "bn_group_size": int(config.bn.ghost_batch_size),
-            "bn_unbiased_variance": unbiased}
-  return {"bn_axis_name": None, "bn_group_size": None, "bn_unbiased_variance": unbiased}
+  mode = config_lib.choice("bn.mode", config.bn.mode, config_lib.BN_MODES)
+  group_size = int(config.bn.ghost_batch_size) if mode == "ghost" else None
+  return {"bn_axis_name": None, "bn_group_size": group_size,
+          "bn_unbiased_variance": bool(config.bn.get("unbiased_variance", False))}
 
 
-def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """`config.model` without its name, as `ResNet` keyword arguments (lists as tuples)."""
-  config_lib.check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
+def model_spec(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`config.model` as plain data (name and fields): what a checkpoint's fingerprint records."""
+  return {"name": config.model.name, **config_lib.model_fields(config)}
 
 
 def model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
-  """The configured network for a dataset of `num_classes` classes."""
-  try:
-    return models.create(config.model.name, num_classes=num_classes, dtype=compute_dtype(config),
-                         param_dtype=jnp.float32, **bn_model_fields(config), **model_fields(config))
-  except TypeError as e:  # a field of the wrong type (e.g. a string for stage_sizes)
-    raise config_lib.ConfigError(f"model: {e}") from None
+  """The configured network for a dataset of `num_classes` classes (`config` is validated)."""
+  return models.create(config.model.name, num_classes=num_classes, dtype=compute_dtype(config),
+                       param_dtype=jnp.float32, **bn_model_fields(config), **config_lib.model_fields(config))
 
 
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
@@ -116,9 +103,9 @@ class Experiment:
 
 
 def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> Experiment:
-  """Validates `config` and builds its pipeline, model and optimiser.
+  """Validates `config` (the one place that does) and builds its pipeline, model and optimiser.
 
-  Also switches on JAX's persistent compilation cache (`resnet_jax.compilation_cache`;
+  Everything downstream trusts the built experiment. Also switches on JAX's persistent compilation cache (`resnet_jax.runtime.compilation_cache`;
   `RESNET_JAX_COMPILATION_CACHE=off` keeps it off), so a restarted run loads its compiled steps.
   """
   config_lib.validate(config)

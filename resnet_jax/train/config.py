@@ -13,8 +13,9 @@ import difflib
 import json
 import pathlib
 import re
-from typing import Any, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
+import jax.numpy as jnp
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -25,7 +26,12 @@ CONFIG_FILE = "config.json"
 
 # Choices of the engine's fields (the modules that use them import them from here).
 BN_MODES = ("global", "per_device", "ghost")
-DTYPE_NAMES = ("float32", "bfloat16")
+# Compute dtypes (parameters and BN statistics stay float32). float16 needs loss scaling,
+# which the engine does not do: `validate` refuses it with the way out.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPE_NAMES = tuple(DTYPES)
+# A model field that is a group of its own: `--config.model.shortcut_options.rate=0.3`.
+MODEL_OPTION_GROUPS = ("shortcut_options",)
 SCHEDULES = ("step", "cosine", "constant")
 SCHEDULE_UNITS = ("steps", "epochs")
 WARMUP_MODES = ("constant", "linear")
@@ -62,7 +68,12 @@ def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> List[str
 
 
 def _model_field(key: str) -> str | None:
-  return key[len("model."):] if key.startswith("model.") else None
+  """The `ResNet` field a dotted key sets (`model.shortcut_options.rate` sets shortcut_options)."""
+  if not key.startswith("model."):
+    return None
+  field = key[len("model."):]
+  group = field.split(".", 1)[0]
+  return group if group in MODEL_OPTION_GROUPS else field
 
 
 def check_override_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
@@ -99,6 +110,15 @@ def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return copy.deepcopy(config)
 
 
+def _add_model_groups(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
+  """Creates the model option groups (`model.shortcut_options`) that `keys` set options of."""
+  for key in keys:
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[0] == "model" and parts[1] in MODEL_OPTION_GROUPS:
+      if not isinstance(config.model.get(parts[1]), ml_collections.ConfigDict):
+        config.model[parts[1]] = ml_collections.ConfigDict(dict(config.model.get(parts[1]) or {}))
+
+
 def parse_assignments(config: ml_collections.ConfigDict, assignments: Sequence[str]
                       ) -> ml_collections.ConfigDict:
   """A copy of `config` with `["key=value", ...]` applied, values parsed from text.
@@ -114,6 +134,7 @@ def parse_assignments(config: ml_collections.ConfigDict, assignments: Sequence[s
   pairs = [a.split("=", 1) for a in assignments]
   check_override_keys(config, [k for k, _ in pairs])
   config = _copy(config)
+  _add_model_groups(config, [k for k, _ in pairs])
   for key, _ in pairs:  # a None-valued field has no type to parse by: read it as a literal
     *parents, leaf = key.split(".")
     node = config
@@ -162,6 +183,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   if "train" not in config:
     overrides = {(k[len("train."):] if k.startswith("train.") else k): v for k, v in overrides.items()}
   check_override_keys(config, overrides)
+  _add_model_groups(config, overrides)
   text = {}
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
@@ -186,11 +208,35 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   return config
 
 
+def _plain(value: Any) -> Any:
+  """Config values as plain Python: groups as dicts, lists as tuples (as config files write them)."""
+  if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`config.model` without its name, as `ResNet` keyword arguments."""
+  return {k: _plain(v) for k, v in config.model.items() if k != "name"}
+
+
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   """Training length in optimiser steps from `num_steps` or `num_epochs`."""
   if config.num_steps > 0:
     return int(config.num_steps)
   return int(round(float(config.num_epochs) * steps_per_epoch))
+
+
+def choice(name: str, value: Any, valid: Sequence[Any] | Mapping[Any, Any]) -> Any:
+  """`valid[value]` for a table, `value` for a tuple of choices; else a `ConfigError` naming both.
+
+  The one way a field's choice is checked, by `validate` and wherever the value is used.
+  """
+  if value not in valid:
+    raise ConfigError(f"{name}={value!r} is not one of {tuple(valid)}")
+  return valid[value] if isinstance(valid, Mapping) else value
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -211,8 +257,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "this engine does not do; use dtype='bfloat16' (float32's range, the same speed on "
                       "GPUs and TPUs that have it)")
   for name, (value, valid) in choices.items():
-    if value not in valid:
-      raise ConfigError(f"{name}={value!r} is not one of {valid}")
+    choice(name, value, valid)
   for name in ("global_batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
                "steps_per_dispatch", "eval_every_epochs"):
     if int(config[name]) < 1:
@@ -257,7 +302,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f"global_batch_size={config.global_batch_size}")
   check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
   try:
-    models.create(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
+    models.create(config.model.name, **model_fields(config))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"model: {e}") from None
   if config.get("init_from"):

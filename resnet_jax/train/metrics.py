@@ -5,7 +5,6 @@ Only process 0 writes; the other processes get a writer that does nothing.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
 import platform
@@ -14,6 +13,10 @@ import time
 from typing import Dict, Mapping, Optional, TextIO
 
 import jax
+from tensorboardX import SummaryWriter
+
+from resnet_jax.runtime import provenance
+from resnet_jax.runtime.allocator import ACTIVE_ENV
 
 METRICS_FILE = "metrics.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
@@ -32,11 +35,7 @@ class MetricWriter:
       workdir = pathlib.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
       self._jsonl = open(workdir / METRICS_FILE, "a", encoding="utf-8")
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
-      except ImportError:  # optional dependency
-        logging.warning("tensorboardX is not installed: no TensorBoard event files")
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float], kind: str) -> None:
     """One record: `{"step", "kind" ("train" | "eval"), "time", **scalars}`."""
@@ -87,12 +86,10 @@ class SessionLog:
         f.write(json.dumps(record) + "\n")
 
   def start(self, step: int, resumed_from: Optional[str] = None) -> None:
-    from resnet_jax import study  # pylint: disable=g-import-not-at-top
-    from resnet_jax.allocator import ACTIVE_ENV  # pylint: disable=g-import-not-at-top
     self._start_time, self._start_step, self.started = time.time(), int(step), True
     self._append({"event": "start", "time": self._start_time, "step": int(step),
                   "resumed_from": resumed_from, "host": platform.node(), "pid": os.getpid(),
-                  "commit": study.git_commit(), "device": study.device_description(),
+                  "commit": provenance.git_commit(), "device": provenance.device_description(),
                   "allocator": os.environ.get(ACTIVE_ENV, "system"),
                   "xla_flags": os.environ.get("XLA_FLAGS", "")})
 
@@ -121,6 +118,12 @@ def read_metrics(workdir: str | pathlib.Path) -> list[Dict[str, float]]:
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_record(workdir: str | pathlib.Path, kind: str) -> Dict[str, float]:
+  """The scalars of the last record of `kind` ("train" | "eval"), without step, kind and time."""
+  records = [r for r in read_metrics(workdir) if r.get("kind") == kind]
+  return {k: v for k, v in records[-1].items() if k not in ("step", "kind", "time")} if records else {}
 
 
 def latest_per_step(records: list[Dict], kind: str, key: Optional[str] = None) -> Dict[int, Dict]:

@@ -1,4 +1,4 @@
-"""Jit-compiled train and eval steps over the 1-D data mesh.
+"""The jit-compiled train step over the 1-D data mesh (evaluation: `evaluation.py`).
 
 BatchNorm statistics are an experimental choice (STYLE.md), decided here from
 `config.bn.mode`:
@@ -21,7 +21,7 @@ inside the scan too (without it a scanned ResNet step was ~16x slower; see `cpu_
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -30,9 +30,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from resnet_jax.train import cpu_conv
+from resnet_jax.runtime import cpu_conv
 from resnet_jax.train import mesh as mesh_lib
-from resnet_jax.train.config import BN_MODES
 from resnet_jax.train.state import TrainState
 
 Batch = Dict[str, jax.Array]
@@ -45,16 +44,6 @@ def zero_train_metrics() -> Metrics:
   return {"loss": jnp.zeros((), jnp.float32), "error": jnp.zeros((), jnp.float32),
           "steps": jnp.zeros((), jnp.int32),
           "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
-
-
-TEN_CROP_PREFIX = "ten_crop_"
-
-
-def zero_eval_metrics(ten_crop: bool = False) -> Metrics:
-  """Eval sums; with `ten_crop`, also those of the 10-crop prediction (prefixed `ten_crop_`)."""
-  names = ("loss", "errors", "top5_errors")
-  names += tuple(TEN_CROP_PREFIX + n for n in names) if ten_crop else ()
-  return {n: jnp.zeros((), jnp.float32) for n in names + ("count",)}
 
 
 def new_metrics(zeros_fn: Callable[[], Metrics], mesh: Mesh) -> Metrics:
@@ -80,8 +69,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   With `steps_per_call` K > 1 every leaf of `batch` has a leading axis of K.
   """
   mode = config.bn.mode
-  if mode not in BN_MODES:
-    raise ValueError(f"bn.mode={mode!r} is not one of {BN_MODES}")
   platform = mesh.devices.flat[0].platform
   model, canonical = cpu_conv.for_platform(model, platform)
   if steps_per_call > 1 and not canonical:
@@ -148,46 +135,3 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                          (state, metrics), batches)
       return state, metrics
   return jax.jit(step_fn, donate_argnums=(0, 1), out_shardings=mesh_lib.replicated(mesh))
-
-
-def _classification_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array,
-                         prefix: str = "") -> Metrics:
-  """Mask-weighted sums of the loss, errors and top-5 errors of log-probabilities [B, C]."""
-  loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-  top5 = jax.lax.top_k(log_probs, min(5, log_probs.shape[-1]))[1]
-  in_top5 = jnp.any(top5 == labels[:, None], axis=-1)
-  wrong = (jnp.argmax(log_probs, -1) != labels).astype(jnp.float32)
-  return {prefix + "loss": jnp.sum(loss * mask), prefix + "errors": jnp.sum(wrong * mask),
-          prefix + "top5_errors": jnp.sum((~in_top5).astype(jnp.float32) * mask)}
-
-
-def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_classes: int,
-                   ten_crop_size: Optional[int] = None):
-  """Returns jitted `(params, batch_stats, sums, batch) -> sums`, mask-weighted (padded batches).
-
-  With `ten_crop_size`, the batch holds larger center squares (`data.ten_crop`): the
-  step evaluates the 10 views of `augment.ten_crop` and adds the error of their averaged
-  softmax (the papers' "10-crop testing", He et al. 2015 Table 3) as `ten_crop_*` sums;
-  the plain sums are those of the center view, the standard single crop.
-  """
-  del num_classes  # the logits say it
-  from resnet_jax.data import augment  # pylint: disable=g-import-not-at-top
-
-  def eval_step(params, batch_stats, sums: Metrics, batch: Batch) -> Metrics:
-    images = preprocess(batch["image"], None, False)
-    variables = {"params": params, "batch_stats": batch_stats}
-    labels = batch["label"]
-    mask = batch["mask"].astype(jnp.float32)
-    if ten_crop_size is None:
-      logits = model.apply(variables, images, train=False).astype(jnp.float32)
-      new = _classification_sums(jax.nn.log_softmax(logits), labels, mask)
-    else:
-      views = augment.ten_crop(images, ten_crop_size)                  # [10, B, crop, crop, C]
-      b = images.shape[0]
-      logits = model.apply(variables, views.reshape((10 * b,) + views.shape[2:]), train=False)
-      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(10, b, -1)
-      new = _classification_sums(log_probs[augment.TEN_CROP_CENTER], labels, mask)
-      mean_log_probs = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(10.0)  # log of the mean softmax
-      new.update(_classification_sums(mean_log_probs, labels, mask, TEN_CROP_PREFIX))
-    return {**{k: sums[k] + v for k, v in new.items()}, "count": sums["count"] + jnp.sum(mask)}
-  return jax.jit(eval_step, donate_argnums=(2,), out_shardings=mesh_lib.replicated(mesh))

@@ -26,6 +26,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import ml_collections
 
+from resnet_jax import __version__
+from resnet_jax.train import config as config_lib
+
 FORMAT = 1
 FORMAT_FILE = "workdir.json"
 LOCK_FILE = ".lock"
@@ -50,11 +53,6 @@ class WorkdirBusyError(WorkdirError):
 
 class ConfigChangedError(WorkdirError):
   """A resumed run was asked to train with a different recipe than its checkpoints."""
-
-
-def _version() -> str:
-  from resnet_jax import __version__  # pylint: disable=g-import-not-at-top
-  return __version__
 
 
 class Lock:
@@ -123,12 +121,12 @@ def check_format(workdir: str | pathlib.Path, write: bool = False) -> None:
     if found != FORMAT:
       raise WorkdirError(
           f"workdir {path.parent} was written by resnet_jax {info.get('resnet_jax', '?')} in workdir "
-          f"format {found}; this is resnet_jax {_version()}, format {FORMAT}: continue it with "
+          f"format {found}; this is resnet_jax {__version__}, format {FORMAT}: continue it with "
           f"resnet_jax {info.get('resnet_jax', 'of that format')}, or train in a new --workdir")
     return
   if write:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": FORMAT, "resnet_jax": _version()}) + "\n")
+    path.write_text(json.dumps({"format": FORMAT, "resnet_jax": __version__}) + "\n")
 
 
 def _flat(value: Any, prefix: str = "") -> Dict[str, Any]:
@@ -165,3 +163,23 @@ def describe_changes(changes: List[Tuple[str, Any, Any]], limit: int = 3) -> str
   if len(changes) > limit:
     text += f"; and {len(changes) - limit} more ({', '.join(k for k, _, _ in changes[limit:])})"
   return text
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  """Refuses to resume a run's checkpoints with a changed recipe (see `config_changes`)."""
+  try:
+    saved = config_lib.load_config(workdir)
+  except FileNotFoundError:
+    return
+  changes = config_changes(saved, config)
+  if config.schedule.name != "cosine" and saved.get("schedule", {}).get("name") == config.schedule.name:
+    # Only the cosine schedule depends on the training length: a step or constant run may be
+    # extended (or cut short) without changing any step already taken.
+    changes = [c for c in changes if c[0] not in ("num_steps", "num_epochs")]
+  if changes:
+    workdir = pathlib.Path(workdir)
+    raise ConfigChangedError(
+        f"{workdir} holds checkpoints of a run with another config: "
+        f"{describe_changes(changes)} (saved -> requested). Resume with the saved config "
+        f"({workdir / config_lib.CONFIG_FILE}), train in a new --workdir, or start a new run from its "
+        f"weights: --config.init_from={workdir}")

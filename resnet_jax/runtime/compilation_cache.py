@@ -18,6 +18,8 @@ import os
 import pathlib
 from typing import Mapping, Optional
 
+import jax
+
 ENV = "RESNET_JAX_COMPILATION_CACHE"
 OFF = ("off", "0", "false", "no", "none", "")
 
@@ -43,7 +45,6 @@ def enable(environ: Mapping[str, str] = os.environ) -> Optional[str]:
   Returns the directory in use, or None when the cache is off. Idempotent; call it
   before the first compilation (later calls do not move a cache JAX has opened).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   current = jax.config.jax_compilation_cache_dir
   if current:
     return str(current)

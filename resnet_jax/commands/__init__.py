@@ -1,0 +1,19 @@
+"""The `resnet-jax` subcommands, one module each, each with `main(argv) -> exit code`.
+
+`resnet_jax.cli` imports a command's module only after deciding whether to re-execute
+with a faster allocator, so these modules import JAX and the engine at the top.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(ValueError):
+  """A bad command line: the command exits 2 with the message, one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """`argparse` whose errors are a `UsageError` (one line, no usage block) instead of an exit."""
+
+  def error(self, message: str):
+    raise UsageError(f"{message} (see {self.prog} --help)")

@@ -1,0 +1,76 @@
+"""The order of the train examples, and the iterator that walks it resumably.
+
+The sample stream is defined globally: epoch e is a permutation of the train split drawn
+from (seed, e); global step s takes positions [s·B, (s+1)·B) of its epoch (the remainder
+of an epoch is dropped). `TrainIterator` reads those batches through its pipeline's Grain
+datasets; `device_resident.DeviceResidentTrainIterator` gathers the same batches on the
+devices. Both resume from `get_state()`, which holds the next global step.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+
+import jax
+import numpy as np
+
+if TYPE_CHECKING:  # the pipeline builds its iterators: no import at run time
+  from resnet_jax.data.pipeline import Pipeline
+
+STATE_VERSION = 1
+Batch = Dict[str, jax.Array]
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of the `n` train records in `epoch`: global step s of the epoch takes [s·B, (s+1)·B)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class TrainIterator:
+  """Infinite iterator of global train batches; `get_state`/`set_state` resume exactly."""
+
+  def __init__(self, pipeline: "Pipeline", step: int = 0):
+    self._pipe = pipeline
+    self._step = step
+    self._it: Optional[Iterator[Any]] = None
+
+  def __iter__(self) -> "TrainIterator":
+    return self
+
+  def _next_local(self) -> Dict[str, np.ndarray]:
+    if self._it is None:
+      self._it = iter(self._pipe._train_dataset(self._step))  # pylint: disable=protected-access
+    local = next(self._it)
+    self._step += 1
+    return local
+
+  def __next__(self) -> Batch:
+    return self._pipe._globalize(self._next_local())  # pylint: disable=protected-access
+
+  def take(self, steps: int) -> Batch:
+    """The next `steps` global batches in one: every leaf [steps, B, ...] (`steps_per_dispatch`)."""
+    if steps == 1:
+      return next(self)
+    locals_ = [self._next_local() for _ in range(steps)]
+    stacked = {k: np.stack([np.asarray(b[k]) for b in locals_]) for k in locals_[0]}
+    return self._pipe._globalize(stacked, steps)  # pylint: disable=protected-access
+
+  def _fingerprint(self) -> Dict[str, Any]:
+    p = self._pipe
+    return {"dataset": p.config.name, "split": p.config.train_split, "seed": p.seed,
+            "global_batch_size": p.global_batch_size, "num_examples": p.num_train_examples,
+            "version": STATE_VERSION}
+
+  def get_state(self) -> Dict[str, Any]:
+    """JSON-serialisable: the next global step and what defines the sample stream."""
+    return {"step": self._step, **self._fingerprint()}
+
+  def set_state(self, state: Dict[str, Any]) -> None:
+    expected = self._fingerprint()
+    diff = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+    if diff:
+      raise ValueError(f"data iterator state does not match this pipeline (saved, now): {diff}; "
+                       "resume with the same dataset, split, seed and global batch size")
+    self._step = int(state["step"])
+    self._it = None

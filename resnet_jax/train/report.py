@@ -1,0 +1,43 @@
+"""The training loop's console lines: what a run is, how it goes, how it ended.
+
+One function per line, so the loop states *when* to report and this module *what*;
+`metrics.jsonl` and TensorBoard get the same numbers as data (`metrics.MetricWriter`).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+from resnet_jax.train import metrics as metrics_lib
+
+
+def start_line(name: str, num_params: int, num_devices: int, num_processes: int, bn_mode: str,
+               batch_size: int, steps_per_epoch: int, step: int, total_steps: int) -> str:
+  return (f"{name}: {num_params:,} params, {num_devices} devices in {num_processes} processes, bn={bn_mode}, "
+          f"batch {batch_size}, {steps_per_epoch} steps/epoch, steps {step}->{total_steps}")
+
+
+def train_line(step: int, total_steps: int, record: Mapping[str, float], eta_seconds: float) -> str:
+  """A `kind="train"` record (loss, error, learning_rate, images_per_sec, epoch) and the ETA."""
+  return (f"step {step}/{total_steps} | epoch {record['epoch']:.2f} | loss {record['loss']:.4f} | "
+          f"train error {record['error']:.2f}% | lr {record['learning_rate']:.4g} | "
+          f"{record['images_per_sec']:.0f} img/s | ETA {metrics_lib.format_duration(eta_seconds)}")
+
+
+def eval_line(step: int, epoch: float, result: Mapping[str, Any], split: str) -> str:
+  """An evaluation's line; with 10-crop testing its error beside the center crop's."""
+  ten = (f"10-crop error {result['ten_crop_error']:.2f}% | top-5 {result['ten_crop_top5_error']:.2f}% | "
+         if "ten_crop_error" in result else "")
+  return (f"eval step {step} | epoch {epoch:.2f} | error {result['error']:.2f}% | "
+          f"top-5 {result['top5_error']:.2f}% | {ten}loss {result['loss']:.4f} | "
+          f"{result['num_examples']} images of {split}")
+
+
+def finished_line(step: int, total_steps: int, result: Dict[str, Any], split: str) -> str:
+  """A finished run asked to train again: its final evaluation."""
+  return (f"already finished at step {step} of {total_steps}: eval error {result['error']:.2f}% | "
+          f"top-5 {result['top5_error']:.2f}% | {result['num_examples']} images of {split}")
+
+
+def stopped_line(signal_name: str, step: int, directory: Any) -> str:
+  cause = "interrupted (Ctrl-C)" if signal_name == "SIGINT" else "preempted"
+  return f"{cause}: saved step {step} to {directory}; run the same command again to resume"

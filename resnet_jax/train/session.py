@@ -1,0 +1,170 @@
+"""One training process's hold on its workdir: checkpoints, metrics, the sessions log, signals.
+
+`TrainingSession` is a context manager. Entering checks the workdir (layout version, the
+recipe of its checkpoints) and opens the writers; `restore_or_initialize` gives the
+loop its starting `Progress`; `save` checkpoints it (never a diverged state). Leaving,
+normally or by an error, records how the process ended in `sessions.jsonl`, stops
+listening for signals, waits for the last asynchronous save and closes the writers, in
+that order, without letting a cleanup error hide the error that ended the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Dict, Optional
+
+import jax
+
+from resnet_jax.train import build
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import load as load_lib
+from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train import report
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import step as step_lib
+from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train.preemption import Preemption
+
+Metrics = Dict[str, Any]
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss or gradient became NaN or Inf; the run stops instead of continuing."""
+
+
+@dataclasses.dataclass
+class Progress:
+  """What the loop carries from one dispatch to the next (updated in place)."""
+  state: state_lib.TrainState
+  sums: Metrics        # the train metric sums of the current logging window, on the devices
+  step: int
+  dispatches: int = 0
+
+
+class TrainingSession:
+  """See the module docstring; `exp` is the built (validated) experiment."""
+
+  def __init__(self, exp: build.Experiment, workdir: pathlib.Path):
+    config = exp.config
+    self.exp, self.workdir = exp, workdir
+    self.is_chief = jax.process_index() == 0
+    workdir_lib.check_format(workdir, write=self.is_chief)
+    self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
+    self.meta = ckpt_lib.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
+                                     self.abstract_state)
+    self.checkpointer = ckpt_lib.Checkpointer(workdir / load_lib.CHECKPOINT_DIR, keep=config.keep_checkpoints,
+                                              keep_best=config.keep_best_checkpoints,
+                                              async_save=config.async_checkpoints)
+    try:  # Orbax's threads keep a process alive until the checkpointer is closed
+      if self.checkpointer.latest_step() is not None:
+        workdir_lib.check_resumable(config, workdir)
+      self.writer = metrics_lib.MetricWriter(workdir)
+    except BaseException:
+      self.checkpointer.close()
+      raise
+    self.sessions = metrics_lib.SessionLog(workdir)
+    self.preemption = Preemption()
+    self.progress: Optional[Progress] = None
+    self.preempted = False
+    self._finished = False
+
+  # -- start -------------------------------------------------------------------------
+  def restore_or_initialize(self, train_iter) -> Progress:
+    """The newest readable checkpoint's progress (and data position), else a new state
+    (with `config.init_from`'s weights when set); saves the config and logs the start."""
+    exp, config = self.exp, self.exp.config
+    replicated = mesh_lib.replicated(exp.mesh)
+    abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                                 jax.eval_shape(step_lib.zero_train_metrics))
+    restored = self.checkpointer.restore_newest(self.abstract_state, abstract_sums, self.meta, log=self.writer.print,
+                                                set_aside=self.is_chief)
+    resumed_from = None
+    if restored is not None:
+      step, state, sums, data_state = restored
+      train_iter.set_state(data_state)
+      resumed_from = str(self.checkpointer.directory / str(step))
+      self.writer.print(f"resumed from {resumed_from}")
+    else:
+      state = state_lib.create_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
+      sums = step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
+      if config.get("init_from"):
+        state, source = load_lib.init_from(config.init_from, state, exp.mesh, exp.num_classes, exp.image_shape)
+        self.writer.print(f"initialised params and BatchNorm statistics from {source}")
+    if self.is_chief:
+      config_lib.save_config(config, self.workdir)
+    self.progress = Progress(state, sums, int(jax.device_get(state.step)))
+    self.sessions.start(self.progress.step, resumed_from)
+    return self.progress
+
+  def start_listening(self) -> None:
+    """From now on SIGTERM/SIGINT ask the loop to save and stop (`stop_requested`)."""
+    self.preemption.start()
+
+  # -- during ------------------------------------------------------------------------
+  def check_finite(self, sums: Metrics) -> None:
+    """Raises `NonFiniteLossError` naming the first bad step and the last good checkpoint."""
+    bad = int(jax.device_get(sums["first_nonfinite_step"]))
+    if bad >= 0:
+      good = self.checkpointer.latest_step()
+      where = (f"last good checkpoint: {self.checkpointer.directory / str(good)} (step {good})"
+               if good is not None else "no checkpoint was saved before it")
+      raise NonFiniteLossError(
+          f"training loss or gradient is NaN/Inf at step {bad + 1}; stopped. {where}. "
+          "Lower optimizer.learning_rate or add schedule.warmup_length.")
+
+  def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
+    """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
+    self.check_finite(progress.sums)
+    self.checkpointer.save(progress.step, progress.state, progress.sums, train_iter.get_state(), self.meta,
+                           eval_metrics)
+
+  def stop_requested(self, dispatches: int) -> bool:
+    """Whether SIGTERM/SIGINT asked to stop (with several processes: all agree on the step)."""
+    return self.preemption.reached(dispatches)
+
+  def save_and_stop(self, progress: Progress, train_iter) -> None:
+    self.save(progress, train_iter)
+    self.checkpointer.wait()
+    self.writer.print(report.stopped_line(self.preemption.signal_name, progress.step, self.checkpointer.directory))
+    self.preempted = True
+
+  def finish(self) -> None:
+    """Waits for the last asynchronous save (its failure is an error of the run)."""
+    self.checkpointer.wait()
+    self._finished = True
+
+  def last_record(self, kind: str) -> Metrics:
+    return metrics_lib.last_record(self.workdir, kind)
+
+  # -- end ---------------------------------------------------------------------------
+  def __enter__(self) -> "TrainingSession":
+    return self
+
+  def __exit__(self, exc_type, exc, traceback) -> None:
+    if exc is None and not self._finished:
+      try:
+        self.finish()
+      except BaseException as e:  # the run's error now: record it, then raise it
+        self._close(_end_reason(e))
+        raise
+    self._close("preempted" if self.preempted and exc is None else
+                "finished" if exc is None else _end_reason(exc))
+
+  def _close(self, reason: str) -> None:
+    step = self.progress.step if self.progress is not None else 0
+    self.sessions.end(step, int(self.exp.config.global_batch_size), reason)
+    self.preemption.close()
+    try:
+      self.checkpointer.close()
+    except ckpt_lib.CheckpointWriteError:
+      if reason in ("finished", "preempted"):  # else the error in flight says more
+        raise
+    finally:
+      self.writer.close()
+
+
+def _end_reason(error: BaseException) -> str:
+  """`Type: first line`, as `sessions.jsonl` records an ending error."""
+  return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
