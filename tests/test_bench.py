@@ -37,6 +37,36 @@ def test_bench_real_data_side_by_side(data_dir, capsys):
   assert "loop overhead over the bare step" in out and "speed step K=1 / minimal flax" in out
 
 
+def test_breakdown_times_the_step_without_each_extra(capsys):
+  code = cli.main(["bench", "--config", "cifar10_resnet20:smoke", "--breakdown", "--compare-minimal",
+                   "--steps", "2", "--windows", "2", "--warmup", "1", "--json"])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  r = json.loads(out.strip().splitlines()[-1])
+  extras = {"step -ghost BN", "step -unbiased var", "step -augment", "step -NaN guard", "step -metrics"}
+  assert set(r["results"]) == {"step K=1", "minimal flax", "without extras"} | extras
+  assert set(r["breakdown"]) == extras | {"without extras"}
+  assert all(-1.0 < x["cost_of_step"] < 1.0 for x in r["breakdown"].values())
+  assert "without extras / minimal flax" in r["ratios"] and "what the engine's extras cost" in out
+
+
+def test_breakdown_variants_remove_one_extra_each():
+  from resnet_jax import configs  # pylint: disable=g-import-not-at-top
+  from resnet_jax.bench import breakdown  # pylint: disable=g-import-not-at-top
+  config = configs.load("cifar10_resnet20")
+  variants = breakdown.variants(config)
+  assert variants["step -ghost BN"][0].bn.mode == "global" and variants["step -ghost BN"][0].data.augment
+  assert not variants["step -NaN guard"][1].nonfinite_guard and variants["step -NaN guard"][1].metrics
+  everything_off, switches = variants[breakdown.ALL_OFF]
+  assert everything_off.bn.mode == "global" and not everything_off.bn.unbiased_variance
+  assert not everything_off.data.augment and not switches.metrics and not switches.nonfinite_guard
+  # An extra the config does not have is not timed: CIFAR has no lighting noise, a global-BN
+  # config no ghost groups.
+  assert "step -lighting" not in variants and "step -color jitter" not in variants
+  assert "step -lighting" in breakdown.variants(configs.load("imagenet_resnet50"))
+  assert "step -ghost BN" not in breakdown.variants(configs.load("cifar10_resnet20", {"bn.mode": "global"}))
+
+
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet56", "resnet50", "resnext50_32x4d",
                                   "resnext29_8x64d"])
 def test_minimal_reference_has_the_networks_size(name):

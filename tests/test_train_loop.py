@@ -179,3 +179,53 @@ def test_the_schedule_helpers():
   assert [s for s in range(1, 13) if loop.itstime(s, 5, 12)] == [5, 10, 12]
   assert loop.next_due(0, (5, 4), 12) == 4 and loop.next_due(4, (5, 4), 12) == 5
   assert loop.next_due(10, (5, 100), 12) == 12
+
+
+def _saved_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _evals(workdir):
+  return {r["step"]: r for r in metrics_lib.read_metrics(workdir) if r["kind"] == "eval"}
+
+
+def test_evaluations_do_not_save_checkpoints(data_dir, tmp_path):
+  """10 steps per epoch, eval every epoch, checkpoints every 8 steps: saves at 8, 16, 24 only."""
+  workdir = tmp_path / "cadence"
+  rt.train(smoke_config(data_dir, num_steps=24, checkpoint_every_steps=8, keep_checkpoints=5,
+                        keep_best_checkpoints=0), workdir)
+  assert _saved_steps(workdir) == [8, 16, 24]
+  assert sorted(_evals(workdir)) == [10, 20, 24]  # the epochs', and the final step's
+  # With keep-best ranking, each checkpoint carries the evaluation of its own weights.
+  ranked = tmp_path / "ranked"
+  rt.train(smoke_config(data_dir, num_steps=24, checkpoint_every_steps=8, keep_checkpoints=5,
+                        keep_best_checkpoints=1), ranked)
+  assert _saved_steps(ranked) == [8, 16, 24]
+  assert sorted(_evals(ranked)) == [8, 10, 16, 20, 24]
+  checkpointer = ckpt_lib.Checkpointer(ranked / "checkpoints")
+  for step in (8, 16, 24):
+    assert checkpointer.eval_metrics(step)["error"] == _evals(ranked)[step]["error"]
+
+
+def test_best_checkpoint_survives_a_resume(data_dir, tmp_path):
+  workdir = tmp_path / "best"
+  flags = dict(checkpoint_every_steps=4, keep_checkpoints=1, keep_best_checkpoints=1)
+  rt.train(smoke_config(data_dir, num_steps=12, **flags), workdir)
+  rt.train(smoke_config(data_dir, num_steps=24, **flags), workdir)  # resumed from step 12
+  evals = _evals(workdir)
+  best = min((evals[s]["error"], s) for s in range(4, 25, 4))[1]  # ties: the earliest
+  assert ckpt_lib.Checkpointer(workdir / "checkpoints").best_step() == best
+  assert set(_saved_steps(workdir)) == {best, 24}
+  assert rt.evaluate(workdir, step="best")["error"] == pytest.approx(evals[best]["error"])
+
+
+def test_an_evaluation_read_after_later_steps_is_of_its_own_weights(data_dir, tmp_path):
+  """The eval of step 10 is dispatched, steps 11-15 run (donating the state), then it is read:
+  its numbers are those of the step-10 checkpoint evaluated on its own."""
+  workdir = tmp_path / "overlap"
+  rt.train(smoke_config(data_dir, num_steps=20, checkpoint_every_steps=10, keep_checkpoints=5,
+                        keep_best_checkpoints=0), workdir)
+  recorded = _evals(workdir)[10]
+  alone = rt.evaluate(workdir, step=10)
+  for key in ("error", "top5_error", "loss", "num_examples"):
+    assert recorded[key] == pytest.approx(alone[key], rel=1e-6), key

@@ -6,13 +6,20 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import ml_collections
+
+from resnet_jax import configs, models
+from resnet_jax.bench import breakdown, runner
+from resnet_jax.runtime import compilation_cache
+from resnet_jax.train import config as config_lib
+
 DATA = ("synthetic", "real")
 PLACEMENTS = ("both", "host", "device")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  from resnet_jax.bench import __doc__ as doc  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(prog="resnet-jax bench", description=doc,
+  p = argparse.ArgumentParser(prog="resnet-jax bench", description=sys.modules[__package__].__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=None, help="a registered network (`resnet-jax models`); with "
                  "--config it replaces the config's network, alone it takes cifar10_resnet20's recipe "
@@ -33,6 +40,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=2, help="untimed dispatches per candidate after compiling")
   p.add_argument("--compare-minimal", action="store_true", help="also time a minimal Flax step of the "
                  "same network (plain jax.jit, Optax SGD) in the same windows")
+  p.add_argument("--breakdown", action="store_true", help="also time the step without each of the "
+                 "engine's extras (ghost BN, unbiased running variance, on-device augmentation, NaN guard, "
+                 "metric sums) and without all of them, and print what each costs")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any config field")
   p.add_argument("--no-compilation-cache", action="store_true", help="compile from scratch (the "
                  "persistent cache is on by default; see resnet_jax.runtime.compilation_cache)")
@@ -42,8 +52,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def _check(args: argparse.Namespace) -> None:
   """One-line errors for bad arguments, before anything is built."""
-  from resnet_jax import models  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   if args.model is None and args.config is None:
     raise ValueError("give --model NAME (`resnet-jax models` lists them) or --config NAME")
   if args.model is not None:
@@ -70,9 +78,6 @@ def _check(args: argparse.Namespace) -> None:
 
 def build_config(args: argparse.Namespace):
   """The config to benchmark: --config (or a default recipe for --model) with the flags applied."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from resnet_jax import configs, models  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   spec = args.config
   if spec is None:
     spec = "cifar10_resnet20" if models.config(args.model).get("stem") == "cifar" else "imagenet_resnet50"
@@ -99,9 +104,6 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
   """Builds, compiles and times every candidate; returns the report as a dict."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from resnet_jax import compilation_cache, models  # pylint: disable=g-import-not-at-top
-  from resnet_jax.bench import runner  # pylint: disable=g-import-not-at-top
   _check(args)
   cache = None if args.no_compilation_cache else compilation_cache.enable()
   if args.no_compilation_cache:
@@ -112,6 +114,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   candidates = [bench.step_candidate(k) for k in ks]
   if args.compare_minimal:
     candidates.append(bench.minimal_candidate())
+  variants = breakdown.variants(config) if args.breakdown else {}
+  for name, (variant_config, extras) in variants.items():
+    candidates.append(runner.Bench(variant_config, args.data, extras).step_candidate(ks[0], name=name))
   placements: List[str] = []
   if args.data == "real":
     placements = ["host", "device"] if args.placement == "both" else [args.placement]
@@ -133,6 +138,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for p in placements:
       ratios[f"loop/{p} K={k} / step K={k}"] = runner.ratio(candidates, f"loop/{p} K={k}",
                                                             f"{runner.STEP_NAME} K={k}")
+  if variants and args.compare_minimal:
+    ratios[f"{breakdown.ALL_OFF} / minimal flax"] = runner.ratio(candidates, breakdown.ALL_OFF, "minimal flax")
+  extra_costs = breakdown.costs({c.name: c.seconds for c in candidates if c.name in variants or c.name == first},
+                                first)
   img_s = results[first]["img_per_s"]
   device = jax.devices()[0]
   return {
@@ -147,6 +156,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
       "compile_s": results[first]["compile_s"], "peak_memory_bytes": runner.peak_memory_bytes(),
       "epoch_s": bench.info.num_train_examples / img_s, "schedule_steps": bench.total_steps,
       "schedule_s": bench.total_steps * batch / img_s,
+      "breakdown": {name: {"cost_of_step": cost, "what": breakdown.EXTRAS[name[len("step -"):]].what
+                           if name.startswith("step -") else "every extra above"}
+                    for name, cost in extra_costs.items()},
   }
 
 
@@ -172,6 +184,10 @@ def report(r: Dict[str, Any]) -> str:
     if name.startswith("loop/"):
       extra = f"  (loop overhead over the bare step: {100 * (1 / x['median'] - 1):+.1f} %)"
     lines.append(f"  speed {name}: {x['median']:.3f} (rounds: {rounds}){extra}")
+  if r.get("breakdown"):
+    lines.append("  what the engine's extras cost (share of the full step's time, median of rounds):")
+    for name, x in r["breakdown"].items():
+      lines.append(f"    {name:<24} {100 * x['cost_of_step']:+6.1f} %   {x['what']}")
   memory = "not reported by the backend" if mem is None else f"{mem / 2**30:.2f} GiB"
   lines.append(f"  peak device memory: {memory}")
   lines.append(f"  at {r['img_per_s']:,.0f} img/s: one {r['dataset']} epoch {r['epoch_s']:,.0f} s, the "
@@ -181,7 +197,6 @@ def report(r: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(list(sys.argv[1:] if argv is None else argv))
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     result = run(args)
   except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:

@@ -19,6 +19,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import resnet_jax.data as rjd
+from resnet_jax import train
+from resnet_jax.bench import minimal
+from resnet_jax.data import augment
+from resnet_jax.data import device_resident
+from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train.step import StepExtras
 
 STEP_NAME = "step"
 
@@ -40,7 +49,6 @@ def _copy(tree):
 
 def _synthetic_preprocess(config) -> Callable:
   """The on-device preprocessing the dataset would run (crop, flip, normalise), on made-up statistics."""
-  from resnet_jax.data import augment  # pylint: disable=g-import-not-at-top
   data = config.data
   size = int(data.get("image_size", 32))
   if data.name in ("cifar10", "cifar100"):
@@ -74,8 +82,6 @@ def _timed_compile(fn, *args):
 
 
 def _stacked(batch: Dict[str, jax.Array], k: int, mesh) -> Dict[str, jax.Array]:
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   sharding = NamedSharding(mesh, P(None, mesh_lib.DATA_AXIS))
   return jax.jit(lambda b: jax.tree.map(lambda x: jnp.stack([x] * k), b), out_shardings=sharding)(batch)
 
@@ -83,11 +89,10 @@ def _stacked(batch: Dict[str, jax.Array], k: int, mesh) -> Dict[str, jax.Array]:
 class Bench:
   """The network, optimiser and data of one config, and the candidates to time."""
 
-  def __init__(self, config, data: str):
-    from resnet_jax import train  # pylint: disable=g-import-not-at-top
-    import resnet_jax.data as rjd  # pylint: disable=g-import-not-at-top
+  def __init__(self, config, data: str, extras: StepExtras = StepExtras()):
     self.config = config
     self.data = data
+    self.extras = extras
     self.mesh = train.create_mesh()
     batch = int(config.global_batch_size)
     if batch % jax.device_count():
@@ -117,20 +122,18 @@ class Bench:
     self.steps: Dict[int, Any] = {}   # steps per dispatch -> (compiled step, compile seconds)
 
   def _new_sums(self):
-    from resnet_jax import train  # pylint: disable=g-import-not-at-top
     return train.new_metrics(train.zero_train_metrics, self.mesh)
 
   def compiled_step(self, k: int):
     """Our train step with `k` steps per dispatch, compiled once (timed)."""
-    from resnet_jax import train  # pylint: disable=g-import-not-at-top
     if k not in self.steps:
       fn = train.make_train_step(self.model, self.tx, self.config, self.mesh, self.preprocess,
-                                 self.num_classes, steps_per_call=k)
+                                 self.num_classes, steps_per_call=k, extras=self.extras)
       batch = self.batch if k == 1 else _stacked(self.batch, k, self.mesh)
       self.steps[k] = _timed_compile(fn, self.state0, self._new_sums(), batch)
     return self.steps[k]
 
-  def step_candidate(self, k: int) -> Candidate:
+  def step_candidate(self, k: int, name: Optional[str] = None) -> Candidate:
     """The bare step: one fixed batch already on the devices, no input pipeline."""
     compiled, compile_s = self.compiled_step(k)
     batch = self.batch if k == 1 else _stacked(self.batch, k, self.mesh)
@@ -142,13 +145,11 @@ class Bench:
         state, sums = compiled(state, sums, batch)
       jax.block_until_ready(state)
       holder["state"], holder["sums"] = state, sums
-    return Candidate(f"{STEP_NAME} K={k}", window, k, compile_s)
+    return Candidate(name or f"{STEP_NAME} K={k}", window, k, compile_s)
 
   def loop_candidate(self, k: int, placement: str) -> Candidate:
     """The engine's per-step path: next batch(es) from the pipeline, the dispatch, and the
     metrics fetch every `log_every_steps`, as in `train.train`."""
-    import resnet_jax.data as rjd  # pylint: disable=g-import-not-at-top
-    from resnet_jax.data import device_resident  # pylint: disable=g-import-not-at-top
     compiled, _ = self.compiled_step(k)
     pipe = self.pipeline
     if placement == "device":
@@ -176,8 +177,6 @@ class Bench:
 
   def minimal_candidate(self) -> Candidate:
     """The minimal Flax step (`minimal.py`) of the same network, on the same batch."""
-    from resnet_jax.bench import minimal  # pylint: disable=g-import-not-at-top
-    from resnet_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     net = minimal.like(self.model)
     step, tx = minimal.train_step(net, float(self.config.optimizer.learning_rate))
     variables, opt_state = minimal.init(net, tx, self.image_shape, int(self.config.seed))

@@ -3,14 +3,17 @@
 `train(config, workdir)` reads like its schedule. After restoring the newest checkpoint
 (or initialising), until the last step: train up to `steps_per_dispatch` steps (never past
 the next periodic action), then ask, with `itstime`, whether it is time to log
-(`log_train`), to evaluate (`evaluate_and_log`) or to save a checkpoint, and whether
-SIGTERM/SIGINT asked to stop. What the workdir holds across processes (checkpoints,
+(`log_train`), to evaluate (`Evaluations.start`: dispatched, read at the next log line, so
+the devices go on training meanwhile) or to save a checkpoint (`checkpoint_every_steps`
+alone decides; an evaluation never forces a save), and whether SIGTERM/SIGINT asked to
+stop. What the workdir holds across processes (checkpoints,
 metrics, the sessions log, the lock, the signals) is `TrainingSession`'s
 (`session.py`); evaluation is `evaluation.py`'s.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import time
 from typing import Any, Dict, Optional
@@ -101,24 +104,57 @@ def log_train(session: TrainingSession, exp: build.Experiment, progress: Progres
   return record
 
 
-def evaluate_and_log(session: TrainingSession, exp: build.Experiment, eval_step, progress: Progress) -> Metrics:
-  """Evaluates the current weights on the whole eval split; writes and prints the result."""
-  session.check_finite(progress.sums)
-  state = progress.state
-  result = evaluation.evaluate_params(eval_step, state.params, state.batch_stats, exp.pipeline, exp.mesh)
-  epoch = progress.step / exp.steps_per_epoch
-  session.writer.write(progress.step, {**result, "epoch": epoch}, "eval")
-  session.writer.print(report.eval_line(progress.step, epoch, result, exp.config.data.eval_split))
-  return result
+class Evaluations:
+  """The loop's evaluations: dispatched without waiting for the devices, recorded when read.
+
+  `start` dispatches the eval steps of the current weights (the devices run them before the
+  train steps dispatched after); `finish` reads the sums, which are ready by the next log
+  line, and writes and prints the result. A checkpoint carries the evaluation of its own
+  weights (`of_current`), which is what ranks it for `keep_best_checkpoints`.
+  """
+
+  def __init__(self, session: TrainingSession, exp: build.Experiment):
+    self.session, self.exp = session, exp
+    self.eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, exp.pipeline)
+    self.pending: Optional[tuple[int, Metrics]] = None  # (step, sums on the devices)
+    self.last: Metrics = {}
+
+  def start(self, progress: Progress) -> None:
+    self.finish(progress)
+    state = progress.state
+    sums = evaluation.start_evaluation(self.eval_step, state.params, state.batch_stats, self.exp.pipeline,
+                                       self.exp.mesh)
+    self.pending = (progress.step, sums)
+
+  def finish(self, progress: Progress) -> None:
+    """Reads, writes and prints the pending evaluation, if any."""
+    if self.pending is None:
+      return
+    step, sums = self.pending
+    self.pending = None
+    result = evaluation.finish_evaluation(sums)
+    if not math.isfinite(result["loss"]):
+      self.session.check_finite(progress.sums)  # diverged weights: the NaN report, not their eval
+    epoch = step / self.exp.steps_per_epoch
+    self.session.writer.write(step, {**result, "epoch": epoch}, "eval")
+    self.session.writer.print(report.eval_line(step, epoch, result, self.exp.config.data.eval_split))
+    self.last = result
+
+  def of_current(self, progress: Progress) -> Metrics:
+    """The evaluation of `progress`'s weights (dispatched now unless it is pending)."""
+    if self.pending is None or self.pending[0] != progress.step:
+      self.start(progress)
+    self.finish(progress)
+    return self.last
 
 
-def _report_finished(session: TrainingSession, exp: build.Experiment, eval_step, progress: Progress
-                     ) -> Dict[str, Any]:
+def _report_finished(session: TrainingSession, exp: build.Experiment, progress: Progress) -> Dict[str, Any]:
   """A run asked to train past its end: its final evaluation (stored with the last checkpoint)."""
   step, total = progress.step, exp.total_steps
   result = session.checkpointer.eval_metrics(step) if step == total else {}
   if not {"error", "top5_error", "loss", "num_examples"} <= set(result):
     state = progress.state
+    eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, exp.pipeline)
     result = evaluation.evaluate_params(eval_step, state.params, state.batch_stats, exp.pipeline, exp.mesh)
   result["num_examples"] = int(result["num_examples"])
   session.writer.print(report.finished_line(step, total, result, exp.config.data.eval_split))
@@ -151,10 +187,9 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, config_spec: Optional[s
   with TrainingSession(exp, workdir) as session:
     train_iter = exp.pipeline.train_iterator()
     progress = session.restore_or_initialize(train_iter)
-    eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, exp.pipeline)
     if progress.step >= total:
-      return _report_finished(session, exp, eval_step, progress)
-    steps = TrainSteps(exp)
+      return _report_finished(session, exp, progress)
+    steps, evals = TrainSteps(exp), Evaluations(session, exp)
     session.writer.print(report.start_line(
         config.model.name, models.count_params({"params": progress.state.params}), jax.device_count(),
         jax.process_count(), config.bn.mode, config.global_batch_size, exp.steps_per_epoch, progress.step, total))
@@ -162,22 +197,25 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, config_spec: Optional[s
     notice = cpu_notice.CpuNotice(total, config.global_batch_size, session.writer.print, config_spec)
     rate = RateWindow(int(config.global_batch_size), total, time.perf_counter(), progress.step)
     last_train: Metrics = {}
-    last_eval: Metrics = {}
     periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
 
     while progress.step < total:
       steps.advance(progress, train_iter, until=next_due(progress.step, periods, total))
       notice.after_step(progress.step, progress.state)
       if itstime(progress.step, config.log_every_steps, total):
+        evals.finish(progress)  # dispatched before these steps: ready, and its line comes first
         last_train = log_train(session, exp, progress, rate)
       if itstime(progress.step, eval_every, total):
-        last_eval = evaluate_and_log(session, exp, eval_step, progress)
-        session.save(progress, train_iter, last_eval)
-      elif itstime(progress.step, config.checkpoint_every_steps, total):
-        session.save(progress, train_iter)
+        evals.start(progress)
+      if itstime(progress.step, config.checkpoint_every_steps, total):
+        # A checkpoint carries the evaluation of its own weights when one is due or kept-best ranks it.
+        ranked = config.keep_best_checkpoints > 0 or progress.step == total
+        session.save(progress, train_iter, evals.of_current(progress) if ranked else None)
       if progress.step < total and session.stop_requested(progress.dispatches):
+        evals.finish(progress)
         session.save_and_stop(progress, train_iter)
         break
+    evals.finish(progress)
     session.finish()
-  return {"step": progress.step, "train": last_train, "eval": last_eval, "preempted": session.preempted,
+  return {"step": progress.step, "train": last_train, "eval": evals.last, "preempted": session.preempted,
           "state": progress.state}

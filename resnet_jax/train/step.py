@@ -20,6 +20,7 @@ inside the scan too (without it a scanned ResNet step was ~16x slower; see `cpu_
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
@@ -61,9 +62,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   return optax.softmax_cross_entropy(logits.astype(dtype), targets)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepExtras:
+  """What the engine's step does beyond a minimal train step, each switchable for
+  `resnet-jax bench --breakdown` (which times the step without each): training always
+  runs with both on."""
+  nonfinite_guard: bool = True   # record the first step whose loss or gradient is NaN/Inf
+  metrics: bool = True           # sum the loss and the training error for the log line
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh: Mesh, preprocess: Preprocess,
-                    num_classes: int, steps_per_call: int = 1):
+                    num_classes: int, steps_per_call: int = 1, extras: StepExtras = StepExtras()):
   """Returns jitted `(state, metrics, batch) -> (state, metrics)`; both are donated.
 
   With `steps_per_call` K > 1 every leaf of `batch` has a leading axis of K.
@@ -89,7 +99,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         # Mean over the whole batch inside the differentiated function: the gradient is
         # then the global-batch gradient, replicated on every device.
         loss = jax.lax.pmean(loss, axis_name)
-      errors = (jnp.argmax(logits, -1) != labels).astype(jnp.float32).mean()
+      if extras.metrics:
+        errors = (jnp.argmax(logits, -1) != labels).astype(jnp.float32).mean()
+      else:
+        errors = jnp.zeros((), jnp.float32)
       return loss, (errors, updates["batch_stats"])
     (loss, (error, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     if axis_name is not None:
@@ -115,14 +128,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         state.params, state.batch_stats, images, batch["label"], dropout_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # The gradient too: a ReLU can turn NaN activations into a finite loss.
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    metrics = {
-        "loss": metrics["loss"] + loss, "error": metrics["error"] + error,
-        "steps": metrics["steps"] + 1,
-        "first_nonfinite_step": jnp.where((metrics["first_nonfinite_step"] < 0) & ~finite,
-                                          state.step, metrics["first_nonfinite_step"]),
-    }
+    metrics = {**metrics, "steps": metrics["steps"] + 1}
+    if extras.metrics:
+      metrics.update(loss=metrics["loss"] + loss, error=metrics["error"] + error)
+    if extras.nonfinite_guard:
+      # The gradient too: a ReLU can turn NaN activations into a finite loss.
+      finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+      metrics["first_nonfinite_step"] = jnp.where((metrics["first_nonfinite_step"] < 0) & ~finite,
+                                                  state.step, metrics["first_nonfinite_step"])
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                               opt_state=opt_state)
     return new_state, metrics
