@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import ml_collections
 import optax
 
 from resnet_jax.train.config import (SCHEDULE_UNITS as UNITS, SCHEDULES, WARMUP_MODES,
-                                     WEIGHT_DECAY_MODES)
+                                     WEIGHT_DECAY_MODES, choice)
 
 
 def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
@@ -47,12 +47,8 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_e
   iterations (the CIFAR papers) or epochs (ImageNet, ResNeXt CIFAR).
   """
   s = config.schedule
-  if s.name not in SCHEDULES:
-    raise ValueError(f"schedule.name={s.name!r} is not one of {SCHEDULES}")
-  if s.unit not in UNITS:
-    raise ValueError(f"schedule.unit={s.unit!r} is not one of {UNITS}")
-  if s.warmup_mode not in WARMUP_MODES:
-    raise ValueError(f"schedule.warmup_mode={s.warmup_mode!r} is not one of {WARMUP_MODES}")
+  for name, valid in (("name", SCHEDULES), ("unit", UNITS), ("warmup_mode", WARMUP_MODES)):
+    choice(f"schedule.{name}", s[name], valid)
   scale = config.global_batch_size / float(s.reference_batch_size) if s.reference_batch_size else 1.0
   peak = peak_learning_rate(config)
   warmup_steps = _to_steps(s.warmup_length, s.unit, steps_per_epoch)
@@ -104,10 +100,10 @@ def create_optimizer(config: ml_collections.ConfigDict,
   the decay term.
   """
   o = config.optimizer
-  if o.weight_decay_mode not in WEIGHT_DECAY_MODES:
-    raise ValueError(
-        f"optimizer.weight_decay_mode={o.weight_decay_mode!r} is not one of {WEIGHT_DECAY_MODES}")
-  mask: Callable[[Any], Any] = lambda params: weight_decay_mask(params, o.weight_decay_exclude)
+  choice("optimizer.weight_decay_mode", o.weight_decay_mode, WEIGHT_DECAY_MODES)
+  # An empty pattern decays everything: no mask at all (nothing to trace or to time).
+  mask: Optional[Callable[[Any], Any]] = (
+      (lambda params: weight_decay_mask(params, o.weight_decay_exclude)) if o.weight_decay_exclude else None)
   momentum = float(o.momentum) if o.momentum else None
   if o.weight_decay_mode == "coupled":
     parts = []
