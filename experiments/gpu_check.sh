@@ -15,10 +15,12 @@
 #
 # Steps (each bounded by `timeout`, each failure recorded in OUTDIR/status.txt, the rest go on):
 #   1. environment: nvidia-smi, python/jax/flax/optax/orbax versions, commit -> env.json
-#   2. resnet-jax bench: ResNet-20 (K=1/50, --compare-minimal, --breakdown), ResNet-56 and
-#      ResNet-110 (K=1/50), ResNet-50 bf16 b256 (--compare-minimal) -> bench_*.json/.log
-#   3. with CIFAR-10: the loop's cost beyond its steps (experiments/bench_loop.py) and the paper's
-#      full ResNet-20 schedule (64k steps, held-out eval every epoch) -> train_r20.log, metrics
+#   2. resnet-jax bench: ResNet-20 (K=1/50, --compare-minimal, --breakdown; packed R=1/2/4/8),
+#      ResNet-56 and ResNet-110 (K=1/50; ResNet-110 also 5 packed runs), ResNet-50 bf16 b256
+#      (--compare-minimal) -> bench_*.json/.log
+#   3. with CIFAR-10: the loop's cost beyond its steps (experiments/bench_loop.py), the paper's
+#      full ResNet-20 schedule (64k steps, held-out eval every epoch) -> train_r20.log, metrics,
+#      and 5 seeds of ResNet-20 packed in one program for a tenth of the schedule (6,400 steps)
 #   4. summary.md: the table of everything above (experiments/gpu_check_report.py)
 set -uo pipefail
 
@@ -82,14 +84,17 @@ note "environment: $(cat "$OUT/env.json")"
 if [[ $SMOKE == 1 ]]; then
   R20=cifar10_resnet20:smoke; R56=cifar10_resnet56:smoke; R110=cifar10_resnet110:smoke
   R50=(--config imagenet_resnet50:smoke --set data.image_size=64); STEPS=(--steps 4 --windows 2 --warmup 1); K=2
+  PACKS=(1 2); R110_PACK=2; SEEDS=(0 1)
 else
   R20=cifar10_resnet20; R56=cifar10_resnet56; R110=cifar10_resnet110
   R50=(--model resnet50 --batch 256 --dtype bfloat16); STEPS=(--steps 100 --windows 3); K=50
+  PACKS=(1 2 4 8); R110_PACK=5; SEEDS=(0 1 2 3 4)
 fi
 run bench_r20 240 "${RJ[@]}" bench --config "$R20" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --compare-minimal \
   --breakdown --json
+run bench_r20_packed 180 "${RJ[@]}" bench --config "$R20" "${STEPS[@]}" --pack "${PACKS[@]}" --json
 run bench_r56 120 "${RJ[@]}" bench --config "$R56" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --json
-run bench_r110 150 "${RJ[@]}" bench --config "$R110" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --json
+run bench_r110 150 "${RJ[@]}" bench --config "$R110" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --pack "$R110_PACK" --json
 if [[ $SMOKE == 1 ]]; then R50_STEPS=("${STEPS[@]}"); else R50_STEPS=(--steps 20 --windows 3); fi
 run bench_r50 180 "${RJ[@]}" bench "${R50[@]}" "${R50_STEPS[@]}" --compare-minimal --json
 
@@ -114,6 +119,11 @@ if [[ -n "$CIFAR" ]]; then
   rm -rf /tmp/gpu_check_r20
   run train_r20 330 "${RJ[@]}" train --config "${TRAIN[@]}" --workdir /tmp/gpu_check_r20 \
     --config.data.data_dir="$TFDS"
+  if [[ $SMOKE == 1 ]]; then PACKED=("$R20" --config.num_steps=20); else PACKED=(cifar10_resnet20 --config.num_steps=6400); fi
+  rm -rf /tmp/gpu_check_r20x5
+  run train_r20_x5 150 "${RJ[@]}" train --config "${PACKED[@]}" --seeds "${SEEDS[@]}" --pack on \
+    --workdir /tmp/gpu_check_r20x5 --config.data.data_dir="$TFDS"
+  cp /tmp/gpu_check_r20x5/seed0/sessions.jsonl "$OUT/r20x5_sessions.jsonl" 2> /dev/null
   cp /tmp/gpu_check_r20/metrics.jsonl "$OUT/r20_metrics.jsonl" 2> /dev/null
   cp /tmp/gpu_check_r20/sessions.jsonl "$OUT/r20_sessions.jsonl" 2> /dev/null
   run eval_r20_test 60 "${RJ[@]}" eval --workdir /tmp/gpu_check_r20 --split test --json

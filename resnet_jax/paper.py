@@ -11,11 +11,36 @@ import dataclasses
 from typing import Optional
 
 
+# How a paper reports a result over several runs (He et al. 2015 Table 6: "best (mean±std)";
+# He et al. 2016: "median of 5 runs", Table 4 "median (mean±std)"; Xie et al. 2017: "average").
+STATISTICS = ("single", "best", "median", "mean")
+
+
 @dataclasses.dataclass(frozen=True)
 class PaperResult:
-  error: Optional[float]          # percent; None: curve only, or "fail"
+  error: Optional[float]          # percent, the paper's headline figure; None: curve only, or "fail"
   source: str
   note: str = ""
+  statistic: str = "single"       # what `error` is, over `runs` runs (one of STATISTICS)
+  runs: int = 1
+  mean: Optional[float] = None    # printed beside it, e.g. "6.43 (6.61±0.16)"
+  std: Optional[float] = None
+
+  def __post_init__(self):
+    if self.statistic not in STATISTICS:
+      raise ValueError(f"statistic={self.statistic!r} is not one of {STATISTICS}")
+
+  def text(self) -> str:
+    """The figure as the paper prints it: "6.43 (6.61±0.16), best (mean±std) of 5 runs"."""
+    if self.error is None:
+      return "fail (>20)" if self.note == FAIL else "curve only"
+    figure = f"{self.error:.2f}"
+    if self.mean is not None:
+      figure += f" ({self.mean:.2f}±{self.std:.2f})"
+    if self.statistic == "single":
+      return figure
+    spread = " (mean±std)" if self.mean is not None else ""
+    return f"{figure}, {self.statistic}{spread} of {self.runs} runs"
 
 
 FAIL = "fail"
@@ -26,7 +51,7 @@ CIFAR10_DEPTH = {
     "cifar_resnet32": PaperResult(7.51, "He et al. 2015, Table 6"),
     "cifar_resnet44": PaperResult(7.17, "He et al. 2015, Table 6"),
     "cifar_resnet56": PaperResult(6.97, "He et al. 2015, Table 6"),
-    "cifar_resnet110": PaperResult(6.61, "He et al. 2015, Table 6", "mean of 5 runs; best 6.43"),
+    "cifar_resnet110": PaperResult(6.43, "He et al. 2015, Table 6", statistic="best", runs=5, mean=6.61, std=0.16),
     "cifar_resnet1202": PaperResult(7.93, "He et al. 2015, Table 6"),
     "cifar_plain20": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
     "cifar_plain32": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
@@ -34,52 +59,53 @@ CIFAR10_DEPTH = {
     "cifar_plain56": PaperResult(None, "He et al. 2015, Fig. 6 (curves only)"),
 }
 
-# He et al. 2016, Table 1: shortcut variants on ResNet-110, CIFAR-10 (median of 5 runs).
+# He et al. 2016, Table 1: shortcut variants on ResNet-110, CIFAR-10 (all of the paper's CIFAR
+# results are the median of 5 runs, §3.1).
 IDENTITY_SHORTCUTS = {
-    "original": PaperResult(6.61, "He et al. 2016, Table 1"),
+    "original": PaperResult(6.61, "He et al. 2016, Table 1", statistic="median", runs=5),
     "scale_shortcut_0.5": PaperResult(None, "He et al. 2016, Table 1", FAIL),
-    "scale_both_0.5": PaperResult(12.35, "He et al. 2016, Table 1", "frozen gating"),
-    "exclusive_gate_b-6": PaperResult(8.70, "He et al. 2016, Table 1"),
-    "exclusive_gate_b-7": PaperResult(9.81, "He et al. 2016, Table 1"),
+    "scale_both_0.5": PaperResult(12.35, "He et al. 2016, Table 1", "frozen gating", statistic="median", runs=5),
+    "exclusive_gate_b-6": PaperResult(8.70, "He et al. 2016, Table 1", statistic="median", runs=5),
+    "exclusive_gate_b-7": PaperResult(9.81, "He et al. 2016, Table 1", statistic="median", runs=5),
     "exclusive_gate_b0": PaperResult(None, "He et al. 2016, Table 1", FAIL),
-    "shortcut_gate_b0": PaperResult(12.86, "He et al. 2016, Table 1"),
-    "shortcut_gate_b-6": PaperResult(6.91, "He et al. 2016, Table 1"),
-    "conv1x1": PaperResult(12.22, "He et al. 2016, Table 1"),
+    "shortcut_gate_b0": PaperResult(12.86, "He et al. 2016, Table 1", statistic="median", runs=5),
+    "shortcut_gate_b-6": PaperResult(6.91, "He et al. 2016, Table 1", statistic="median", runs=5),
+    "conv1x1": PaperResult(12.22, "He et al. 2016, Table 1", statistic="median", runs=5),
     "dropout_0.5": PaperResult(None, "He et al. 2016, Table 1", FAIL),
 }
 
 # He et al. 2016, Table 2: activation placement, CIFAR-10.
 UNIT_ORDERS = {
-    ("cifar_resnet110", "original"): PaperResult(6.61, "He et al. 2016, Table 2"),
-    ("cifar_resnet110", "bn_after_add"): PaperResult(8.17, "He et al. 2016, Table 2"),
-    ("cifar_resnet110", "relu_before_add"): PaperResult(7.84, "He et al. 2016, Table 2"),
-    ("cifar_resnet110", "relu_preact"): PaperResult(6.71, "He et al. 2016, Table 2"),
-    ("cifar_resnet110", "full_preact"): PaperResult(6.37, "He et al. 2016, Table 2"),
-    ("cifar_preact_resnet164", "original"): PaperResult(5.93, "He et al. 2016, Table 2"),
-    ("cifar_preact_resnet164", "bn_after_add"): PaperResult(6.50, "He et al. 2016, Table 2"),
-    ("cifar_preact_resnet164", "relu_before_add"): PaperResult(6.14, "He et al. 2016, Table 2"),
-    ("cifar_preact_resnet164", "relu_preact"): PaperResult(5.91, "He et al. 2016, Table 2"),
-    ("cifar_preact_resnet164", "full_preact"): PaperResult(5.46, "He et al. 2016, Table 2"),
+    ("cifar_resnet110", "original"): PaperResult(6.61, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_resnet110", "bn_after_add"): PaperResult(8.17, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_resnet110", "relu_before_add"): PaperResult(7.84, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_resnet110", "relu_preact"): PaperResult(6.71, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_resnet110", "full_preact"): PaperResult(6.37, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_preact_resnet164", "original"): PaperResult(5.93, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_preact_resnet164", "bn_after_add"): PaperResult(6.50, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_preact_resnet164", "relu_before_add"): PaperResult(6.14, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_preact_resnet164", "relu_preact"): PaperResult(5.91, "He et al. 2016, Table 2", statistic="median", runs=5),
+    ("cifar_preact_resnet164", "full_preact"): PaperResult(5.46, "He et al. 2016, Table 2", statistic="median", runs=5),
 }
 
 # He et al. 2016, Table 3: original vs pre-activation units (median of 5 runs).
 PREACT = {
-    ("cifar10", "cifar_preact_resnet164", "original"): PaperResult(5.93, "He et al. 2016, Table 3"),
-    ("cifar10", "cifar_preact_resnet164", "full_preact"): PaperResult(5.46, "He et al. 2016, Table 3"),
-    ("cifar10", "cifar_preact_resnet1001", "original"): PaperResult(7.61, "He et al. 2016, Table 3"),
-    ("cifar10", "cifar_preact_resnet1001", "full_preact"): PaperResult(4.92, "He et al. 2016, Table 3"),
-    ("cifar100", "cifar_preact_resnet164", "original"): PaperResult(25.16, "He et al. 2016, Table 3"),
-    ("cifar100", "cifar_preact_resnet164", "full_preact"): PaperResult(24.33, "He et al. 2016, Table 3"),
-    ("cifar100", "cifar_preact_resnet1001", "original"): PaperResult(27.82, "He et al. 2016, Table 3"),
-    ("cifar100", "cifar_preact_resnet1001", "full_preact"): PaperResult(22.71, "He et al. 2016, Table 3"),
+    ("cifar10", "cifar_preact_resnet164", "original"): PaperResult(5.93, "He et al. 2016, Table 3", statistic="median", runs=5),
+    ("cifar10", "cifar_preact_resnet164", "full_preact"): PaperResult(5.46, "He et al. 2016, Table 3", statistic="median", runs=5),
+    ("cifar10", "cifar_preact_resnet1001", "original"): PaperResult(7.61, "He et al. 2016, Table 3", statistic="median", runs=5),
+    ("cifar10", "cifar_preact_resnet1001", "full_preact"): PaperResult(4.92, "He et al. 2016, Tables 3-4", statistic="median", runs=5, mean=4.89, std=0.14),
+    ("cifar100", "cifar_preact_resnet164", "original"): PaperResult(25.16, "He et al. 2016, Table 3", statistic="median", runs=5),
+    ("cifar100", "cifar_preact_resnet164", "full_preact"): PaperResult(24.33, "He et al. 2016, Table 3", statistic="median", runs=5),
+    ("cifar100", "cifar_preact_resnet1001", "original"): PaperResult(27.82, "He et al. 2016, Table 3", statistic="median", runs=5),
+    ("cifar100", "cifar_preact_resnet1001", "full_preact"): PaperResult(22.71, "He et al. 2016, Tables 3-4", statistic="median", runs=5, mean=22.68, std=0.22),
 }
 
 # Xie et al. 2017, Table 7 (average of 10 runs).
 RESNEXT_CIFAR = {
-    ("cifar10", "resnext29_8x64d"): PaperResult(3.65, "Xie et al. 2017, Table 7"),
-    ("cifar10", "resnext29_16x64d"): PaperResult(3.58, "Xie et al. 2017, Table 7"),
-    ("cifar100", "resnext29_8x64d"): PaperResult(17.77, "Xie et al. 2017, Table 7"),
-    ("cifar100", "resnext29_16x64d"): PaperResult(17.31, "Xie et al. 2017, Table 7"),
+    ("cifar10", "resnext29_8x64d"): PaperResult(3.65, "Xie et al. 2017, Table 7", statistic="mean", runs=10),
+    ("cifar10", "resnext29_16x64d"): PaperResult(3.58, "Xie et al. 2017, Table 7", statistic="mean", runs=10),
+    ("cifar100", "resnext29_8x64d"): PaperResult(17.77, "Xie et al. 2017, Table 7", statistic="mean", runs=10),
+    ("cifar100", "resnext29_16x64d"): PaperResult(17.31, "Xie et al. 2017, Table 7", statistic="mean", runs=10),
 }
 
 # He et al. 2015, Tables 2 and 3 (ImageNet val, 10-crop top-1); Xie et al. 2017, Table 3 (1-crop).

@@ -26,6 +26,7 @@ from resnet_jax import study as study_lib
 from resnet_jax.paper import PaperResult
 from resnet_jax.runtime.provenance import device_description, git_commit
 from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import workdir as workdir_lib
 
 # The papers' CIFAR schedule is in iterations; splits of the two error protocols
@@ -77,6 +78,12 @@ def parser(description: str, default_workdir: str) -> argparse.ArgumentParser:
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, ~/tensorflow_datasets)")
   p.add_argument("--cifar10-source", default=os.environ.get("RESNET_JAX_CIFAR10_DIR"),
                  help="official CIFAR-10 files to prepare first if needed (default: $RESNET_JAX_CIFAR10_DIR)")
+  p.add_argument("--pack", choices=("auto", "on", "off"), default="auto",
+                 help="train the runs that can share one program (seeds; variants that change values, not "
+                      "shapes) packed: on, off, or auto (on an accelerator)")
+  p.add_argument("--time-limit", default=None, metavar="DURATION",
+                 help="save every run and stop at this wall time (90s, 10m, 1h30m); the table marks the "
+                      "unfinished runs; the same command again continues")
   p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                  help="extra config overrides for every run, e.g. global_batch_size=256")
   return p
@@ -167,8 +174,12 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
     prepare_data(args, data_dir)
   results_dir.mkdir(parents=True, exist_ok=True)
   tables, records = [], []
+  pack = {"on": True, "off": False}.get(getattr(args, "pack", "auto"), "auto")
+  limit = getattr(args, "time_limit", None)
+  deadline = None if limit is None else time.monotonic() + metrics_lib.parse_duration(limit)
   for group, base, study in studies:
-    study.run()
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    study.run(pack=pack, time_limit=left)
     table = study.table()
     tables.append(f"### {group.name} ({base})\n\n{table}")
     figure = study.plot(results_dir / f"{experiment}_{group.name}.png", title=f"{title}: {group.name}")

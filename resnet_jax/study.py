@@ -21,6 +21,7 @@ import statistics
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import jax
 import matplotlib
 import ml_collections
 
@@ -30,6 +31,7 @@ from resnet_jax.runtime.provenance import device_description, git_commit
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
 from resnet_jax.train import metrics
+from resnet_jax.train import packing
 from resnet_jax.train import workdir as workdir_lib
 
 RESULT_FILE = "result.json"
@@ -54,6 +56,11 @@ class Run:
 
   def result(self) -> Optional[dict]:
     return json.loads(self.result_path.read_text()) if self.finished else None
+
+  def saved_step(self) -> Optional[int]:
+    """The step of the run's newest checkpoint (None before its first)."""
+    steps = [int(p.name) for p in (self.workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+    return max(steps) if steps else None
 
   def curves(self) -> list[dict]:
     return metrics.read_metrics(self.workdir)
@@ -104,36 +111,83 @@ class Study:
   def config_for(self, run: Run) -> ml_collections.ConfigDict:
     return configs.apply_overrides(self.configs[run.variant], {"seed": run.seed})
 
-  def run(self, train_fn: Optional[Callable[..., dict]] = None, log: Callable[[str], None] = print) -> "Study":
-    """Trains every unfinished run (resuming from its checkpoint); finished runs are skipped."""
+  def run(self, train_fn: Optional[Callable[..., dict]] = None, log: Callable[[str], None] = print,
+          pack: bool | str = "auto", time_limit: Optional[float | str] = None) -> "Study":
+    """Trains every unfinished run (resuming from its checkpoint); finished runs are skipped.
+
+    `pack`: True trains the runs that can share a program (`train.packing`: seeds, and
+    variants that change values, not shapes) packed, one program per group; "auto" does so
+    when the backend is an accelerator (on a CPU packing buys nothing: it is compute-bound);
+    False trains every run alone. `time_limit` (seconds, or "10m"): at the limit every run
+    in training saves and the call returns; running it again continues (`unfinished()`).
+    """
+    deadline = None if time_limit is None else time.monotonic() + metrics.parse_duration(time_limit)
+    todo = [run for run in self.runs if not self._prepare(run, log)]
+    groups = self.pack_groups(todo, pack) if train_fn is None else [[run] for run in todo]
     train_fn = loop.train if train_fn is None else train_fn
-    for run in self.runs:
-      config = self.config_for(run)
-      changes = self._changes(run, config)
-      if changes:
-        what = f"[{run.variant} seed {run.seed}] {run.workdir} was trained with other settings: {changes}"
-        if self.on_change == "error":
-          raise StudyConfigChangedError(
-              f"{what} (trained -> requested). Use another study workdir, or on_change='rerun' to move the "
-              "old runs aside and train them again")
-        aside = run.workdir.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        run.workdir.rename(aside)
-        log(f"{what}; moved it to {aside} and training it again")
-      if run.finished:
-        log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")
-        continue
-      log(f"[{run.variant} seed {run.seed}] training in {run.workdir}")
+    for group in groups:
+      left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+      names = ", ".join(f"{r.variant} seed {r.seed}" for r in group)
+      log(f"[{names}] training {'packed in one program ' if len(group) > 1 else ''}in "
+          f"{group[0].workdir.parent if len(group) > 1 else group[0].workdir}")
       start = time.time()
-      out = train_fn(config, run.workdir)
-      if out.get("preempted"):
-        raise KeyboardInterrupt(f"{run.workdir} was preempted; rerun the study to resume")
-      record = {
-          "base": self.base, "variant": run.variant, "seed": run.seed, "step": int(out["step"]),
-          "eval": out["eval"], "train": out["train"], "wall_time_s": time.time() - start,
-          "commit": git_commit(), "device": device_description(), "config": config.to_dict(),
-      }
-      run.result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+      if len(group) > 1:
+        outs = loop.train_packed([self.config_for(r) for r in group], [r.workdir for r in group], time_limit=left,
+                                 labels=[f"[{r.variant} seed{r.seed}] " for r in group])
+      else:
+        outs = [train_fn(self.config_for(group[0]), group[0].workdir, **({"time_limit": left} if left is not None else {}))]
+      for run, out in zip(group, outs):
+        self._record(run, out, time.time() - start, log)
+      if any(out.get("preempted") for out in outs):
+        raise KeyboardInterrupt(f"{group[0].workdir} was preempted; rerun the study to resume")
+      if any(out.get("stopped") for out in outs):
+        break
+    finished = sum(r.finished for r in self.runs)
+    if finished < len(self.runs):
+      log(f"{finished} of {len(self.runs)} runs finished; run the same command again to continue")
     return self
+
+  def pack_groups(self, runs: Sequence[Run], pack: bool | str = "auto") -> list[list[Run]]:
+    """`runs` in groups trained together: by `train.packing.groups`, or one by one."""
+    if pack not in (True, False, "auto"):
+      raise ValueError(f"pack={pack!r} is not one of True, False, 'auto'")
+    if pack == "auto":
+      pack = jax.default_backend() != "cpu"
+    if not pack:
+      return [[run] for run in runs]
+    return [[runs[i] for i in group] for group in packing.groups([self.config_for(r) for r in runs])]
+
+  def _record(self, run: Run, out: dict, wall_time: float, log: Callable[[str], None]) -> None:
+    """Writes a finished run's result.json; reports a run that stopped early."""
+    if "error" in out:
+      log(f"[{run.variant} seed {run.seed}] stopped: {out['error']}")
+      return
+    if out.get("stopped") or out.get("preempted"):
+      return
+    config = self.config_for(run)
+    record = {
+        "base": self.base, "variant": run.variant, "seed": run.seed, "step": int(out["step"]),
+        "eval": out["eval"], "train": out["train"], "wall_time_s": wall_time,
+        "commit": git_commit(), "device": device_description(), "config": config.to_dict(),
+    }
+    run.result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+  def _prepare(self, run: Run, log: Callable[[str], None]) -> bool:
+    """Checks a run's workdir against its config (moving it aside if asked); True if finished."""
+    config = self.config_for(run)
+    changes = self._changes(run, config)
+    if changes:
+      what = f"[{run.variant} seed {run.seed}] {run.workdir} was trained with other settings: {changes}"
+      if self.on_change == "error":
+        raise StudyConfigChangedError(
+            f"{what} (trained -> requested). Use another study workdir, or on_change='rerun' to move the "
+            "old runs aside and train them again")
+      aside = run.workdir.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+      run.workdir.rename(aside)
+      log(f"{what}; moved it to {aside} and training it again")
+    if run.finished:
+      log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")
+    return run.finished
 
   def _changes(self, run: Run, config: ml_collections.ConfigDict) -> str:
     """The fields in which `run`'s stored config differs from `config` ("" if none or no run)."""
@@ -151,15 +205,20 @@ class Study:
     return [r.result() for r in self.runs if r.finished]
 
   def summary(self) -> dict[str, dict[str, Any]]:
-    """Per variant: mean and std of the final eval error over finished seeds, and the paper's figure."""
+    """Per variant, over its finished seeds: best, mean, std and median of the final eval error,
+    the number finished of all seeds, the unfinished runs' steps and the paper's figure."""
     out = {}
     for variant in self.variants:
-      errors = [self._final(r) for r in self.runs if r.variant == variant and r.finished]
+      runs = [r for r in self.runs if r.variant == variant]
+      errors = [self._final(r) for r in runs if r.finished]
       paper = self.paper.get(variant)
       if isinstance(paper, (int, float)):
         paper = PaperResult(float(paper), "given")
       mean, std = _mean_std(errors) if errors else (float("nan"), float("nan"))
-      out[variant] = {"runs": len(errors), "mean": mean, "std": std, "paper": paper}
+      out[variant] = {"runs": len(errors), "seeds": len(runs), "mean": mean, "std": std,
+                      "best": min(errors) if errors else float("nan"),
+                      "median": statistics.median(errors) if errors else float("nan"), "paper": paper,
+                      "unfinished": {r.seed: r.saved_step() for r in runs if not r.finished}}
     return out
 
   def _final(self, run: Run) -> float:
@@ -169,21 +228,29 @@ class Study:
     return float(evaluation[self.metric])
 
   def table(self) -> str:
-    """A markdown table: ours (mean ± std over seeds), the paper's, and the difference."""
-    lines = [f"| variant | runs | ours: {self.error_label} (%) | paper (%) | difference |",
-             "|---|---|---|---|---|"]
+    """A markdown table as the papers report their runs: per variant the finished seeds, our best,
+    mean ± std and median, the paper's figure in its own format, and the difference of the
+    statistic the paper reports (our median against a median, our best against a best); then
+    the runs not finished yet, with the step each has reached."""
+    lines = [f"| variant | seeds finished | ours, {self.error_label} (%): best | mean ± std | median | paper (%) | "
+             "difference |", "|---|---|---:|---:|---:|---|---:|"]
+    pending = []
     for variant, s in self.summary().items():
-      ours = "not run" if not s["runs"] else (f"{s['mean']:.2f} ± {s['std']:.2f}" if s["runs"] > 1
-                                              else f"{s['mean']:.2f}")
-      paper = s["paper"]
-      if paper is None:
-        paper_text, diff = "–", "–"
-      elif paper.error is None:
-        paper_text, diff = ("fail (>20)" if paper.note == "fail" else "curve only"), "–"
+      n = s["runs"]
+      if n:
+        ours = f"{s['best']:.2f} | {s['mean']:.2f} ± {s['std']:.2f} | {s['median']:.2f}"
       else:
-        paper_text = f"{paper.error:.2f}"
-        diff = f"{s['mean'] - paper.error:+.2f}" if s["runs"] else "–"
-      lines.append(f"| {variant} | {s['runs']} | {ours} | {paper_text} | {diff} |")
+        ours = "– | – | –"
+      paper = s["paper"]
+      diff = "–"
+      if paper is not None and paper.error is not None and n:
+        key = {"single": "mean"}.get(paper.statistic, paper.statistic)
+        diff = f"{s[key] - paper.error:+.2f} ({key})"
+      lines.append(f"| {variant} | {n} of {s['seeds']} | {ours} | {paper.text() if paper else '–'} | {diff} |")
+      pending += [f"{variant} seed {seed}: " + (f"step {step:,}" if step else "not started")
+                  for seed, step in s["unfinished"].items()]
+    if pending:
+      lines += ["", "Not finished (run the same command again to continue): " + "; ".join(pending) + "."]
     return "\n".join(lines)
 
   def plot(self, path: str | pathlib.Path, title: Optional[str] = None) -> pathlib.Path:
@@ -220,7 +287,8 @@ class Study:
 def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0,),
             workdir: str | pathlib.Path = "runs/compare", overrides: Any = None,
             paper: Optional[Mapping[str, Any]] = None, run: bool = True,
-            error_label: str = "test error", metric: str = "error", on_change: str = "error") -> Study:
+            error_label: str = "test error", metric: str = "error", on_change: str = "error",
+            pack: bool | str = "auto", time_limit: Optional[float | str] = None) -> Study:
   """Trains every variant of ``base`` with every seed (resuming, skipping finished runs).
 
   Args:
@@ -240,6 +308,10 @@ def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequenc
     on_change: what to do with a run trained with other settings than requested now
       (another `overrides`, variant or base): ``"error"`` (default; names the fields) or
       ``"rerun"`` (moves it to ``<run>.replaced-<time>`` and trains it again).
+    pack: train the runs that can share one program packed (seeds; variants that change
+      values, not shapes): ``True``, ``False``, or ``"auto"`` (when the backend is an accelerator).
+    time_limit: seconds or text ("10m"): at the limit every run saves and `compare` returns;
+      the table marks the unfinished runs; calling it again continues them.
   """
   study = Study(base, variants, seeds, workdir, overrides, paper, error_label, metric, on_change)
-  return study.run() if run else study
+  return study.run(pack=pack, time_limit=time_limit) if run else study

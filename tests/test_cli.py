@@ -86,6 +86,24 @@ def test_shortcut_options_are_set_one_by_one(data_dir, tmp_path, capsys):
   assert rc == 2 and "shortcut_options 'rate' does not apply to shortcut='A'" in err, err
 
 
+def test_seeds_train_one_run_each_packed_and_a_time_limit_stops_them(data_dir, tmp_path, capsys):
+  flags = ["train", "--config", SMOKE, "--workdir", str(tmp_path / "runs"), f"--config.data.data_dir={data_dir}",
+           "--config.data.train_split=train", "--config.data.eval_split=test", "--config.eval_batch_size=16",
+           "--config.num_steps=12", "--config.log_every_steps=2", "--seeds", "0", "1", "--pack", "on"]
+  assert cli.main(flags + ["--time-limit", "0s"]) == 0
+  out = capsys.readouterr().out
+  assert "2 runs (seeds 0 1) in" in out and "packed in one program" in out
+  assert "[seed0] stopped at step 2 (time limit)" in out and "0 of 2 runs finished; run the same command" in out
+  assert cli.main(flags) == 0
+  out = capsys.readouterr().out
+  assert "[seed0] finished at step 12" in out and "[seed1] finished at step 12" in out and "runs finished" not in out
+  for seed in (0, 1):
+    saved = json.loads((tmp_path / "runs" / f"seed{seed}" / "config.json").read_text())
+    assert saved["seed"] == seed
+  assert cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), "--time-limit", "ten minutes"]) == 2
+  assert "--time-limit: time limit 'ten minutes' is not a duration" in capsys.readouterr().err
+
+
 def test_bad_model_field_value_is_one_line(data_dir, tmp_path, capsys):
   rc = cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}",
                  "--config.data.train_split=train", "--config.data.eval_split=test",

@@ -39,14 +39,15 @@ def _run(script: str, args, timeout: int = 300) -> subprocess.CompletedProcess:
     ("identity_shortcuts.py", ["--only", "original", "exclusive_gate_b-6"], {"original", "exclusive_gate_b-6"}),
     ("unit_orders.py", ["--only", "original", "full_preact"], {"original", "full_preact"}),
     ("resnext_cifar.py", [], {"resnext29_8x64d"}),
-    ("cifar_gap.py", [], {"train_50k", "train_45k", "bn_per_gpu_64", "no_decay_bn"}),
+    # --pack on: the variants that can share a program train packed (on a CPU too, when asked).
+    ("cifar_gap.py", ["--pack", "on"], {"train_50k", "train_45k", "bn_per_gpu_64", "no_decay_bn"}),
 ])
 def test_cifar_script_smoke(script, extra, variants, cifar_source, tmp_path):
   workdir = tmp_path / "runs"
   result = _run(script, ["--smoke", "--protocol", "test", "--workdir", str(workdir),
                          "--data-dir", str(tmp_path / "tfds"), "--cifar10-source", str(cifar_source), *extra])
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  assert "| variant | runs |" in result.stdout and "paper (%)" in result.stdout
+  assert "| variant | seeds finished |" in result.stdout and "paper (%)" in result.stdout
   summary = json.loads((workdir / "results.json").read_text())
   assert summary["budget"].startswith("smoke") and "test[:200]" in summary["protocol"]
   assert {r["variant"] for r in summary["runs"]} == variants

@@ -26,8 +26,8 @@ def test_gpu_check_smoke_writes_every_figure(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   status = (out / "status.txt").read_text()
-  assert status.count("rc=0") == 8 and "rc=1" not in status and "rc=2" not in status, status
-  for name in ("bench_r20", "bench_r56", "bench_r110", "bench_r50", "bench_loop", "eval_r20_test"):
+  assert status.count("rc=0") == 10 and "rc=1" not in status and "rc=2" not in status, status
+  for name in ("bench_r20", "bench_r20_packed", "bench_r56", "bench_r110", "bench_r50", "bench_loop", "eval_r20_test"):
     assert json.loads((out / f"{name}.json").read_text()), name
   r20 = json.loads((out / "bench_r20.json").read_text())
   assert "minimal flax" in r20["results"] and "without extras" in r20["breakdown"]

@@ -53,8 +53,9 @@ def test_compare_trains_each_variant_and_seed_once_and_tabulates(tmp_path):
   assert summary["identity"]["mean"] == pytest.approx(7.5)
   assert summary["identity"]["std"] == pytest.approx(0.7071, rel=1e-3)
   table = study.table()
-  assert "| identity | 2 | 7.50 ± 0.71 | 6.61 | +0.89 |" in table
-  assert "| gate | 2 | 9.50 ± 0.71 | 8.70 | +0.80 |" in table
+  assert "| identity | 2 of 2 | 7.00 | 7.50 ± 0.71 | 7.50 | 6.61 | +0.89 (mean) |" in table
+  assert "| gate | 2 of 2 | 9.00 | 9.50 ± 0.71 | 9.50 | 8.70 | +0.80 (mean) |" in table
+  assert "Not finished" not in table
 
   # Rerunning skips finished runs.
   again = []
@@ -77,4 +78,38 @@ def test_variant_can_train_from_another_config(tmp_path):
 def test_table_marks_runs_not_done_and_failed_paper_results(tmp_path):
   study = rj.compare(base="cifar10_resnet110", variants={"dropout": {"model.shortcut": "dropout"}},
                      workdir=tmp_path, paper={"dropout": PaperResult(None, "T1", "fail")}, run=False)
-  assert "| dropout | 0 | not run | fail (>20) | – |" in study.table()
+  assert "| dropout | 0 of 1 | – | – | – | fail (>20) | – |" in study.table()
+  assert "dropout seed 0: not started" in study.table()
+
+
+def test_tables_compare_like_with_like_and_mark_unfinished_runs(tmp_path):
+  from resnet_jax import paper  # pylint: disable=g-import-not-at-top
+  variants = {"original": {"model.shortcut": "B"}, "gate": {"model.shortcut": "gate"}}
+  study = rj.compare(base="cifar10_resnet110", variants=variants, seeds=(0, 1, 2), workdir=tmp_path,
+                     overrides={"num_steps": 20}, run=False,
+                     paper={"original": paper.IDENTITY_SHORTCUTS["original"],
+                            "gate": paper.CIFAR10_DEPTH["cifar_resnet110"]})
+  calls = []
+  study.run(train_fn=_fake_train(calls), log=lambda _: None)
+  (tmp_path / "gate" / "seed2" / "result.json").unlink()          # as if still training, at step 12
+  (tmp_path / "gate" / "seed2" / "checkpoints" / "12").mkdir(parents=True)
+  table = study.table()
+  # The paper's own format: "median of 5" for Identity Mappings, "best (mean±std)" for Table 6.
+  assert "| original | 3 of 3 | 7.00 | 8.00 ± 1.00 | 8.00 | 6.61, median of 5 runs | +1.39 (median) |" in table
+  assert "| gate | 2 of 3 | 9.00 | 9.50 ± 0.71 | 9.50 | 6.43 (6.61±0.16), best (mean±std) of 5 runs | " \
+         "+2.57 (best) |" in table
+  assert "Not finished (run the same command again to continue): gate seed 2: step 12." in table
+  assert study.summary()["gate"]["unfinished"] == {2: 12}
+
+
+def test_packed_groups_of_a_study(tmp_path):
+  variants = {"A": {}, "B": {"model.shortcut": "B"}, "lr": {"optimizer.learning_rate": 0.05}}
+  study = rj.compare(base="cifar10_resnet20:smoke", variants=variants, seeds=(0, 1), workdir=tmp_path, run=False)
+  groups = study.pack_groups(study.runs, pack=True)
+  # Shapes decide: A and lr share one program (values differ), B has a projection (other shapes).
+  assert [[(r.variant, r.seed) for r in g] for g in groups] == [
+      [("A", 0), ("A", 1), ("lr", 0), ("lr", 1)], [("B", 0), ("B", 1)]]
+  assert all(len(g) == 1 for g in study.pack_groups(study.runs, pack=False))
+  assert all(len(g) == 1 for g in study.pack_groups(study.runs, pack="auto"))  # a CPU: no packing
+  with pytest.raises(ValueError, match="pack='yes' is not one of"):
+    study.pack_groups(study.runs, pack="yes")

@@ -40,6 +40,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=2, help="untimed dispatches per candidate after compiling")
   p.add_argument("--compare-minimal", action="store_true", help="also time a minimal Flax step of the "
                  "same network (plain jax.jit, Optax SGD) in the same windows")
+  p.add_argument("--pack", type=int, nargs="+", default=[], metavar="R",
+                 help="also time R runs packed in one program (one step trains R runs, each its own batch), "
+                      "for each R given, e.g. --pack 1 2 4 8: per-run and total img/s")
   p.add_argument("--breakdown", action="store_true", help="also time the step without each of the "
                  "engine's extras (ghost BN, unbiased running variance, on-device augmentation, NaN guard, "
                  "metric sums) and without all of them, and print what each costs")
@@ -69,6 +72,8 @@ def _check(args: argparse.Namespace) -> None:
       raise ValueError(f"--{name} {getattr(args, name)} must be at least 1")
   if args.warmup < 0:
     raise ValueError(f"--warmup {args.warmup} must be at least 0")
+  if any(r < 1 for r in args.pack):
+    raise ValueError(f"--pack {' '.join(map(str, args.pack))}: every R must be at least 1")
   if args.batch is not None and args.batch < 1:
     raise ValueError(f"--batch {args.batch} must be at least 1")
   for k in args.steps_per_dispatch:
@@ -114,6 +119,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   candidates = [bench.step_candidate(k) for k in ks]
   if args.compare_minimal:
     candidates.append(bench.minimal_candidate())
+  candidates += [bench.packed_candidate(r) for r in dict.fromkeys(args.pack)]
   variants = breakdown.variants(config) if args.breakdown else {}
   for name, (variant_config, extras) in variants.items():
     candidates.append(runner.Bench(variant_config, args.data, extras).step_candidate(ks[0], name=name))
@@ -138,6 +144,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for p in placements:
       ratios[f"loop/{p} K={k} / step K={k}"] = runner.ratio(candidates, f"loop/{p} K={k}",
                                                             f"{runner.STEP_NAME} K={k}")
+  for r in dict.fromkeys(args.pack):  # images per second of R packed runs over one run's step
+    x = runner.ratio(candidates, f"packed R={r}", first)
+    ratios[f"packed R={r} / {first} (images)"] = {"median": x["median"] * r, "rounds": [v * r for v in x["rounds"]]}
   if variants and args.compare_minimal:
     ratios[f"{breakdown.ALL_OFF} / minimal flax"] = runner.ratio(candidates, breakdown.ALL_OFF, "minimal flax")
   extra_costs = breakdown.costs({c.name: c.seconds for c in candidates if c.name in variants or c.name == first},
@@ -184,6 +193,10 @@ def report(r: Dict[str, Any]) -> str:
     if name.startswith("loop/"):
       extra = f"  (loop overhead over the bare step: {100 * (1 / x['median'] - 1):+.1f} %)"
     lines.append(f"  speed {name}: {x['median']:.3f} (rounds: {rounds}){extra}")
+  for name, x in r["results"].items():
+    if x.get("runs", 1) > 1 or name.startswith("packed"):
+      lines.append(f"  {name}: {x['runs']} runs in one program, {x['img_per_s_per_run']:,.0f} img/s per run, "
+                   f"{x['img_per_s']:,.0f} img/s in all")
   if r.get("breakdown"):
     lines.append("  what the engine's extras cost (share of the full step's time, median of rounds):")
     for name, x in r["breakdown"].items():

@@ -39,6 +39,7 @@ class Candidate:
   window: Callable[[int], None]
   steps_per_dispatch: int
   compile_s: Optional[float]
+  runs: int = 1   # packed runs trained by each step (their images all count)
   seconds: List[float] = dataclasses.field(default_factory=list)
   cpu_seconds: List[float] = dataclasses.field(default_factory=list)  # this process, all threads
 
@@ -147,6 +148,28 @@ class Bench:
       holder["state"], holder["sums"] = state, sums
     return Candidate(name or f"{STEP_NAME} K={k}", window, k, compile_s)
 
+  def packed_candidate(self, runs: int) -> Candidate:
+    """R runs packed in one program (`train.packing`), each on its own copy of the batch."""
+    name = f"packed R={runs}"
+    stack = lambda tree: jax.tree.map(lambda *xs: jnp.stack(xs), *([tree] * runs))
+    sharding = NamedSharding(self.mesh, P(None, mesh_lib.DATA_AXIS))
+    batch = jax.jit(stack, out_shardings=sharding)(self.batch)
+    new_state = lambda: jax.jit(stack, out_shardings=mesh_lib.replicated(self.mesh))(_copy(self.state0))
+    new_sums = lambda: jax.jit(lambda: stack(train.zero_train_metrics()),
+                               out_shardings=mesh_lib.replicated(self.mesh))()
+    fn = train.make_train_step(self.model, self.tx, self.config, self.mesh, self.preprocess, self.num_classes,
+                               runs=runs, extras=self.extras)
+    compiled, compile_s = _timed_compile(fn, new_state(), new_sums(), batch)
+    holder = {"state": new_state(), "sums": new_sums()}
+
+    def window(steps: int) -> None:
+      state, sums = holder["state"], holder["sums"]
+      for _ in range(steps):
+        state, sums = compiled(state, sums, batch)
+      jax.block_until_ready(state)
+      holder["state"], holder["sums"] = state, sums
+    return Candidate(name, window, 1, compile_s, runs=runs)
+
   def loop_candidate(self, k: int, placement: str) -> Candidate:
     """The engine's per-step path: next batch(es) from the pipeline, the dispatch, and the
     metrics fetch every `log_every_steps`, as in `train.train`."""
@@ -209,14 +232,14 @@ def measure(candidates: Sequence[Candidate], steps: int, windows: int, warmup: i
 def summary(candidates: Sequence[Candidate], steps: int, batch: int, macs: int) -> Dict[str, Any]:
   out = {}
   for c in candidates:
-    rates = [steps * batch / s for s in c.seconds]
+    rates = [steps * batch * c.runs / s for s in c.seconds]
     ms = [1000.0 * s / steps for s in c.seconds]
     img_s = statistics.median(rates)
     out[c.name] = {"img_per_s": img_s, "img_per_s_windows": rates, "ms_per_step": statistics.median(ms),
                    "ms_per_step_min": min(ms), "ms_per_step_max": max(ms),
                    "cpu_ms_per_step": statistics.median(1000.0 * s / steps for s in c.cpu_seconds),
                    "steps_per_dispatch": c.steps_per_dispatch, "compile_s": c.compile_s,
-                   "tflops": 6.0 * macs * img_s / 1e12}
+                   "tflops": 6.0 * macs * img_s / 1e12, "runs": c.runs, "img_per_s_per_run": img_s / c.runs}
   return out
 
 

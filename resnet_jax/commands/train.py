@@ -9,18 +9,24 @@ the cluster (it does on Cloud TPU and SLURM).
 """
 from __future__ import annotations
 
+import pathlib
 import sys
+import time
 from typing import List, Sequence, Tuple
+
+import jax
 
 from resnet_jax import configs
 from resnet_jax.commands import ArgumentParser, UsageError
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
+from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import workdir as workdir_lib
 
 PROG = "resnet-jax train"
+PACK_CHOICES = ("auto", "on", "off")
 CONFIG_PREFIX, NO_CONFIG_PREFIX = "--config.", "--noconfig."
 
 
@@ -30,7 +36,15 @@ def parser() -> ArgumentParser:
       epilog="Any config field can be set with --config.FIELD=VALUE (e.g. --config.optimizer.learning_rate=0.05); "
              "any resnet_jax.models.ResNet field under --config.model.FIELD.")
   p.add_argument("--config", help="a shipped config name (cifar10_resnet20, NAME:smoke) or PATH.py[:arg]")
-  p.add_argument("--workdir", help="directory for checkpoints, metrics and the config")
+  p.add_argument("--workdir", help="directory for checkpoints, metrics and the config (with --seeds: "
+                 "one run per seed in WORKDIR/seed<k>)")
+  p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                 help="train one run per seed (replaces config.seed), packed in one program when --pack says so")
+  p.add_argument("--pack", choices=PACK_CHOICES, default="auto",
+                 help="with --seeds: on trains the runs in one program (the same kernels, R times the examples), "
+                      "off one after another, auto (default) packs on an accelerator and not on a CPU")
+  p.add_argument("--time-limit", default=None, metavar="DURATION",
+                 help="save and stop at this wall time (90s, 10m, 1h30m); the same command again continues")
   p.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-host without "
                  "TPU/SLURM auto-detection)")
   p.add_argument("--num_processes", type=int, default=None, help="number of processes (multi-host)")
@@ -70,12 +84,71 @@ def parse(argv: Sequence[str]):
     raise UsageError(f"unrecognised arguments: {' '.join(unknown)} (see {PROG} --help)")
   if not args.workdir:
     raise UsageError("--workdir is required")
+  if args.time_limit is not None:
+    try:
+      args.time_limit = metrics_lib.parse_duration(args.time_limit)
+    except ValueError as e:
+      raise UsageError(f"--time-limit: {e}") from None
+  if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+    raise UsageError(f"--seeds {' '.join(map(str, args.seeds))} names a seed twice")
   return args, config
 
 
 def _error(message: str) -> int:
   print(f"{PROG}: error: {message}", file=sys.stderr)
   return 2
+
+
+def _final_line(result, split: str, label: str = "") -> str:
+  ev = result["eval"]
+  where = "preempted at" if result["preempted"] else "finished at"
+  return (f"{label}{where} step {result['step']}: error {ev['error']:.2f}% (top-5 {ev['top5_error']:.2f}%) on "
+          f"{ev['num_examples']} images of {split!r}")
+
+
+def _train_seeds(args, config) -> list:
+  """One run per `--seeds` seed in WORKDIR/seed<k>: packed in one program, or one after another."""
+  seeds = list(args.seeds)
+  configs = [config_lib.apply_overrides(config, {"seed": s}) for s in seeds]
+  workdirs = [pathlib.Path(args.workdir) / f"seed{s}" for s in seeds]
+  pack = args.pack == "on" or (args.pack == "auto" and jax.default_backend() != "cpu")
+  how = ("packed in one program" if pack else
+         "one after another (--pack off)" if args.pack == "off" else "one after another (a CPU: packing buys nothing)")
+  print(f"{len(seeds)} runs (seeds {' '.join(map(str, seeds))}) in {args.workdir}/seed<k>: {how}", flush=True)
+  if pack:
+    return loop.train_packed(configs, workdirs, time_limit=args.time_limit)
+  deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
+  results = []
+  for c, w in zip(configs, workdirs):
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    try:
+      results.append(loop.train(c, w, config_spec=args.config, time_limit=left))
+    except loop.NonFiniteLossError as e:  # one bad run does not sink the others
+      print(f"[{w.name}] {e}", flush=True)
+      results.append({"step": None, "error": e, "stopped": "", "preempted": False, "eval": {}})
+    if results[-1].get("stopped"):
+      break
+  return results
+
+
+def _report(args, config, results) -> int:
+  """The final line of each run, and how many finished; exit 1 if a run diverged."""
+  labels = [f"[seed{s}] " for s in args.seeds] if args.seeds else [""]
+  for label, result in zip(labels, results):
+    if "error" in result:
+      continue
+    if result.get("stopped") == "time limit":
+      print(f"{label}stopped at step {result['step']} (time limit)", flush=True)
+    elif result["eval"]:
+      print(_final_line(result, config.data.eval_split, label), flush=True)
+  finished = sum(1 for r in results if "error" not in r and not r.get("stopped") and r["eval"])
+  total = len(labels)
+  if finished < total and any(r.get("stopped") for r in results) or len(results) < total:
+    print(f"{finished} of {total} runs finished; run the same command again to continue", flush=True)
+  failed = [r["error"] for r in results if "error" in r]
+  for error in failed:
+    print(f"{PROG}: {error}", file=sys.stderr)
+  return 1 if failed else 0
 
 
 def main(argv: Sequence[str]) -> int:
@@ -85,16 +158,14 @@ def main(argv: Sequence[str]) -> int:
     return _error(str(e))
   try:
     mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    result = loop.train(config, args.workdir, config_spec=args.config)
+    if args.seeds:
+      results = _train_seeds(args, config)
+    else:
+      results = [loop.train(config, args.workdir, config_spec=args.config, time_limit=args.time_limit)]
   except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, workdir_lib.WorkdirError,
           FileNotFoundError, ValueError) as e:
     return _error(str(e))
   except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError) as e:
     print(f"{PROG}: {e}", file=sys.stderr)  # not a usage error: exit 1
     return 1
-  if result["eval"]:
-    ev = result["eval"]
-    where = "preempted at" if result["preempted"] else "finished at"
-    print(f"{where} step {result['step']}: error {ev['error']:.2f}% (top-5 {ev['top5_error']:.2f}%) on "
-          f"{ev['num_examples']} images of {config.data.eval_split!r}", flush=True)
-  return 0
+  return _report(args, config, results)

@@ -90,36 +90,44 @@ def _stack(batches):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
 
+def upload(mesh, images: np.ndarray, labels: np.ndarray) -> Tuple[jax.Array, jax.Array]:
+  """The train split (uint8 images, labels) on every device of `mesh`, once."""
+  if images.dtype != np.uint8 or len(images) != len(labels):
+    raise ValueError(f"train arrays {images.dtype} {images.shape} for {len(labels)} labels; "
+                     "expected uint8 [N, H, W, C] and N labels")
+  replicated = NamedSharding(mesh, P())
+  logging.info("device-resident train split: %s images, %.0f MiB per device", images.shape,
+               (images.nbytes + labels.nbytes) / 2**20)
+  return _replicated(images, replicated), _replicated(np.asarray(labels, np.int32), replicated)
+
+
 class DeviceResidentTrainIterator(TrainIterator):
   """A `TrainIterator` whose batches are gathered on the devices: same batches, same state.
 
   The split and each epoch's permutation are uploaded once; a step's only host work is
-  dispatching the gather (one dispatch for the K batches of `take(K)`).
+  dispatching the gather (one dispatch for the K batches of `take(K)`). `images`/`labels`:
+  the split as numpy arrays, or already on the devices (`upload`; iterators of packed runs
+  share one copy).
   """
 
-  def __init__(self, pipeline: "Pipeline", images: np.ndarray, labels: np.ndarray,
-               step: int = 0):
-    super().__init__(pipeline, step)
-    if images.dtype != np.uint8 or len(images) != len(labels):
-      raise ValueError(f"train arrays {images.dtype} {images.shape} for {len(labels)} labels; "
-                       "expected uint8 [N, H, W, C] and N labels")
+  def __init__(self, pipeline: "Pipeline", images, labels, step: int = 0, seed: Optional[int] = None):
+    super().__init__(pipeline, step, seed)
     mesh = pipeline.mesh
+    if not isinstance(images, jax.Array):
+      images, labels = upload(mesh, images, labels)
     self._replicated = NamedSharding(mesh, P())
     self._steps_sharding = NamedSharding(mesh, P(None, *pipeline.sharding.spec))
-    self.images = _replicated(images, self._replicated)
-    self.labels = _replicated(np.asarray(labels, np.int32), self._replicated)
+    self.images, self.labels = images, labels
     self._stack = jax.jit(_stack, out_shardings=self._steps_sharding)
     self._gathers: Dict[int, Any] = {}  # steps -> jitted gather, sharded as the host pipeline's
     self._epoch: Optional[int] = None
     self._permutation: Optional[jax.Array] = None
-    logging.info("device-resident train split: %s images, %.0f MiB per device", images.shape,
-                 (images.nbytes + labels.nbytes) / 2**20)
 
   def _permutation_of(self, epoch: int) -> jax.Array:
     """The host pipeline's permutation of `epoch`, on every device (uploaded once per epoch)."""
     if epoch != self._epoch:
       p = self._pipe
-      order = epoch_permutation(p.seed, epoch, p.num_train_examples).astype(np.int32)
+      order = epoch_permutation(self.seed, epoch, p.num_train_examples).astype(np.int32)
       self._permutation = _replicated(order, self._replicated)
       self._epoch = epoch
     return self._permutation

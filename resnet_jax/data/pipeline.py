@@ -188,9 +188,9 @@ class Pipeline:
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(c.num_workers)))
     return it
 
-  def _train_dataset(self, start_step: int) -> grain.IterDataset:
+  def _train_dataset(self, start_step: int, seed: int) -> grain.IterDataset:
     lo, hi = self._train_rows
-    ds = _TrainPositions(self.num_train_examples, self.global_batch_size, (lo, hi), self.seed,
+    ds = _TrainPositions(self.num_train_examples, self.global_batch_size, (lo, hi), seed,
                          start_step)
     load = functools.partial(_load_train, self.dataset)
     return self._to_iter(ds.map(load).batch(hi - lo, drop_remainder=True))
@@ -215,15 +215,21 @@ class Pipeline:
 
   # ------------------------------------------------------------------------------- public
 
-  def train_iterator(self) -> TrainIterator:
-    """Infinite global batches {"image": uint8 [B, H, W, C], "label": int32 [B]}, from step 0.
+  def train_iterator(self, seed: Optional[int] = None) -> TrainIterator:
+    """Infinite global batches {"image": uint8 [B, H, W, C], "label": int32 [B]}, from step 0,
+    in the order of `seed` (default: the pipeline's).
 
     With `placement` "device" the batches are gathered on the devices from a copy of the
     split made for this iterator (`device_resident.py`); the same batches either way.
     """
+    return self.train_iterators([seed])[0]
+
+  def train_iterators(self, seeds) -> list:
+    """One iterator per seed (None: the pipeline's); device-resident ones share one copy of the split."""
     if self.placement == "device":
-      return device_resident.DeviceResidentTrainIterator(self, *self.dataset.train_arrays())
-    return TrainIterator(self)
+      split = device_resident.upload(self.mesh, *self.dataset.train_arrays())
+      return [device_resident.DeviceResidentTrainIterator(self, *split, seed=s) for s in seeds]
+    return [TrainIterator(self, seed=s) for s in seeds]
 
   def eval_iterator(self) -> Iterator[Batch]:
     """One pass, every example once; the last batch padded, {"image", "label", "mask"}."""

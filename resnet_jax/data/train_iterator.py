@@ -12,7 +12,9 @@ import functools
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 if TYPE_CHECKING:  # the pipeline builds its iterators: no import at run time
   from resnet_jax.data.pipeline import Pipeline
@@ -28,11 +30,16 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class TrainIterator:
-  """Infinite iterator of global train batches; `get_state`/`set_state` resume exactly."""
+  """Infinite iterator of global train batches; `get_state`/`set_state` resume exactly.
 
-  def __init__(self, pipeline: "Pipeline", step: int = 0):
+  `seed` (default: the pipeline's) draws the epochs' permutations: packed runs read one
+  pipeline, each in its own order.
+  """
+
+  def __init__(self, pipeline: "Pipeline", step: int = 0, seed: Optional[int] = None):
     self._pipe = pipeline
     self._step = step
+    self.seed = pipeline.seed if seed is None else int(seed)
     self._it: Optional[Iterator[Any]] = None
 
   def __iter__(self) -> "TrainIterator":
@@ -40,7 +47,7 @@ class TrainIterator:
 
   def _next_local(self) -> Dict[str, np.ndarray]:
     if self._it is None:
-      self._it = iter(self._pipe._train_dataset(self._step))  # pylint: disable=protected-access
+      self._it = iter(self._pipe._train_dataset(self._step, self.seed))  # pylint: disable=protected-access
     local = next(self._it)
     self._step += 1
     return local
@@ -58,7 +65,7 @@ class TrainIterator:
 
   def _fingerprint(self) -> Dict[str, Any]:
     p = self._pipe
-    return {"dataset": p.config.name, "split": p.config.train_split, "seed": p.seed,
+    return {"dataset": p.config.name, "split": p.config.train_split, "seed": self.seed,
             "global_batch_size": p.global_batch_size, "num_examples": p.num_train_examples,
             "version": STATE_VERSION}
 
@@ -74,3 +81,33 @@ class TrainIterator:
                        "resume with the same dataset, split, seed and global batch size")
     self._step = int(state["step"])
     self._it = None
+
+
+def _stack_runs(batches, axis: int):
+  return jax.tree.map(lambda *xs: jnp.stack(xs, axis=axis), *batches)
+
+
+class PackedTrainIterator:
+  """The batches of packed runs, one iterator per run, stacked on a run axis.
+
+  `next()` gives every leaf [R, B, ...]; `take(K)` gives [K, R, B, ...] (the step axis
+  first, as the K-step dispatch scans it). Each run keeps its own iterator, order and
+  state (`iterators[r].get_state()`), exactly as when it trains alone.
+  """
+
+  def __init__(self, iterators, mesh, data_axis: str):
+    self.iterators = list(iterators)
+    sharding = lambda *spec: NamedSharding(mesh, P(*spec))
+    self._stack = jax.jit(functools.partial(_stack_runs, axis=0), out_shardings=sharding(None, data_axis))
+    self._stack_k = jax.jit(functools.partial(_stack_runs, axis=1), out_shardings=sharding(None, None, data_axis))
+
+  def __iter__(self) -> "PackedTrainIterator":
+    return self
+
+  def __next__(self) -> Batch:
+    return self._stack([next(it) for it in self.iterators])
+
+  def take(self, steps: int) -> Batch:
+    if steps == 1:
+      return next(self)
+    return self._stack_k([it.take(steps) for it in self.iterators])

@@ -2,6 +2,7 @@
 
 >>> from resnet_jax import train
 >>> train.train(config, "runs/cifar10_resnet20")        # resumes if the workdir has a checkpoint
+>>> train.train_packed([c0, c1, c2], ["runs/s0", "runs/s1", "runs/s2"])   # 3 runs, one program
 >>> train.evaluate("runs/cifar10_resnet20")["error"]
 >>> model, variables = train.load_variables("runs/cifar10_resnet20", step="best")
 
@@ -16,7 +17,8 @@ from resnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from resnet_jax.train.config import BN_MODES, ConfigError, load_config, num_train_steps, validate
 from resnet_jax.train.evaluation import evaluate, evaluate_params, make_eval_step, zero_eval_metrics
 from resnet_jax.train.load import load_variables
-from resnet_jax.train.loop import train
+from resnet_jax.train import packing
+from resnet_jax.train.loop import train, train_packed
 from resnet_jax.train.mesh import DATA_AXIS, create_mesh, initialize_distributed
 from resnet_jax.train.optim import create_learning_rate_schedule, create_optimizer
 from resnet_jax.train.session import NonFiniteLossError
@@ -28,5 +30,6 @@ __all__ = [
     "NonFiniteLossError", "TrainState", "abstract_train_state", "build", "create_learning_rate_schedule",
     "create_mesh", "create_optimizer", "create_train_state", "evaluate", "evaluate_params",
     "initialize_distributed", "load_config", "load_variables", "make_eval_step", "make_train_step",
-    "new_metrics", "num_train_steps", "train", "validate", "zero_eval_metrics", "zero_train_metrics",
+    "new_metrics", "num_train_steps", "packing", "train", "train_packed", "validate", "zero_eval_metrics",
+    "zero_train_metrics",
 ]

@@ -102,16 +102,18 @@ class Experiment:
     return int(self.pipeline.num_classes)
 
 
-def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> Experiment:
+def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None,
+               pipe: Optional[rjd.Pipeline] = None) -> Experiment:
   """Validates `config` (the one place that does) and builds its pipeline, model and optimiser.
 
-  Everything downstream trusts the built experiment. Also switches on JAX's persistent compilation cache (`resnet_jax.runtime.compilation_cache`;
+  Everything downstream trusts the built experiment. `pipe`: an input pipeline of the same
+  `config.data` to share (packed runs read one pipeline, each in its own order). Also switches on JAX's persistent compilation cache (`resnet_jax.runtime.compilation_cache`;
   `RESNET_JAX_COMPILATION_CACHE=off` keeps it off), so a restarted run loads its compiled steps.
   """
   config_lib.validate(config)
   compilation_cache.enable()
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
-  pipe = pipeline(config, mesh)
+  pipe = pipeline(config, mesh) if pipe is None else pipe
   steps_per_epoch = int(pipe.steps_per_epoch)
   if steps_per_epoch < 1:
     raise config_lib.ConfigError(

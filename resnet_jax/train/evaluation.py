@@ -68,12 +68,13 @@ def _ten_crop_sums(model: nn.Module, variables, images: jax.Array, labels: jax.A
 
 
 def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_classes: Optional[int] = None,
-                   ten_crop_size: Optional[int] = None) -> EvalStep:
+                   ten_crop_size: Optional[int] = None, runs: Optional[int] = None) -> EvalStep:
   """Returns jitted `(params, batch_stats, sums, batch) -> sums`, mask-weighted (padded batches).
 
   With `ten_crop_size`, the batch holds larger center squares and the step adds the
   `ten_crop_*` sums (module docstring). `num_classes` is not needed (the logits give it);
-  it is accepted, with a warning, for callers of the earlier signature.
+  it is accepted, with a warning, for callers of the earlier signature. Packed runs (`runs`
+  R): params, statistics and sums have a leading axis of R; every run sees the same batch.
   """
   if num_classes is not None:
     warnings.warn("make_eval_step(..., num_classes) is deprecated: the logits give the classes",
@@ -89,6 +90,8 @@ def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_cla
     else:
       new = _ten_crop_sums(model, variables, images, labels, mask, ten_crop_size)
     return {**{k: sums[k] + v for k, v in new.items()}, "count": sums["count"] + jnp.sum(mask)}
+  if runs is not None:
+    eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None))
   return jax.jit(eval_step, donate_argnums=(2,), out_shardings=mesh_lib.replicated(mesh))
 
 
@@ -97,19 +100,24 @@ def uses_ten_crop(pipe: Pipeline) -> bool:
   return bool(pipe.config.get("ten_crop", False))
 
 
-def pipeline_eval_step(model: nn.Module, mesh: Mesh, pipe: Pipeline) -> EvalStep:
+def pipeline_eval_step(model: nn.Module, mesh: Mesh, pipe: Pipeline, runs: Optional[int] = None) -> EvalStep:
   """The eval step for `pipe`'s batches (10-crop evaluation when `data.ten_crop` is set)."""
   return make_eval_step(model, mesh, pipe.preprocess,
-                        ten_crop_size=pipe.image_shape[0] if uses_ten_crop(pipe) else None)
+                        ten_crop_size=pipe.image_shape[0] if uses_ten_crop(pipe) else None, runs=runs)
 
 
-def start_evaluation(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, mesh: Mesh) -> Metrics:
+def start_evaluation(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, mesh: Mesh,
+                     runs: Optional[int] = None) -> Metrics:
   """Dispatches the eval step over the whole split and returns the sums still on the devices.
 
   Nothing waits for the devices here: the training loop dispatches its next steps while
-  they evaluate, and reads the result (`finish_evaluation`) when it is ready.
+  they evaluate, and reads the result (`finish_evaluation`) when it is ready. With `runs`,
+  the packed runs' sums, [R] each.
   """
-  sums = new_metrics(functools.partial(zero_eval_metrics, ten_crop=uses_ten_crop(pipe)), mesh)
+  zeros = functools.partial(zero_eval_metrics, ten_crop=uses_ten_crop(pipe))
+  if runs is not None:
+    zeros = functools.partial(lambda z: jax.tree.map(lambda x: jnp.stack([x] * runs), z()), zeros)
+  sums = new_metrics(zeros, mesh)
   for batch in pipe.eval_iterator():
     sums = eval_step(params, batch_stats, sums, batch)
   return sums

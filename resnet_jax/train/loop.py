@@ -5,33 +5,45 @@
 the next periodic action), then ask, with `itstime`, whether it is time to log
 (`log_train`), to evaluate (`Evaluations.start`: dispatched, read at the next log line, so
 the devices go on training meanwhile) or to save a checkpoint (`checkpoint_every_steps`
-alone decides; an evaluation never forces a save), and whether SIGTERM/SIGINT asked to
-stop. What the workdir holds across processes (checkpoints,
-metrics, the sessions log, the lock, the signals) is `TrainingSession`'s
-(`session.py`); evaluation is `evaluation.py`'s.
+alone decides; an evaluation never forces a save), and whether SIGTERM/SIGINT or the time
+limit asks to stop.
+
+`train_packed(configs, workdirs)` runs the same schedule for R runs at once (`Group`):
+one program trains them all, their states stacked on a leading run axis (`packing.py`
+says which runs can share a program), and each run keeps its own workdir, checkpoints,
+metrics and sessions log, exactly as if it had trained alone; a run whose loss turns
+NaN/Inf stops (its workdir gets the usual report) and the others go on. What a workdir
+holds across processes is `TrainingSession`'s (`session.py`); evaluation is
+`evaluation.py`'s.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import pathlib
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from resnet_jax import models
+from resnet_jax.data.train_iterator import PackedTrainIterator
 from resnet_jax.runtime import cpu_notice
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
+from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import packing
 from resnet_jax.train import report
 from resnet_jax.train import step as step_lib
 from resnet_jax.train import workdir as workdir_lib
-from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession  # noqa: F401  (re-exported)
+from resnet_jax.train.preemption import Preemption
+from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession
 
 Metrics = Dict[str, Any]
 
@@ -50,25 +62,8 @@ def _fetch(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-class TrainSteps:
-  """The compiled train step, `steps_per_dispatch` steps at a time where no action falls inside."""
-
-  def __init__(self, exp: build.Experiment):
-    pipe, config = exp.pipeline, exp.config
-    self.k = int(config.steps_per_dispatch)
-    self.single = step_lib.make_train_step(exp.model, exp.tx, config, exp.mesh, pipe.preprocess, pipe.num_classes)
-    self.multi = (step_lib.make_train_step(exp.model, exp.tx, config, exp.mesh, pipe.preprocess,
-                                           pipe.num_classes, steps_per_call=self.k) if self.k > 1 else None)
-
-  def advance(self, progress: Progress, train_iter, until: int) -> None:
-    """One dispatch: K steps if `until` is at least K steps away, else one."""
-    if self.multi is not None and until - progress.step >= self.k:
-      progress.state, progress.sums = self.multi(progress.state, progress.sums, train_iter.take(self.k))
-      progress.step += self.k
-    else:
-      progress.state, progress.sums = self.single(progress.state, progress.sums, next(train_iter))
-      progress.step += 1
-    progress.dispatches += 1
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 @dataclasses.dataclass
@@ -88,68 +83,190 @@ class RateWindow:
     return steps_per_sec * self.batch_size, (self.total_steps - step) / max(steps_per_sec, 1e-9)
 
 
-def log_train(session: TrainingSession, exp: build.Experiment, progress: Progress, rate: RateWindow) -> Metrics:
-  """Fetches the window's metric sums, writes and prints the train record; new sums start."""
-  host = _fetch(progress.sums)
-  if int(host["first_nonfinite_step"]) >= 0:
-    session.check_finite(host)
-  n = max(int(host["steps"]), 1)
-  images_per_sec, eta = rate.measure(progress.step)
-  record = {"loss": float(host["loss"]) / n, "error": 100.0 * float(host["error"]) / n,
-            "learning_rate": float(exp.schedule(jnp.asarray(progress.step - 1))),
-            "images_per_sec": images_per_sec, "epoch": progress.step / exp.steps_per_epoch}
-  session.writer.write(progress.step, record, "train")
-  session.writer.print(report.train_line(progress.step, exp.total_steps, record, eta))
-  progress.sums = step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
-  return record
+@dataclasses.dataclass
+class Run:
+  """One run of a group: its built experiment, its workdir's session and its data iterator."""
+  exp: build.Experiment
+  session: TrainingSession
+  train_iter: Any
+  rate: Optional[RateWindow] = None
+  last_train: Metrics = dataclasses.field(default_factory=dict)
+  last_eval: Metrics = dataclasses.field(default_factory=dict)
+  error: Optional[BaseException] = None  # why it stopped early (NaN/Inf), if it did
+
+  def result(self, progress: Progress) -> Dict[str, Any]:
+    out = {"step": progress.step, "train": self.last_train, "eval": self.last_eval,
+           "preempted": self.session.stopped == "preempted", "stopped": self.session.stopped,
+           "state": progress.state, "workdir": str(self.session.workdir)}
+    if self.error is not None:
+      out["error"] = self.error
+    return out
+
+
+class Group:
+  """The runs one program trains, all at the same step.
+
+  Unpacked (one run trained alone) the state is the run's `TrainState`; packed, every leaf
+  has a leading axis of R, one run per index (`step_lib.make_train_step(runs=R)`).
+  """
+
+  def __init__(self, runs: List[Run], progresses: List[Progress], packed: bool):
+    self.packed = packed
+    self.runs = runs
+    if packed:
+      self.progress = Progress(_stack([p.state for p in progresses]), _stack([p.sums for p in progresses]),
+                               progresses[0].step)
+    else:
+      self.progress = progresses[0]
+    self._compile()
+
+  def _compile(self) -> None:
+    """The train steps (1 and K per dispatch), eval step and batch source of the current runs."""
+    exp = self.runs[0].exp
+    pipe, config = exp.pipeline, exp.config
+    runs = len(self.runs) if self.packed else None
+    tx = [r.exp.tx for r in self.runs] if self.packed else exp.tx
+    self.k = int(config.steps_per_dispatch)
+    build_step = lambda k: step_lib.make_train_step(exp.model, tx, config, exp.mesh, pipe.preprocess,
+                                                    pipe.num_classes, steps_per_call=k, runs=runs)
+    self.single = build_step(1)
+    self.multi = build_step(self.k) if self.k > 1 else None
+    self.eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, pipe, runs=runs)
+    self.batches = (PackedTrainIterator([r.train_iter for r in self.runs], exp.mesh, mesh_lib.DATA_AXIS)
+                    if self.packed else self.runs[0].train_iter)
+
+  def advance(self, until: int) -> None:
+    """One dispatch: K steps if `until` is at least K steps away, else one."""
+    p = self.progress
+    if self.multi is not None and until - p.step >= self.k:
+      p.state, p.sums = self.multi(p.state, p.sums, self.batches.take(self.k))
+      p.step += self.k
+    else:
+      p.state, p.sums = self.single(p.state, p.sums, next(self.batches))
+      p.step += 1
+    p.dispatches += 1
+
+  def of_run(self, index: int) -> Progress:
+    """Run `index`'s own progress (its slice of the stacked state when packed)."""
+    p = self.progress
+    if not self.packed:
+      return p
+    take = lambda tree: jax.tree.map(lambda x: x[index], tree)
+    return Progress(take(p.state), take(p.sums), p.step, p.dispatches)
+
+  def drop(self, indices: Sequence[int]) -> None:
+    """Removes the runs at `indices` (stopped early) and recompiles for the others."""
+    keep = [i for i in range(len(self.runs)) if i not in set(indices)]
+    self.runs = [self.runs[i] for i in keep]
+    if self.packed and self.runs:
+      chosen = jnp.asarray(keep)
+      p = self.progress
+      p.state, p.sums = jax.tree.map(lambda x: x[chosen], (p.state, p.sums))
+      self._compile()
+
+
+def check_runs(group: Group, host_sums: Optional[Metrics] = None) -> None:
+  """Stops the runs whose loss or gradient became NaN/Inf: each gets the usual one-line report
+  (its session ends with it) and leaves the group; the others go on."""
+  sums = _fetch(group.progress.sums["first_nonfinite_step"]) if host_sums is None else host_sums[
+      "first_nonfinite_step"]
+  bad = np.atleast_1d(np.asarray(sums))
+  failed = [i for i, first in enumerate(bad) if int(first) >= 0]
+  for i in failed:
+    run = group.runs[i]
+    try:
+      run.session.check_finite({"first_nonfinite_step": bad[i]})
+    except NonFiniteLossError as e:
+      run.error = e
+      if group.packed:  # alone, the error itself ends the command with this line
+        run.session.writer.print(f"stopped: {e}")
+      run.session.end(e)
+  if failed:
+    group.drop(failed)
+
+
+def log_train(group: Group) -> None:
+  """Fetches the window's metric sums, writes and prints each run's train record; new sums start."""
+  host = _fetch(group.progress.sums)
+  if np.any(np.asarray(host["first_nonfinite_step"]) >= 0):
+    check_runs(group, host)
+    host = _fetch(group.progress.sums)
+  step = group.progress.step
+  for i, run in enumerate(group.runs):
+    own = jax.tree.map(lambda x: x[i], host) if group.packed else host
+    exp, n = run.exp, max(int(own["steps"]), 1)
+    images_per_sec, eta = run.rate.measure(step)
+    run.last_train = {"loss": float(own["loss"]) / n, "error": 100.0 * float(own["error"]) / n,
+                      "learning_rate": float(exp.schedule(jnp.asarray(step - 1))),
+                      "images_per_sec": images_per_sec, "epoch": step / exp.steps_per_epoch}
+    run.session.writer.write(step, run.last_train, "train")
+    run.session.writer.print(report.train_line(step, exp.total_steps, run.last_train, eta))
+  zeros = lambda: step_lib.zero_train_metrics()
+  if group.packed:
+    zeros = lambda runs=len(group.runs): _stack([step_lib.zero_train_metrics()] * runs)
+  group.progress.sums = step_lib.new_metrics(zeros, group.runs[0].exp.mesh)
 
 
 class Evaluations:
-  """The loop's evaluations: dispatched without waiting for the devices, recorded when read.
+  """The group's evaluations: dispatched without waiting for the devices, recorded when read.
 
   `start` dispatches the eval steps of the current weights (the devices run them before the
   train steps dispatched after); `finish` reads the sums, which are ready by the next log
-  line, and writes and prints the result. A checkpoint carries the evaluation of its own
-  weights (`of_current`), which is what ranks it for `keep_best_checkpoints`.
+  line, and writes and prints each run's result. A checkpoint carries the evaluation of its
+  own weights (`of_current`), which is what ranks it for `keep_best_checkpoints`.
   """
 
-  def __init__(self, session: TrainingSession, exp: build.Experiment):
-    self.session, self.exp = session, exp
-    self.eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, exp.pipeline)
-    self.pending: Optional[tuple[int, Metrics]] = None  # (step, sums on the devices)
-    self.last: Metrics = {}
+  def __init__(self, group: Group):
+    self.group = group
+    self.pending: Optional[tuple[int, List[Run], Metrics]] = None  # (step, runs, sums on the devices)
 
-  def start(self, progress: Progress) -> None:
-    self.finish(progress)
-    state = progress.state
-    sums = evaluation.start_evaluation(self.eval_step, state.params, state.batch_stats, self.exp.pipeline,
-                                       self.exp.mesh)
-    self.pending = (progress.step, sums)
+  def start(self) -> None:
+    self.finish()
+    g = self.group
+    exp, state = g.runs[0].exp, g.progress.state
+    sums = evaluation.start_evaluation(g.eval_step, state.params, state.batch_stats, exp.pipeline, exp.mesh,
+                                       runs=len(g.runs) if g.packed else None)
+    self.pending = (g.progress.step, list(g.runs), sums)
 
-  def finish(self, progress: Progress) -> None:
-    """Reads, writes and prints the pending evaluation, if any."""
+  def finish(self) -> None:
+    """Reads, writes and prints the pending evaluation of each run, if any."""
     if self.pending is None:
       return
-    step, sums = self.pending
+    step, runs, sums = self.pending
     self.pending = None
-    result = evaluation.finish_evaluation(sums)
-    if not math.isfinite(result["loss"]):
-      self.session.check_finite(progress.sums)  # diverged weights: the NaN report, not their eval
-    epoch = step / self.exp.steps_per_epoch
-    self.session.writer.write(step, {**result, "epoch": epoch}, "eval")
-    self.session.writer.print(report.eval_line(step, epoch, result, self.exp.config.data.eval_split))
-    self.last = result
+    host = _fetch(sums)
+    for i, run in enumerate(runs):
+      if run.error is not None:  # stopped (NaN) since the evaluation started
+        continue
+      result = evaluation.finish_evaluation(jax.tree.map(lambda x: x[i], host) if self.group.packed else host)
+      if not math.isfinite(result["loss"]):
+        check_runs(self.group)  # diverged weights: the NaN report, not their eval
+        if run.error is not None:
+          continue
+      epoch = step / run.exp.steps_per_epoch
+      run.session.writer.write(step, {**result, "epoch": epoch}, "eval")
+      run.session.writer.print(report.eval_line(step, epoch, result, run.exp.config.data.eval_split))
+      run.last_eval = result
 
-  def of_current(self, progress: Progress) -> Metrics:
-    """The evaluation of `progress`'s weights (dispatched now unless it is pending)."""
-    if self.pending is None or self.pending[0] != progress.step:
-      self.start(progress)
-    self.finish(progress)
-    return self.last
+  def of_current(self) -> None:
+    """Makes each run's `last_eval` that of its current weights (dispatched now unless pending)."""
+    if self.pending is None or self.pending[0] != self.group.progress.step:
+      self.start()
+    self.finish()
 
 
-def _report_finished(session: TrainingSession, exp: build.Experiment, progress: Progress) -> Dict[str, Any]:
+def save(group: Group, evals: Evaluations, ranked: bool) -> None:
+  """Checkpoints every run; `ranked`: with the evaluation of its own weights."""
+  check_runs(group)
+  if ranked and group.runs:
+    evals.of_current()
+  for i, run in enumerate(group.runs):
+    run.session.save(group.of_run(i), run.train_iter, run.last_eval if ranked else None)
+
+
+def _report_finished(run: Run, progress: Progress) -> Dict[str, Any]:
   """A run asked to train past its end: its final evaluation (stored with the last checkpoint)."""
+  exp, session = run.exp, run.session
   step, total = progress.step, exp.total_steps
   result = session.checkpointer.eval_metrics(step) if step == total else {}
   if not {"error", "top5_error", "loss", "num_examples"} <= set(result):
@@ -158,64 +275,163 @@ def _report_finished(session: TrainingSession, exp: build.Experiment, progress: 
     result = evaluation.evaluate_params(eval_step, state.params, state.batch_stats, exp.pipeline, exp.mesh)
   result["num_examples"] = int(result["num_examples"])
   session.writer.print(report.finished_line(step, total, result, exp.config.data.eval_split))
-  return {"step": step, "train": session.last_record("train"), "eval": result, "preempted": False,
-          "state": progress.state}
+  run.last_train, run.last_eval = session.last_record("train"), result
+  return run.result(progress)
+
+
+def _time_is_up(deadline: Optional[float]) -> bool:
+  """Whether the time limit has passed; with several processes, process 0's clock decides."""
+  if deadline is None:
+    return False
+  up = time.monotonic() >= deadline
+  if mesh_lib.is_multiprocess():
+    up = bool(multihost_utils.broadcast_one_to_all(np.asarray(up)))
+  return up
+
+
+def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float],
+                  config_spec: Optional[str]) -> None:
+  """The loop proper: from the group's step to the end, or until asked to stop."""
+  exp, config = group.runs[0].exp, group.runs[0].exp.config
+  total = exp.total_steps
+  eval_every = exp.steps_per_epoch * int(config.eval_every_epochs)
+  periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
+  evals = Evaluations(group)
+  start = group.progress.step
+  for run in group.runs:
+    run.session.writer.print(report.start_line(
+        config.model.name, models.count_params({"params": group.of_run(0).state.params}), jax.device_count(),
+        jax.process_count(), config.bn.mode, config.global_batch_size, exp.steps_per_epoch, start, total))
+  notice = cpu_notice.CpuNotice(total, config.global_batch_size * len(group.runs), group.runs[0].session.writer.print,
+                                config_spec)
+  for run in group.runs:
+    run.rate = RateWindow(int(config.global_batch_size), total, time.perf_counter(), start)
+  while group.runs and group.progress.step < total:
+    group.advance(until=next_due(group.progress.step, periods, total))
+    step = group.progress.step
+    notice.after_step(step, group.progress.state)
+    if itstime(step, config.log_every_steps, total):
+      evals.finish()  # dispatched before these steps: ready, and its line comes first
+      log_train(group)
+    if itstime(step, eval_every, total) and group.runs:
+      evals.start()
+    if itstime(step, config.checkpoint_every_steps, total):
+      # A checkpoint carries the evaluation of its own weights when kept-best ranks it, and at the end.
+      save(group, evals, ranked=config.keep_best_checkpoints > 0 or step == total)
+    if step < total and group.runs:
+      cause = (preemption.signal_name if preemption.reached(group.progress.dispatches) else
+               report.TIME_LIMIT if itstime(step, config.log_every_steps, total) and _time_is_up(deadline)
+               else None)
+      if cause is not None:
+        evals.finish()
+        check_runs(group)
+        for i, run in enumerate(group.runs):
+          run.session.save_and_stop(group.of_run(i), run.train_iter, cause)
+        return
+  evals.finish()
+
+
+def _start_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Path], labels: Sequence[str],
+                stack: contextlib.ExitStack) -> tuple[List[Run], List[Progress]]:
+  """Opens each run's session and restores (or initialises) it; packed runs share one pipeline."""
+  pipe = exps[0].pipeline
+  iterators = pipe.train_iterators([exp.config.seed for exp in exps])
+  runs, progresses = [], []
+  for exp, workdir, label, train_iter in zip(exps, workdirs, labels, iterators):
+    session = stack.enter_context(TrainingSession(exp, workdir, label))
+    progresses.append(session.restore_or_initialize(train_iter))
+    runs.append(Run(exp, session, train_iter))
+  return runs, progresses
+
+
+def _train_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Path], packed: bool,
+                labels: Sequence[str], time_limit: Optional[float], config_spec: Optional[str]
+                ) -> List[Dict[str, Any]]:
+  """Trains `exps` in `workdirs` (packed in one program, or the single run alone)."""
+  deadline = None if time_limit is None else time.monotonic() + float(time_limit)
+  results: Dict[int, Dict[str, Any]] = {}
+  with contextlib.ExitStack() as stack:
+    runs, progresses = _start_runs(exps, workdirs, labels, stack)
+    active = []
+    for i, (run, progress) in enumerate(zip(runs, progresses)):
+      if progress.step >= run.exp.total_steps:
+        results[i] = _report_finished(run, progress)
+      else:
+        active.append(i)
+    # Runs restored at different steps (one joined later) train as one group per step.
+    by_step: Dict[int, List[int]] = {}
+    for i in active:
+      by_step.setdefault(progresses[i].step, []).append(i)
+    with Preemption() as preemption:
+      for members in by_step.values():
+        group = Group([runs[i] for i in members], [progresses[i] for i in members], packed)
+        _run_schedule(group, preemption, deadline, config_spec)
+        for i in members:
+          own = group.runs.index(runs[i]) if runs[i] in group.runs else None
+          results[i] = runs[i].result(group.of_run(own) if own is not None else progresses[i])
+        stopped = next((r.session.stopped for r in group.runs if r.session.stopped), "")
+        if stopped:  # the runs of later groups wait for the next command too
+          for later in active:
+            if later not in results:
+              runs[later].session.stopped = stopped
+          break
+    for run in runs:
+      if run.error is None:
+        run.session.finish()
+  return [results.get(i) or runs[i].result(progresses[i]) for i in range(len(runs))]
+
+
+@contextlib.contextmanager
+def _locked(workdirs: Sequence[pathlib.Path]):
+  """One writer per workdir: every run's lock, taken before anything is written."""
+  locks = []
+  try:
+    if jax.process_index() == 0:
+      for workdir in workdirs:
+        locks.append(workdir_lib.lock(workdir))
+    yield
+  finally:
+    for lock in locks:
+      lock.release()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-          mesh: Optional[Mesh] = None, config_spec: Optional[str] = None) -> Dict[str, Any]:
+          mesh: Optional[Mesh] = None, config_spec: Optional[str] = None,
+          time_limit: Optional[float] = None) -> Dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-  Returns the last train and eval metrics, the final step and whether the run
-  stopped early on SIGTERM (`preempted`). `config_spec` (the `--config` value) names the
-  config in the commands of the CPU-only notice (`cpu_notice`).
+  Returns the last train and eval metrics, the final step and whether the run stopped
+  early on SIGTERM (`preempted`) or at `time_limit` seconds (`stopped`: "time limit"; it
+  saved, and the same call again continues). `config_spec` (the `--config` value) names the
+  config in the commands of the CPU-only notice (`cpu_notice`). Raises `NonFiniteLossError`
+  if the loss or a gradient becomes NaN/Inf.
   """
   workdir = pathlib.Path(workdir).absolute()
   exp = build.experiment(config, mesh)  # validates the config: everything below trusts it
-  # One writer per workdir, and a layout this version reads (before anything is written).
-  workdir_lock = workdir_lib.lock(workdir) if jax.process_index() == 0 else None
-  try:
-    return _train(exp, workdir, config_spec)
-  finally:
-    if workdir_lock is not None:
-      workdir_lock.release()
+  with _locked([workdir]):
+    result = _train_runs([exp], [workdir], packed=False, labels=[""], time_limit=time_limit,
+                         config_spec=config_spec)[0]
+  if "error" in result:
+    raise result["error"]
+  return result
 
 
-def _train(exp: build.Experiment, workdir: pathlib.Path, config_spec: Optional[str]) -> Dict[str, Any]:
-  config, total = exp.config, exp.total_steps
-  eval_every = exp.steps_per_epoch * int(config.eval_every_epochs)
-  with TrainingSession(exp, workdir) as session:
-    train_iter = exp.pipeline.train_iterator()
-    progress = session.restore_or_initialize(train_iter)
-    if progress.step >= total:
-      return _report_finished(session, exp, progress)
-    steps, evals = TrainSteps(exp), Evaluations(session, exp)
-    session.writer.print(report.start_line(
-        config.model.name, models.count_params({"params": progress.state.params}), jax.device_count(),
-        jax.process_count(), config.bn.mode, config.global_batch_size, exp.steps_per_epoch, progress.step, total))
-    session.start_listening()
-    notice = cpu_notice.CpuNotice(total, config.global_batch_size, session.writer.print, config_spec)
-    rate = RateWindow(int(config.global_batch_size), total, time.perf_counter(), progress.step)
-    last_train: Metrics = {}
-    periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
+def train_packed(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str | pathlib.Path],
+                 mesh: Optional[Mesh] = None, time_limit: Optional[float] = None,
+                 labels: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+  """Trains R runs in one program (`packing.py` says which configs can share one), each in
+  its own workdir, resuming each from its newest checkpoint.
 
-    while progress.step < total:
-      steps.advance(progress, train_iter, until=next_due(progress.step, periods, total))
-      notice.after_step(progress.step, progress.state)
-      if itstime(progress.step, config.log_every_steps, total):
-        evals.finish(progress)  # dispatched before these steps: ready, and its line comes first
-        last_train = log_train(session, exp, progress, rate)
-      if itstime(progress.step, eval_every, total):
-        evals.start(progress)
-      if itstime(progress.step, config.checkpoint_every_steps, total):
-        # A checkpoint carries the evaluation of its own weights when one is due or kept-best ranks it.
-        ranked = config.keep_best_checkpoints > 0 or progress.step == total
-        session.save(progress, train_iter, evals.of_current(progress) if ranked else None)
-      if progress.step < total and session.stop_requested(progress.dispatches):
-        evals.finish(progress)
-        session.save_and_stop(progress, train_iter)
-        break
-    evals.finish(progress)
-    session.finish()
-  return {"step": progress.step, "train": last_train, "eval": evals.last, "preempted": session.preempted,
-          "state": progress.state}
+  Returns each run's result as `train` does; a run whose loss became NaN/Inf has its
+  `NonFiniteLossError` under "error" (the other runs went on). A packed run's workdir is an
+  ordinary one: it resumes alone, or packed with other runs.
+  """
+  if len(configs) != len(workdirs):
+    raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
+  packing.check_packable(configs)
+  workdirs = [pathlib.Path(w).absolute() for w in workdirs]
+  labels = list(labels) if labels is not None else [f"[{w.name}] " for w in workdirs]
+  first = build.experiment(configs[0], mesh)
+  exps = [first] + [build.experiment(c, first.mesh, first.pipeline) for c in configs[1:]]
+  with _locked(workdirs):
+    return _train_runs(exps, workdirs, packed=True, labels=labels, time_limit=time_limit, config_spec=None)

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 from typing import Dict, Mapping, Optional, TextIO
@@ -26,9 +27,10 @@ class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`."""
 
   def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None,
-               console: Optional[TextIO] = None):
+               console: Optional[TextIO] = None, prefix: str = ""):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.console = console
+    self.prefix = prefix  # e.g. "[seed3] ": which of several runs a console line is about
     self._jsonl = None
     self._tb = None
     if self.enabled:
@@ -51,7 +53,7 @@ class MetricWriter:
 
   def print(self, line: str) -> None:
     if self.enabled:
-      print(line, file=self.console or sys.stdout, flush=True)
+      print(self.prefix + line, file=self.console or sys.stdout, flush=True)
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -136,6 +138,24 @@ def latest_per_step(records: list[Dict], kind: str, key: Optional[str] = None) -
     if rec.get("kind") == kind and (key is None or key in rec):
       out[int(rec["step"])] = rec
   return dict(sorted(out.items()))
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: float | int | str) -> float:
+  """Seconds from a number (seconds) or text such as "90s", "10m", "1h30m", "2.5h"."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    seconds = float(value)
+  else:
+    text = str(value).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text)
+    if not text or "".join(n + u for n, u in parts) != text or (len(parts) > 1 and not all(u for _, u in parts)):
+      raise ValueError(f"time limit {value!r} is not a duration: a number of seconds, or e.g. 90s, 10m, 1h30m")
+    seconds = sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+  if seconds < 0:
+    raise ValueError(f"time limit {value!r} must not be negative")
+  return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -58,3 +58,10 @@ class Preemption:
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
     self._previous = {}
+
+  def __enter__(self) -> "Preemption":
+    self.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -38,6 +38,10 @@ def finished_line(step: int, total_steps: int, result: Dict[str, Any], split: st
           f"top-5 {result['top5_error']:.2f}% | {result['num_examples']} images of {split}")
 
 
-def stopped_line(signal_name: str, step: int, directory: Any) -> str:
-  cause = "interrupted (Ctrl-C)" if signal_name == "SIGINT" else "preempted"
-  return f"{cause}: saved step {step} to {directory}; run the same command again to resume"
+TIME_LIMIT = "time limit"
+
+
+def stopped_line(cause: str, step: int, directory: Any) -> str:
+  """A run stopped before its end: `cause` is the signal's name ("SIGTERM", "SIGINT") or `TIME_LIMIT`."""
+  what = {"SIGINT": "interrupted (Ctrl-C)", TIME_LIMIT: "time limit reached"}.get(cause, "preempted")
+  return f"{what}: saved step {step} to {directory}; run the same command again to resume"

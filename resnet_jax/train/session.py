@@ -1,11 +1,12 @@
-"""One training process's hold on its workdir: checkpoints, metrics, the sessions log, signals.
+"""One training process's hold on a run's workdir: checkpoints, metrics, the sessions log.
 
 `TrainingSession` is a context manager. Entering checks the workdir (layout version, the
 recipe of its checkpoints) and opens the writers; `restore_or_initialize` gives the
-loop its starting `Progress`; `save` checkpoints it (never a diverged state). Leaving,
-normally or by an error, records how the process ended in `sessions.jsonl`, stops
-listening for signals, waits for the last asynchronous save and closes the writers, in
-that order, without letting a cleanup error hide the error that ended the run.
+loop the run's starting `Progress`; `save` checkpoints it (never a diverged state).
+Leaving (or `end`, for one run of a packed group that stops early), normally or by an
+error, records how the run ended in `sessions.jsonl`, waits for the last asynchronous
+save and closes the writers, in that order, without letting a cleanup error hide the
+error that ended the run.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from resnet_jax.train import report
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 from resnet_jax.train import workdir as workdir_lib
-from resnet_jax.train.preemption import Preemption
 
 Metrics = Dict[str, Any]
 
@@ -46,7 +46,7 @@ class Progress:
 class TrainingSession:
   """See the module docstring; `exp` is the built (validated) experiment."""
 
-  def __init__(self, exp: build.Experiment, workdir: pathlib.Path):
+  def __init__(self, exp: build.Experiment, workdir: pathlib.Path, label: str = ""):
     config = exp.config
     self.exp, self.workdir = exp, workdir
     self.is_chief = jax.process_index() == 0
@@ -60,15 +60,15 @@ class TrainingSession:
     try:  # Orbax's threads keep a process alive until the checkpointer is closed
       if self.checkpointer.latest_step() is not None:
         workdir_lib.check_resumable(config, workdir)
-      self.writer = metrics_lib.MetricWriter(workdir)
+      self.writer = metrics_lib.MetricWriter(workdir, prefix=label)
     except BaseException:
       self.checkpointer.close()
       raise
     self.sessions = metrics_lib.SessionLog(workdir)
-    self.preemption = Preemption()
     self.progress: Optional[Progress] = None
-    self.preempted = False
+    self.stopped = ""       # why the run stopped before its end: "preempted" | "time limit"
     self._finished = False
+    self._closed = False
 
   # -- start -------------------------------------------------------------------------
   def restore_or_initialize(self, train_iter) -> Progress:
@@ -98,10 +98,6 @@ class TrainingSession:
     self.sessions.start(self.progress.step, resumed_from)
     return self.progress
 
-  def start_listening(self) -> None:
-    """From now on SIGTERM/SIGINT ask the loop to save and stop (`stop_requested`)."""
-    self.preemption.start()
-
   # -- during ------------------------------------------------------------------------
   def check_finite(self, sums: Metrics) -> None:
     """Raises `NonFiniteLossError` naming the first bad step and the last good checkpoint."""
@@ -120,15 +116,12 @@ class TrainingSession:
     self.checkpointer.save(progress.step, progress.state, progress.sums, train_iter.get_state(), self.meta,
                            eval_metrics)
 
-  def stop_requested(self, dispatches: int) -> bool:
-    """Whether SIGTERM/SIGINT asked to stop (with several processes: all agree on the step)."""
-    return self.preemption.reached(dispatches)
-
-  def save_and_stop(self, progress: Progress, train_iter) -> None:
+  def save_and_stop(self, progress: Progress, train_iter, cause: str) -> None:
+    """Saves `progress` and waits for it: the run stops before its end (`cause`, see `report`)."""
     self.save(progress, train_iter)
     self.checkpointer.wait()
-    self.writer.print(report.stopped_line(self.preemption.signal_name, progress.step, self.checkpointer.directory))
-    self.preempted = True
+    self.writer.print(report.stopped_line(cause, progress.step, self.checkpointer.directory))
+    self.stopped = "time limit" if cause == report.TIME_LIMIT else "preempted"
 
   def finish(self) -> None:
     """Waits for the last asynchronous save (its failure is an error of the run)."""
@@ -143,19 +136,24 @@ class TrainingSession:
     return self
 
   def __exit__(self, exc_type, exc, traceback) -> None:
-    if exc is None and not self._finished:
+    self.end(exc)
+
+  def end(self, error: Optional[BaseException] = None) -> None:
+    """Records how the run ended (`error`, a stop, or its end) and closes the writers; once."""
+    if self._closed:
+      return
+    if error is None and not self._finished:
       try:
         self.finish()
       except BaseException as e:  # the run's error now: record it, then raise it
         self._close(_end_reason(e))
         raise
-    self._close("preempted" if self.preempted and exc is None else
-                "finished" if exc is None else _end_reason(exc))
+    self._close((self.stopped or "finished") if error is None else _end_reason(error))
 
   def _close(self, reason: str) -> None:
+    self._closed = True
     step = self.progress.step if self.progress is not None else 0
     self.sessions.end(step, int(self.exp.config.global_batch_size), reason)
-    self.preemption.close()
     try:
       self.checkpointer.close()
     except ckpt_lib.CheckpointWriteError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -71,12 +71,31 @@ class StepExtras:
   metrics: bool = True           # sum the loss and the training error for the log line
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+def _optimizer_update(txs: Sequence[optax.GradientTransformation]) -> Callable:
+  """`update(grads, opt_state, params, run)` with run `run`'s own optimiser.
+
+  Runs whose optimisers differ only in values (learning rate, schedule, weight decay) share a
+  program: `lax.switch` picks each run's update (under `vmap`, every branch is computed and
+  each run keeps its own, so each run's arithmetic is its unpacked run's).
+  """
+  if all(t is txs[0] for t in txs):
+    return lambda grads, opt_state, params, run: txs[0].update(grads, opt_state, params)
+  branches = [lambda g, s, p, t=t: t.update(g, s, p) for t in txs]
+  return lambda grads, opt_state, params, run: jax.lax.switch(run, branches, grads, opt_state, params)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation | Sequence[optax.GradientTransformation],
                     config: ml_collections.ConfigDict, mesh: Mesh, preprocess: Preprocess,
-                    num_classes: int, steps_per_call: int = 1, extras: StepExtras = StepExtras()):
+                    num_classes: int, steps_per_call: int = 1, extras: StepExtras = StepExtras(),
+                    runs: Optional[int] = None):
   """Returns jitted `(state, metrics, batch) -> (state, metrics)`; both are donated.
 
   With `steps_per_call` K > 1 every leaf of `batch` has a leading axis of K.
+
+  Packed runs (`runs` R, `train/packing.py`): every leaf of the state, the metrics and the
+  batch has a leading axis of R (after the K axis of a batch), one run per index, all
+  trained by one program (`jax.vmap`: the same kernels, R times the examples). `tx` may then
+  be one optimiser per run (the same structure, other values).
   """
   mode = config.bn.mode
   platform = mesh.devices.flat[0].platform
@@ -120,13 +139,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   else:
     loss_and_grads_fn = loss_and_grads
 
-  def one_step(state: TrainState, metrics: Metrics, batch: Batch) -> Tuple[TrainState, Metrics]:
+  # (An Optax transformation is itself a tuple: test for it, not for a sequence.)
+  txs = [tx] * (runs or 1) if isinstance(tx, optax.GradientTransformation) else list(tx)
+  if len(txs) != (runs or 1):
+    raise ValueError(f"{len(txs)} optimisers for {runs or 1} runs")
+  optimizer_update = _optimizer_update(txs)
+
+  def one_step(state: TrainState, metrics: Metrics, batch: Batch, run: jax.Array) -> Tuple[TrainState, Metrics]:
     step_rng = jax.random.fold_in(state.rng, state.step)
     augment_rng, dropout_rng = jax.random.split(step_rng)
     images = preprocess(batch["image"], augment_rng, True)
     grads, new_stats, loss, error = loss_and_grads_fn(
         state.params, state.batch_stats, images, batch["label"], dropout_rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer_update(grads, state.opt_state, state.params, run)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "steps": metrics["steps"] + 1}
     if extras.metrics:
@@ -140,11 +165,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                               opt_state=opt_state)
     return new_state, metrics
 
+  if runs is None:
+    dispatch_step = lambda state, metrics, batch: one_step(state, metrics, batch, 0)
+  else:
+    run_index = jnp.arange(runs)
+    dispatch_step = lambda state, metrics, batch: jax.vmap(one_step)(state, metrics, batch, run_index)
   if steps_per_call == 1:
-    step_fn = one_step
+    step_fn = dispatch_step
   else:
     def step_fn(state, metrics, batches):
-      (state, metrics), _ = jax.lax.scan(lambda carry, b: (one_step(*carry, b), None),
+      (state, metrics), _ = jax.lax.scan(lambda carry, b: (dispatch_step(*carry, b), None),
                                          (state, metrics), batches)
       return state, metrics
   return jax.jit(step_fn, donate_argnums=(0, 1), out_shardings=mesh_lib.replicated(mesh))

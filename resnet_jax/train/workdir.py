@@ -142,6 +142,12 @@ def _flat(value: Any, prefix: str = "") -> Dict[str, Any]:
   return {prefix[:-1]: value}
 
 
+def flat_fields(config: Mapping[str, Any] | ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Every leaf field as `dotted.key -> value`, the values as JSON has them (tuples as lists):
+  a config and its saved `config.json` compare equal."""
+  return json.loads(json.dumps(_flat(config), default=str))
+
+
 def config_changes(saved: Mapping[str, Any] | ml_collections.ConfigDict,
                    requested: Mapping[str, Any] | ml_collections.ConfigDict,
                    ignore: frozenset = OPERATIONAL_FIELDS) -> List[Tuple[str, Any, Any]]:
@@ -150,10 +156,7 @@ def config_changes(saved: Mapping[str, Any] | ml_collections.ConfigDict,
   A field present on one side only counts, with `None` on the other (`model.` fields
   that one config lists and the other leaves at its default compare as their values).
   """
-  a, b = _flat(saved), _flat(requested)
-  # JSON turned tuples into lists and ints stay ints; compare through JSON on both sides.
-  a = json.loads(json.dumps(a, default=str))
-  b = json.loads(json.dumps(b, default=str))
+  a, b = flat_fields(saved), flat_fields(requested)
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
           if k not in ignore and a.get(k) != b.get(k)]
 

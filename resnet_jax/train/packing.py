@@ -1,0 +1,76 @@
+"""Which runs can share one program (packed training), and the one line that says why not.
+
+Packed runs are trained by one jitted program, their states stacked on a leading run axis
+(`step.make_train_step(runs=R)`): every kernel does the work of R runs. That needs one
+network structure and one step structure, so configs may differ only in
+
+* `seed`: initial weights, augmentation and dropout randomness, data order;
+* what is read only to initialise: `init_from`, `model.zero_init_residual`,
+  `model.shortcut_options.gate_bias_init`;
+* the optimiser's and the schedule's values (`optimizer.*`, `schedule.*`): each run keeps
+  its own optimiser (`lax.switch` in the step) as long as the optimiser state has the
+  same structure (momentum on or off, weight decay on or off, masked or not, its mode,
+  Nesterov alike).
+
+Everything else (the network, data, batch, BatchNorm mode, dtype, length, cadences) must be
+equal. `groups` sorts any list of configs into groups that can be packed.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Sequence
+
+import ml_collections
+
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import workdir as workdir_lib
+
+PER_RUN_FIELDS = frozenset({"seed", "init_from", "model.zero_init_residual",
+                            "model.shortcut_options.gate_bias_init"})
+PER_RUN_PREFIXES = ("optimizer.", "schedule.")
+
+
+def _optimizer_structure(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """What decides the optimiser state's structure (must be equal in a packed group)."""
+  o = config.optimizer
+  return {"momentum": bool(o.momentum), "weight_decay": bool(o.weight_decay),
+          "weight_decay_mode": o.weight_decay_mode, "nesterov": bool(o.nesterov),
+          "weight_decay_mask": bool(o.weight_decay_exclude)}
+
+
+def program_key(config: ml_collections.ConfigDict) -> str:
+  """Equal for configs that can share one program."""
+  flat = workdir_lib.flat_fields(config)
+  shared = {k: v for k, v in flat.items()
+            if k not in PER_RUN_FIELDS and not k.startswith(PER_RUN_PREFIXES)}
+  shared["optimizer structure"] = _optimizer_structure(config)
+  return json.dumps(shared, sort_keys=True, default=str)
+
+
+def check_packable(configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Raises `ConfigError` naming the first field in which a config differs from the first
+  in a way that cannot share a program."""
+  first = workdir_lib.flat_fields(configs[0])
+  for other in configs[1:]:
+    theirs = workdir_lib.flat_fields(other)
+    for key in sorted(set(first) | set(theirs)):
+      if key in PER_RUN_FIELDS or key.startswith(PER_RUN_PREFIXES) or first.get(key) == theirs.get(key):
+        continue
+      raise config_lib.ConfigError(
+          f"these runs cannot be packed into one program: {key} is {first.get(key)!r} in one and "
+          f"{theirs.get(key)!r} in another (only seeds, initialisation and optimiser values may differ); "
+          "train them apart (pack=False, --pack off) or make it equal")
+    a, b = _optimizer_structure(configs[0]), _optimizer_structure(other)
+    if a != b:
+      key = next(k for k in a if a[k] != b[k])
+      raise config_lib.ConfigError(
+          f"these runs cannot be packed into one program: their optimiser states differ in structure "
+          f"({key}: {a[key]} vs {b[key]}); train them apart (pack=False, --pack off)")
+
+
+def groups(configs: Sequence[ml_collections.ConfigDict]) -> List[List[int]]:
+  """Indices of `configs` in groups that can each share one program, in first-seen order."""
+  out: Dict[str, List[int]] = {}
+  for i, config in enumerate(configs):
+    out.setdefault(program_key(config), []).append(i)
+  return list(out.values())

@@ -1,0 +1,205 @@
+"""Packed runs: R runs in one program equal the same runs trained alone, each in its own workdir.
+
+Float32 SGD trajectories diverge chaotically from any rounding difference (the packed
+program's vmapped convolutions sum in another order), so equivalence is checked step by
+step: each packed step, started from the same state as the run's own step, agrees to 1e-6
+relative (global L2 over parameters, BatchNorm statistics and momentum). The data each run
+sees is checked bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import support
+
+import resnet_jax as rj
+from resnet_jax import configs
+from resnet_jax.train import build, packing
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import step as step_lib
+from resnet_jax.data.train_iterator import PackedTrainIterator
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def relative_l2(a, b) -> float:
+  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
+  a, b = flat(a), flat(b)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _trees(state):
+  return (state.params, state.batch_stats, state.opt_state)
+
+
+def packed_vs_alone(cfgs, start_step: int = 0):
+  """One step of each run alone and of all runs packed, from the same states and batches:
+  (relative L2 per run, whether each run's batch equals its own iterator's, losses)."""
+  first = build.experiment(cfgs[0])
+  exps = [first] + [build.experiment(c, first.mesh, first.pipeline) for c in cfgs[1:]]
+  pipe, mesh = first.pipeline, first.mesh
+  states = [state_lib.create_train_state(e.model, e.tx, mesh, e.image_shape, e.config.seed) for e in exps]
+  states = [s.replace(step=jnp.asarray(start_step, jnp.int32)) for s in states]
+  iterators = pipe.train_iterators([c.seed for c in cfgs])
+  for it in iterators:
+    it.set_state({**it.get_state(), "step": start_step})
+  alone_batches = [next(it) for it in pipe.train_iterators([c.seed for c in cfgs])] if start_step == 0 else None
+  packed_batches = next(PackedTrainIterator(iterators, mesh, "data"))
+  same_data = [alone_batches is None or np.array_equal(np.asarray(packed_batches["image"][r]),
+                                                       np.asarray(alone_batches[r]["image"])) for r in range(len(cfgs))]
+  zeros = lambda: step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
+  copy = lambda t: jax.tree.map(jnp.copy, t)
+  alone = []
+  for r, exp in enumerate(exps):
+    fn = step_lib.make_train_step(exp.model, exp.tx, exp.config, mesh, pipe.preprocess, pipe.num_classes)
+    alone.append(fn(copy(states[r]), zeros(), jax.tree.map(lambda x: x[r], packed_batches)))
+  packed_fn = step_lib.make_train_step(first.model, [e.tx for e in exps], first.config, mesh, pipe.preprocess,
+                                       pipe.num_classes, runs=len(exps))
+  stack = lambda ts: jax.tree.map(lambda *x: jnp.stack(x), *ts)
+  packed_state, packed_sums = packed_fn(stack([copy(s) for s in states]), stack([zeros() for _ in exps]),
+                                        packed_batches)
+  diffs = [relative_l2(jax.tree.map(lambda x: x[r], _trees(packed_state)), _trees(alone[r][0]))
+           for r in range(len(exps))]
+  losses = [(float(packed_sums["loss"][r]), float(alone[r][1]["loss"])) for r in range(len(exps))]
+  return diffs, same_data, losses
+
+
+@pytest.mark.parametrize("overrides, start_step, tolerance", [
+    ({}, 0, 1e-6),                                           # ghost BN, on-device crop/flip, option A
+    ({"model.shortcut": "B"}, 0, 1e-6),                      # projection shortcuts
+    ({}, 9, 1e-6),                                           # step 9 -> 10 crosses the first lr boundary
+    ({"bn.mode": "global"}, 0, 1e-6),
+    ({"dtype": "bfloat16"}, 0, 2e-2),                        # bf16 compute: its own rounding
+])
+def test_each_packed_step_equals_the_runs_own_step(data_dir, overrides, start_step, tolerance):
+  cfgs = [support.smoke_config(data_dir, seed=seed, **overrides) for seed in (0, 1, 2)]
+  cfgs[2].optimizer.learning_rate = 0.05  # a value variant: its own optimiser in the packed program
+  diffs, same_data, losses = packed_vs_alone(cfgs, start_step)
+  assert all(same_data), same_data
+  assert max(diffs) <= tolerance, diffs
+  for packed, alone in losses:
+    assert packed == pytest.approx(alone, rel=10 * tolerance)
+
+
+WORKER = r'''
+import json, sys
+sys.path.insert(0, "tests")
+import jax, support
+import test_packed
+assert jax.device_count() == 8
+out = {}
+for mode in ("ghost", "per_device"):
+  cfgs = [support.smoke_config(sys.argv[1], seed=s, **{"bn.mode": mode}) for s in (0, 1)]
+  diffs, same, _ = test_packed.packed_vs_alone(cfgs)
+  out[mode] = {"diffs": diffs, "same_data": same}
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.multidevice
+def test_packed_steps_on_8_devices(data_dir):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+  run = subprocess.run([sys.executable, "-c", WORKER, str(data_dir)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = json.loads(run.stdout.strip().splitlines()[-1])
+  for mode, r in out.items():
+    assert all(r["same_data"]) and max(r["diffs"]) <= 1e-6, (mode, r)
+
+
+def _records(workdir, kind):
+  return metrics_lib.latest_per_step(metrics_lib.read_metrics(workdir), kind)
+
+
+def test_packed_runs_write_ordinary_workdirs_like_runs_alone(data_dir, tmp_path):
+  cfgs = [support.smoke_config(data_dir, seed=s, num_steps=12) for s in (0, 1)]
+  results = rj.train.train_packed(cfgs, [tmp_path / "packed" / f"seed{s}" for s in (0, 1)])
+  for s, cfg in zip((0, 1), cfgs):
+    alone = rj.train.train(cfg, tmp_path / "alone" / f"seed{s}")
+    packed_dir, alone_dir = tmp_path / "packed" / f"seed{s}", tmp_path / "alone" / f"seed{s}"
+    assert results[s]["step"] == alone["step"] == 12
+    for kind in ("train", "eval"):
+      a, b = _records(packed_dir, kind), _records(alone_dir, kind)
+      assert list(a) == list(b), kind
+      for step in a:  # the same steps; values as close as float32 trajectories stay over 12 steps
+        assert a[step]["loss"] == pytest.approx(b[step]["loss"], rel=1e-3), (kind, step)
+    assert json.loads((packed_dir / "config.json").read_text()) == json.loads((alone_dir / "config.json").read_text())
+    assert ckpt_lib.Checkpointer(packed_dir / "checkpoints").manager.all_steps() == \
+        ckpt_lib.Checkpointer(alone_dir / "checkpoints").manager.all_steps()
+    # An ordinary workdir: eval and load_variables work on it unchanged.
+    assert rj.train.evaluate(packed_dir)["step"] == 12
+    model, variables = rj.train.load_variables(packed_dir)
+    assert set(variables) == {"params", "batch_stats"}
+    sessions = metrics_lib.read_sessions(packed_dir)
+    assert [s["event"] for s in sessions] == ["start", "end"] and sessions[-1]["reason"] == "finished"
+
+
+def test_resume_packed_alone_and_with_another_run_count(data_dir, tmp_path):
+  dirs = [tmp_path / f"seed{s}" for s in (0, 1, 2)]
+  cfg = lambda seed, steps: support.smoke_config(data_dir, seed=seed, num_steps=steps)
+  rj.train.train_packed([cfg(0, 6), cfg(1, 6)], dirs[:2])            # packed to step 6
+  alone = rj.train.train(cfg(0, 9), dirs[0])                          # packed -> alone
+  assert alone["step"] == 9
+  results = rj.train.train_packed([cfg(0, 12), cfg(1, 12), cfg(2, 12)], dirs)  # alone -> packed, a third joins
+  assert [r["step"] for r in results] == [12, 12, 12]
+  for d in dirs:
+    train_steps = [r["step"] for r in metrics_lib.read_metrics(d) if r["kind"] == "train"]
+    assert train_steps[-1] == 12
+  # Each run's data stream went on where it stopped: seed 0's run trained steps 0-6, 6-9, 9-12.
+  starts = [s["step"] for s in metrics_lib.read_sessions(dirs[0]) if s["event"] == "start"]
+  assert starts == [0, 6, 9]
+
+
+def test_a_diverging_run_stops_and_the_others_go_on(data_dir, tmp_path):
+  cfgs = [support.smoke_config(data_dir, seed=s, num_steps=10) for s in (0, 1)]
+  cfgs[1].optimizer.learning_rate = 1e8  # diverges within a few steps
+  results = rj.train.train_packed(cfgs, [tmp_path / "ok", tmp_path / "nan"])
+  assert results[0]["step"] == 10 and "error" not in results[0]
+  assert isinstance(results[1]["error"], rj.train.NonFiniteLossError)
+  assert "NaN/Inf at step" in str(results[1]["error"])
+  end = metrics_lib.read_sessions(tmp_path / "nan")[-1]
+  assert end["event"] == "end" and end["reason"].startswith("NonFiniteLossError")
+  assert metrics_lib.read_sessions(tmp_path / "ok")[-1]["reason"] == "finished"
+
+
+def test_time_limit_saves_every_run_and_the_same_call_continues(data_dir, tmp_path):
+  cfgs = [support.smoke_config(data_dir, seed=s, num_steps=40, log_every_steps=2) for s in (0, 1)]
+  dirs = [tmp_path / "a", tmp_path / "b"]
+  first = rj.train.train_packed(cfgs, dirs, time_limit=0.0)
+  assert all(r["stopped"] == "time limit" and r["step"] < 40 for r in first)
+  for d, r in zip(dirs, first):
+    assert ckpt_lib.Checkpointer(d / "checkpoints").latest_step() == r["step"]
+  again = rj.train.train_packed(cfgs, dirs)
+  assert [r["step"] for r in again] == [40, 40] and not any(r["stopped"] for r in again)
+
+
+def test_runs_that_cannot_share_a_program_are_refused_in_one_line(data_dir):
+  a = support.smoke_config(data_dir, seed=0)
+  b = support.smoke_config(data_dir, seed=1, **{"model.stage_widths": (4, 8, 32)})
+  with pytest.raises(rj.train.ConfigError, match=r"cannot be packed into one program: model.stage_widths is "
+                                                  r"\[4, 8, 16\] in one and \[4, 8, 32\] in another") as info:
+    packing.check_packable([a, b])
+  assert "\n" not in str(info.value)
+  c = support.smoke_config(data_dir, seed=1, **{"optimizer.momentum": 0.0})
+  with pytest.raises(rj.train.ConfigError, match=r"optimiser states differ in structure \(momentum: True vs False\)"):
+    packing.check_packable([a, c])
+
+
+def test_groups_pack_what_can_share_a_program():
+  base = configs.load("cifar10_resnet20:smoke")
+  variants = [configs.apply_overrides(base, o) for o in (
+      {"seed": 0}, {"seed": 1}, {"model.shortcut": "B"}, {"seed": 2, "optimizer.learning_rate": 0.05},
+      {"model.shortcut": "B", "seed": 1}, {"model.shortcut": "gate", "model.shortcut_options.gate_bias_init": -6.0},
+      {"model.shortcut": "gate", "model.shortcut_options.gate_bias_init": 0.0})]
+  assert packing.groups(variants) == [[0, 1, 3], [2, 4], [5, 6]]
