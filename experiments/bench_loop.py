@@ -30,7 +30,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 import resnet_jax as rj
 import resnet_jax.data as rjd

@@ -13,18 +13,17 @@
 #   --smoke             the same steps with the tiny :smoke networks and a few steps: a check of
 #                       this script on any machine (the test suite runs it on the CPU).
 #
-# Steps (each bounded by `timeout`, each failure recorded in OUTDIR/status.txt, the rest go on):
-#   1. environment: nvidia-smi, python/jax/flax/optax/orbax versions, commit -> env.json
-#   2. resnet-jax bench: ResNet-20 (K=1/50, --compare-minimal, --breakdown; packed R=1/2/4/8),
-#      ResNet-56 and ResNet-110 (K=1/50; ResNet-110 also 5 packed runs), ResNet-50 bf16 b256
-#      (--compare-minimal) -> bench_*.json/.log
-#   3. with CIFAR-10: the loop's cost beyond its steps (experiments/bench_loop.py), the paper's
-#      full ResNet-20 schedule (64k steps, held-out eval every epoch) -> train_r20.log, metrics,
-#      and 5 seeds of ResNet-20 packed in one program for a tenth of the schedule (6,400 steps)
-#   4. summary.md: the table of everything above (experiments/gpu_check_report.py)
+# Steps, in order of importance, within a budget of $GPU_CHECK_BUDGET seconds (default 480); each
+# bounded by `timeout`, each outcome in OUTDIR/status.txt, a failure or a skip never stops the rest:
+#   environment (nvidia-smi, versions, commit -> env.json); ResNet-20 step vs a minimal Flax step
+#   with --breakdown (K=1/50); ResNet-50 bf16 b256 vs minimal Flax; with CIFAR-10 the paper's full
+#   ResNet-20 schedule (64k steps, held-out eval every epoch) and its test error; ResNet-20 packed
+#   R=1/2/4/8; 5 seeds of ResNet-20 packed for a tenth of the schedule; ResNet-56 and ResNet-110
+#   (K=1/50, 5 packed); the loop's cost beyond its steps (bench_loop.py); summary.md
+#   (experiments/gpu_check_report.py).
 set -uo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ge 1 && "$1" != -* ]] || usage
 OUT=$(mkdir -p "$1" && cd "$1" && pwd); shift
 WHEELS=""; CIFAR=""; PIECES=(); SMOKE=0
@@ -45,9 +44,16 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_M
 STATUS="$OUT/status.txt"; : > "$STATUS"
 note() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$STATUS"; }
 
-# run NAME SECONDS CMD...: stdout+stderr to OUT/NAME.log, the last line (--json) to OUT/NAME.json
+# The whole check fits BUDGET seconds (default 480); steps run in order of importance, each
+# within what is left of it (a step that cannot get its minimum is skipped, and said so).
+BUDGET=${GPU_CHECK_BUDGET:-480}
+
+# run NAME MAX_SECONDS CMD...: stdout+stderr to OUT/NAME.log, the last line (--json) to OUT/NAME.json
 run() {
   local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if (( left < 30 )); then note "$name: skipped (the ${BUDGET} s budget is spent)"; return 0; fi
+  (( limit > left )) && limit=$left
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
@@ -80,25 +86,21 @@ print(json.dumps({"device": f"{jax.device_count()} x {d.device_kind}", "platform
 EOF
 note "environment: $(cat "$OUT/env.json")"
 
-# 2. step throughput
+# 2. what to run: the real networks, or (--smoke) the tiny ones for a few steps
 if [[ $SMOKE == 1 ]]; then
   R20=cifar10_resnet20:smoke; R56=cifar10_resnet56:smoke; R110=cifar10_resnet110:smoke
   R50=(--config imagenet_resnet50:smoke --set data.image_size=64); STEPS=(--steps 4 --windows 2 --warmup 1); K=2
-  PACKS=(1 2); R110_PACK=2; SEEDS=(0 1)
+  R50_STEPS=("${STEPS[@]}"); PACKS=(1 2); R110_PACK=2; SEEDS=(0 1)
+  LOOP=(--steps 60); TRAIN=("$R20" --config.num_steps=40); PACKED=("$R20" --config.num_steps=20)
 else
   R20=cifar10_resnet20; R56=cifar10_resnet56; R110=cifar10_resnet110
-  R50=(--model resnet50 --batch 256 --dtype bfloat16); STEPS=(--steps 100 --windows 3); K=50
-  PACKS=(1 2 4 8); R110_PACK=5; SEEDS=(0 1 2 3 4)
+  R50=(--model resnet50 --batch 256 --dtype bfloat16); STEPS=(--steps 50 --windows 3); K=50
+  R50_STEPS=(--steps 20 --windows 3); PACKS=(1 2 4 8); R110_PACK=5; SEEDS=(0 1 2 3 4)
+  LOOP=(--config cifar10_resnet20 --steps 2000 --train-split "train[:45000]" --eval-split "train[45000:]")
+  TRAIN=(cifar10_resnet20); PACKED=(cifar10_resnet20 --config.num_steps=6400)
 fi
-run bench_r20 240 "${RJ[@]}" bench --config "$R20" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --compare-minimal \
-  --breakdown --json
-run bench_r20_packed 180 "${RJ[@]}" bench --config "$R20" "${STEPS[@]}" --pack "${PACKS[@]}" --json
-run bench_r56 120 "${RJ[@]}" bench --config "$R56" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --json
-run bench_r110 150 "${RJ[@]}" bench --config "$R110" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --pack "$R110_PACK" --json
-if [[ $SMOKE == 1 ]]; then R50_STEPS=("${STEPS[@]}"); else R50_STEPS=(--steps 20 --windows 3); fi
-run bench_r50 180 "${RJ[@]}" bench "${R50[@]}" "${R50_STEPS[@]}" --compare-minimal --json
 
-# 3. CIFAR-10: the loop's overhead and the full ResNet-20 schedule
+# 3. CIFAR-10, when given (pieces are rebuilt first)
 if [[ ${#PIECES[@]} -gt 0 ]]; then
   TOOL=${UNPACK_TOOL:-}
   [[ -z "$TOOL" && -f "${PIECES[0]}/unpack_cifar.py" ]] && TOOL="${PIECES[0]}/unpack_cifar.py"
@@ -108,30 +110,38 @@ if [[ ${#PIECES[@]} -gt 0 ]]; then
   for p in "${PIECES[@]}"; do cp -n "$p"/batches.meta.txt "$CIFAR/" 2> /dev/null; done
   note "rebuilt CIFAR-10: $(tr '\n' ' ' < "$OUT/unpack.log")"
 fi
+TFDS=/tmp/gpu_check_tfds
 if [[ -n "$CIFAR" ]]; then
-  TFDS=/tmp/gpu_check_tfds
   rm -rf "$TFDS"
   run prepare 120 "${RJ[@]}" prepare cifar10 --source "$CIFAR" --data-dir "$TFDS"
-  if [[ $SMOKE == 1 ]]; then LOOP=(--steps 60); TRAIN=("$R20" --config.num_steps=40); else
-    LOOP=(--config cifar10_resnet20 --steps 3000 --train-split "train[:45000]" --eval-split "train[45000:]")
-    TRAIN=(cifar10_resnet20); fi
-  run bench_loop 150 "$PY" experiments/bench_loop.py "${LOOP[@]}" --cifar10-source "$CIFAR" --json
+else
+  note "no CIFAR-10 given (--cifar / --cifar-pieces): the training runs are skipped"
+fi
+
+# 4. in order of importance: the step against a minimal Flax step and its breakdown, ResNet-50,
+#    the full ResNet-20 schedule, packed runs, the deeper CIFAR nets, the loop's overhead
+run bench_r20 150 "${RJ[@]}" bench --config "$R20" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --compare-minimal \
+  --breakdown --json
+run bench_r50 120 "${RJ[@]}" bench "${R50[@]}" "${R50_STEPS[@]}" --compare-minimal --json
+if [[ -n "$CIFAR" ]]; then
   rm -rf /tmp/gpu_check_r20
-  run train_r20 330 "${RJ[@]}" train --config "${TRAIN[@]}" --workdir /tmp/gpu_check_r20 \
-    --config.data.data_dir="$TFDS"
-  if [[ $SMOKE == 1 ]]; then PACKED=("$R20" --config.num_steps=20); else PACKED=(cifar10_resnet20 --config.num_steps=6400); fi
-  rm -rf /tmp/gpu_check_r20x5
-  run train_r20_x5 150 "${RJ[@]}" train --config "${PACKED[@]}" --seeds "${SEEDS[@]}" --pack on \
-    --workdir /tmp/gpu_check_r20x5 --config.data.data_dir="$TFDS"
-  cp /tmp/gpu_check_r20x5/seed0/sessions.jsonl "$OUT/r20x5_sessions.jsonl" 2> /dev/null
+  run train_r20 300 "${RJ[@]}" train --config "${TRAIN[@]}" --workdir /tmp/gpu_check_r20 --config.data.data_dir="$TFDS"
   cp /tmp/gpu_check_r20/metrics.jsonl "$OUT/r20_metrics.jsonl" 2> /dev/null
   cp /tmp/gpu_check_r20/sessions.jsonl "$OUT/r20_sessions.jsonl" 2> /dev/null
   run eval_r20_test 60 "${RJ[@]}" eval --workdir /tmp/gpu_check_r20 --split test --json
-else
-  note "no CIFAR-10 given (--cifar / --cifar-pieces): loop overhead and the full schedule skipped"
 fi
+run bench_r20_packed 120 "${RJ[@]}" bench --config "$R20" "${STEPS[@]}" --pack "${PACKS[@]}" --json
+if [[ -n "$CIFAR" ]]; then
+  rm -rf /tmp/gpu_check_r20x5
+  run train_r20_x5 120 "${RJ[@]}" train --config "${PACKED[@]}" --seeds "${SEEDS[@]}" --pack on \
+    --workdir /tmp/gpu_check_r20x5 --config.data.data_dir="$TFDS"
+  cp /tmp/gpu_check_r20x5/seed0/sessions.jsonl "$OUT/r20x5_sessions.jsonl" 2> /dev/null
+fi
+run bench_r56 90 "${RJ[@]}" bench --config "$R56" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --json
+run bench_r110 120 "${RJ[@]}" bench --config "$R110" --steps-per-dispatch 1 "$K" "${STEPS[@]}" --pack "$R110_PACK" --json
+[[ -n "$CIFAR" ]] && run bench_loop 120 "$PY" experiments/bench_loop.py "${LOOP[@]}" --cifar10-source "$CIFAR" --json
 
-# 4. summary
+# 5. summary
 "$PY" experiments/gpu_check_report.py "$OUT" > "$OUT/summary.md" 2> "$OUT/summary.err" \
   || note "summary failed (see summary.err)"
 cat "$OUT/summary.md"

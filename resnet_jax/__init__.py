@@ -14,6 +14,10 @@ from resnet_jax.models import (BasicBlock, BatchNorm, BottleneckBlock, Conv1x1Sh
                                ResidualUnit, ScaledShortcut, ZeroPadShortcut)
 
 __version__ = "0.1.0"
+# What the package imports eagerly; the modules of `_LAZY_MODULES` load on first use.
+__all__ = ["BasicBlock", "BatchNorm", "BottleneckBlock", "Conv1x1Shortcut", "DropoutShortcut", "GatedShortcut",
+           "NoShortcut", "PlainNet", "ProjectionShortcut", "ResNeXtBlock", "ResNet", "ResidualUnit", "ScaledShortcut",
+           "ZeroPadShortcut", "models"]
 _LAZY_MODULES = {name: name for name in ("configs", "data", "train", "study", "paper", "interop", "reproduce",
                                           "runtime")}
 _LAZY_MODULES["allocator"] = "runtime.allocator"  # `rj.allocator`, from before the runtime package

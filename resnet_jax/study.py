@@ -124,6 +124,9 @@ class Study:
     deadline = None if time_limit is None else time.monotonic() + metrics.parse_duration(time_limit)
     todo = [run for run in self.runs if not self._prepare(run, log)]
     groups = self.pack_groups(todo, pack) if train_fn is None else [[run] for run in todo]
+    if any(len(g) > 1 for g in groups):
+      log(f"{len(todo)} runs to train in {len(groups)} programs: " + "; ".join(
+          ", ".join(f"{r.variant} seed {r.seed}" for r in g) + (" (packed)" if len(g) > 1 else "") for g in groups))
     train_fn = loop.train if train_fn is None else train_fn
     for group in groups:
       left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -267,7 +270,9 @@ class Study:
             by_step.setdefault(step, []).append(rec[key])
         if by_step:
           steps = sorted(by_step)
-          ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=variant,
+          done = sum(r.finished for r in runs)
+          label = variant if done == len(runs) else f"{variant} ({done} of {len(runs)} finished)"
+          ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=label,
                   marker="." if len(steps) < 30 else None)
     ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss")
     ax_err.set(xlabel="iteration", ylabel=f"{self.error_label} (%)", title=self.error_label)

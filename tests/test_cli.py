@@ -93,7 +93,7 @@ def test_seeds_train_one_run_each_packed_and_a_time_limit_stops_them(data_dir, t
   assert cli.main(flags + ["--time-limit", "0s"]) == 0
   out = capsys.readouterr().out
   assert "2 runs (seeds 0 1) in" in out and "packed in one program" in out
-  assert "[seed0] stopped at step 2 (time limit)" in out and "0 of 2 runs finished; run the same command" in out
+  assert "[seed0] stopped at step 1 (time limit)" in out and "0 of 2 runs finished; run the same command" in out
   assert cli.main(flags) == 0
   out = capsys.readouterr().out
   assert "[seed0] finished at step 12" in out and "[seed1] finished at step 12" in out and "runs finished" not in out

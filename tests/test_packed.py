@@ -42,7 +42,7 @@ def _trees(state):
   return (state.params, state.batch_stats, state.opt_state)
 
 
-def packed_vs_alone(cfgs, start_step: int = 0):
+def packed_vs_alone(cfgs, start_step: int = 0, run_mapping: str = "vmap"):
   """One step of each run alone and of all runs packed, from the same states and batches:
   (relative L2 per run, whether each run's batch equals its own iterator's, losses)."""
   first = build.experiment(cfgs[0])
@@ -64,7 +64,7 @@ def packed_vs_alone(cfgs, start_step: int = 0):
     fn = step_lib.make_train_step(exp.model, exp.tx, exp.config, mesh, pipe.preprocess, pipe.num_classes)
     alone.append(fn(copy(states[r]), zeros(), jax.tree.map(lambda x: x[r], packed_batches)))
   packed_fn = step_lib.make_train_step(first.model, [e.tx for e in exps], first.config, mesh, pipe.preprocess,
-                                       pipe.num_classes, runs=len(exps))
+                                       pipe.num_classes, runs=len(exps), run_mapping=run_mapping)
   stack = lambda ts: jax.tree.map(lambda *x: jnp.stack(x), *ts)
   packed_state, packed_sums = packed_fn(stack([copy(s) for s in states]), stack([zeros() for _ in exps]),
                                         packed_batches)
@@ -74,17 +74,19 @@ def packed_vs_alone(cfgs, start_step: int = 0):
   return diffs, same_data, losses
 
 
-@pytest.mark.parametrize("overrides, start_step, tolerance", [
-    ({}, 0, 1e-6),                                           # ghost BN, on-device crop/flip, option A
-    ({"model.shortcut": "B"}, 0, 1e-6),                      # projection shortcuts
-    ({}, 9, 1e-6),                                           # step 9 -> 10 crosses the first lr boundary
-    ({"bn.mode": "global"}, 0, 1e-6),
-    ({"dtype": "bfloat16"}, 0, 2e-2),                        # bf16 compute: its own rounding
+@pytest.mark.parametrize("overrides, start_step, tolerance, run_mapping", [
+    ({}, 0, 1e-6, "vmap"),                                   # ghost BN, on-device crop/flip, option A
+    ({"model.shortcut": "B"}, 0, 1e-6, "vmap"),              # projection shortcuts
+    ({}, 9, 1e-6, "vmap"),                                   # step 9 -> 10 crosses the first lr boundary
+    ({"bn.mode": "global"}, 0, 1e-6, "vmap"),
+    ({"dtype": "bfloat16"}, 0, 2e-2, "vmap"),                # bf16 compute: its own rounding
+    ({}, 9, 1e-6, "map"),                                    # one run after another (the CPU's default)
+    ({"model.shortcut": "B", "dtype": "bfloat16"}, 0, 2e-2, "map"),
 ])
-def test_each_packed_step_equals_the_runs_own_step(data_dir, overrides, start_step, tolerance):
+def test_each_packed_step_equals_the_runs_own_step(data_dir, overrides, start_step, tolerance, run_mapping):
   cfgs = [support.smoke_config(data_dir, seed=seed, **overrides) for seed in (0, 1, 2)]
   cfgs[2].optimizer.learning_rate = 0.05  # a value variant: its own optimiser in the packed program
-  diffs, same_data, losses = packed_vs_alone(cfgs, start_step)
+  diffs, same_data, losses = packed_vs_alone(cfgs, start_step, run_mapping)
   assert all(same_data), same_data
   assert max(diffs) <= tolerance, diffs
   for packed, alone in losses:
@@ -100,7 +102,7 @@ assert jax.device_count() == 8
 out = {}
 for mode in ("ghost", "per_device"):
   cfgs = [support.smoke_config(sys.argv[1], seed=s, **{"bn.mode": mode}) for s in (0, 1)]
-  diffs, same, _ = test_packed.packed_vs_alone(cfgs)
+  diffs, same, _ = test_packed.packed_vs_alone(cfgs, run_mapping="vmap")
   out[mode] = {"diffs": diffs, "same_data": same}
 print(json.dumps(out))
 '''

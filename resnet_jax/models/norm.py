@@ -43,9 +43,10 @@ class BatchNorm(nn.Module):
   (fb.resnet.torch) and Caffe do; False keeps the biased one (``flax.linen.BatchNorm``).
   Normalisation itself always uses the biased batch variance, as all of them do.
 
-  ``fast_variance``: the batch moments in one pass, E[x²] - E[x]² of x minus the running
-  mean (a shift that removes the cancellation of the textbook one-pass formula), as
-  ``flax.linen.BatchNorm``'s ``use_fast_variance``; False: the mean, then E[(x - mean)²].
+  ``fast_variance``: the batch moments in one pass, E[x²] - E[x]² of x shifted by one of
+  its own values per channel (which removes the cancellation of the textbook one-pass
+  formula), as ``flax.linen.BatchNorm``'s ``use_fast_variance``; False: the mean, then
+  E[(x - mean)²].
   One pass reads each activation once for both moments (and needs one collective for
   both under ``axis_name``): the train step's statistics cost half the memory traffic.
   """
@@ -75,9 +76,12 @@ class BatchNorm(nn.Module):
       y = (xf - mean) * (scale.astype(stat_dtype) * jax.lax.rsqrt(var + self.epsilon))
       return (y + bias.astype(stat_dtype)).astype(self.dtype)
 
-    # Moments of x - running mean: with a shift near the batch mean, E[x²] - E[x]² in one pass
-    # loses no precision to cancellation; the shift is a constant, so gradients are unchanged.
-    shift = jax.lax.stop_gradient(running_mean.value) if self.fast_variance else jnp.zeros((), stat_dtype)
+    # Moments of x minus one of its own values per channel (the batch's first position): a
+    # shift inside the batch's range keeps E[x²] - E[x]² (one pass) from cancellation, and as a
+    # constant it leaves the gradients unchanged. It is taken from x, not from the running mean,
+    # so a rematerialised unit recomputes the same arithmetic.
+    shift = (jax.lax.stop_gradient(xf.reshape(-1, features)[0]) if self.fast_variance
+             else jnp.zeros((), stat_dtype))
     xs = xf - shift
     if self.group_size is not None:
       batch = x.shape[0]

@@ -30,6 +30,7 @@ from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import load as load_lib
 from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import packing
 from resnet_jax.train.step import Batch, Metrics, Preprocess, new_metrics
 
 TEN_CROP_PREFIX = "ten_crop_"
@@ -68,7 +69,8 @@ def _ten_crop_sums(model: nn.Module, variables, images: jax.Array, labels: jax.A
 
 
 def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_classes: Optional[int] = None,
-                   ten_crop_size: Optional[int] = None, runs: Optional[int] = None) -> EvalStep:
+                   ten_crop_size: Optional[int] = None, runs: Optional[int] = None,
+                   run_mapping: Optional[str] = None) -> EvalStep:
   """Returns jitted `(params, batch_stats, sums, batch) -> sums`, mask-weighted (padded batches).
 
   With `ten_crop_size`, the batch holds larger center squares and the step adds the
@@ -91,7 +93,8 @@ def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_cla
       new = _ten_crop_sums(model, variables, images, labels, mask, ten_crop_size)
     return {**{k: sums[k] + v for k, v in new.items()}, "count": sums["count"] + jnp.sum(mask)}
   if runs is not None:
-    eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None))
+    mapping = run_mapping or packing.default_mapping(mesh.devices.flat[0].platform)
+    eval_step = packing.over_runs(eval_step, mapping, (0, 0, 0, None))
   return jax.jit(eval_step, donate_argnums=(2,), out_shardings=mesh_lib.replicated(mesh))
 
 

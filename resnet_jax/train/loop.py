@@ -8,8 +8,8 @@ the devices go on training meanwhile) or to save a checkpoint (`checkpoint_every
 alone decides; an evaluation never forces a save), and whether SIGTERM/SIGINT or the time
 limit asks to stop.
 
-`train_packed(configs, workdirs)` runs the same schedule for R runs at once (`Group`):
-one program trains them all, their states stacked on a leading run axis (`packing.py`
+`train_packed(configs, workdirs)` runs the same schedule for R runs at once (a `Group`,
+`group.py`): one program trains them all, their states stacked on a leading run axis (`packing.py`
 says which runs can share a program), and each run keeps its own workdir, checkpoints,
 metrics and sessions log, exactly as if it had trained alone; a run whose loss turns
 NaN/Inf stops (its workdir gets the usual report) and the others go on. What a workdir
@@ -19,7 +19,6 @@ holds across processes is `TrainingSession`'s (`session.py`); evaluation is
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import pathlib
 import time
@@ -33,7 +32,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from resnet_jax import models
-from resnet_jax.data.train_iterator import PackedTrainIterator
 from resnet_jax.runtime import cpu_notice
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
@@ -43,7 +41,8 @@ from resnet_jax.train import report
 from resnet_jax.train import step as step_lib
 from resnet_jax.train import workdir as workdir_lib
 from resnet_jax.train.preemption import Preemption
-from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession
+from resnet_jax.train.group import Group, RateWindow, Run, check_runs, fetch, stack
+from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession  # noqa: F401  (re-exported)
 
 Metrics = Dict[str, Any]
 
@@ -58,139 +57,12 @@ def next_due(step: int, periods, total_steps: int) -> int:
   return min([total_steps] + [(step // every + 1) * every for every in periods])
 
 
-def _fetch(tree: Any) -> Any:
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-@dataclasses.dataclass
-class RateWindow:
-  """Images per second and the ETA since the last log line."""
-  batch_size: int
-  total_steps: int
-  start_time: float
-  start_step: int
-
-  def measure(self, step: int) -> tuple[float, float]:
-    """(img/s, seconds left) over the window ending at `step`; then a new window starts."""
-    now = time.perf_counter()
-    elapsed = max(now - self.start_time, 1e-9)
-    steps_per_sec = (step - self.start_step) / elapsed
-    self.start_time, self.start_step = now, step
-    return steps_per_sec * self.batch_size, (self.total_steps - step) / max(steps_per_sec, 1e-9)
-
-
-@dataclasses.dataclass
-class Run:
-  """One run of a group: its built experiment, its workdir's session and its data iterator."""
-  exp: build.Experiment
-  session: TrainingSession
-  train_iter: Any
-  rate: Optional[RateWindow] = None
-  last_train: Metrics = dataclasses.field(default_factory=dict)
-  last_eval: Metrics = dataclasses.field(default_factory=dict)
-  error: Optional[BaseException] = None  # why it stopped early (NaN/Inf), if it did
-
-  def result(self, progress: Progress) -> Dict[str, Any]:
-    out = {"step": progress.step, "train": self.last_train, "eval": self.last_eval,
-           "preempted": self.session.stopped == "preempted", "stopped": self.session.stopped,
-           "state": progress.state, "workdir": str(self.session.workdir)}
-    if self.error is not None:
-      out["error"] = self.error
-    return out
-
-
-class Group:
-  """The runs one program trains, all at the same step.
-
-  Unpacked (one run trained alone) the state is the run's `TrainState`; packed, every leaf
-  has a leading axis of R, one run per index (`step_lib.make_train_step(runs=R)`).
-  """
-
-  def __init__(self, runs: List[Run], progresses: List[Progress], packed: bool):
-    self.packed = packed
-    self.runs = runs
-    if packed:
-      self.progress = Progress(_stack([p.state for p in progresses]), _stack([p.sums for p in progresses]),
-                               progresses[0].step)
-    else:
-      self.progress = progresses[0]
-    self._compile()
-
-  def _compile(self) -> None:
-    """The train steps (1 and K per dispatch), eval step and batch source of the current runs."""
-    exp = self.runs[0].exp
-    pipe, config = exp.pipeline, exp.config
-    runs = len(self.runs) if self.packed else None
-    tx = [r.exp.tx for r in self.runs] if self.packed else exp.tx
-    self.k = int(config.steps_per_dispatch)
-    build_step = lambda k: step_lib.make_train_step(exp.model, tx, config, exp.mesh, pipe.preprocess,
-                                                    pipe.num_classes, steps_per_call=k, runs=runs)
-    self.single = build_step(1)
-    self.multi = build_step(self.k) if self.k > 1 else None
-    self.eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, pipe, runs=runs)
-    self.batches = (PackedTrainIterator([r.train_iter for r in self.runs], exp.mesh, mesh_lib.DATA_AXIS)
-                    if self.packed else self.runs[0].train_iter)
-
-  def advance(self, until: int) -> None:
-    """One dispatch: K steps if `until` is at least K steps away, else one."""
-    p = self.progress
-    if self.multi is not None and until - p.step >= self.k:
-      p.state, p.sums = self.multi(p.state, p.sums, self.batches.take(self.k))
-      p.step += self.k
-    else:
-      p.state, p.sums = self.single(p.state, p.sums, next(self.batches))
-      p.step += 1
-    p.dispatches += 1
-
-  def of_run(self, index: int) -> Progress:
-    """Run `index`'s own progress (its slice of the stacked state when packed)."""
-    p = self.progress
-    if not self.packed:
-      return p
-    take = lambda tree: jax.tree.map(lambda x: x[index], tree)
-    return Progress(take(p.state), take(p.sums), p.step, p.dispatches)
-
-  def drop(self, indices: Sequence[int]) -> None:
-    """Removes the runs at `indices` (stopped early) and recompiles for the others."""
-    keep = [i for i in range(len(self.runs)) if i not in set(indices)]
-    self.runs = [self.runs[i] for i in keep]
-    if self.packed and self.runs:
-      chosen = jnp.asarray(keep)
-      p = self.progress
-      p.state, p.sums = jax.tree.map(lambda x: x[chosen], (p.state, p.sums))
-      self._compile()
-
-
-def check_runs(group: Group, host_sums: Optional[Metrics] = None) -> None:
-  """Stops the runs whose loss or gradient became NaN/Inf: each gets the usual one-line report
-  (its session ends with it) and leaves the group; the others go on."""
-  sums = _fetch(group.progress.sums["first_nonfinite_step"]) if host_sums is None else host_sums[
-      "first_nonfinite_step"]
-  bad = np.atleast_1d(np.asarray(sums))
-  failed = [i for i, first in enumerate(bad) if int(first) >= 0]
-  for i in failed:
-    run = group.runs[i]
-    try:
-      run.session.check_finite({"first_nonfinite_step": bad[i]})
-    except NonFiniteLossError as e:
-      run.error = e
-      if group.packed:  # alone, the error itself ends the command with this line
-        run.session.writer.print(f"stopped: {e}")
-      run.session.end(e)
-  if failed:
-    group.drop(failed)
-
-
 def log_train(group: Group) -> None:
   """Fetches the window's metric sums, writes and prints each run's train record; new sums start."""
-  host = _fetch(group.progress.sums)
+  host = fetch(group.progress.sums)
   if np.any(np.asarray(host["first_nonfinite_step"]) >= 0):
     check_runs(group, host)
-    host = _fetch(group.progress.sums)
+    host = fetch(group.progress.sums)
   step = group.progress.step
   for i, run in enumerate(group.runs):
     own = jax.tree.map(lambda x: x[i], host) if group.packed else host
@@ -203,7 +75,7 @@ def log_train(group: Group) -> None:
     run.session.writer.print(report.train_line(step, exp.total_steps, run.last_train, eta))
   zeros = lambda: step_lib.zero_train_metrics()
   if group.packed:
-    zeros = lambda runs=len(group.runs): _stack([step_lib.zero_train_metrics()] * runs)
+    zeros = lambda runs=len(group.runs): stack([step_lib.zero_train_metrics()] * runs)
   group.progress.sums = step_lib.new_metrics(zeros, group.runs[0].exp.mesh)
 
 
@@ -234,7 +106,7 @@ class Evaluations:
       return
     step, runs, sums = self.pending
     self.pending = None
-    host = _fetch(sums)
+    host = fetch(sums)
     for i, run in enumerate(runs):
       if run.error is not None:  # stopped (NaN) since the evaluation started
         continue
@@ -279,14 +151,14 @@ def _report_finished(run: Run, progress: Progress) -> Dict[str, Any]:
   return run.result(progress)
 
 
-def _time_is_up(deadline: Optional[float]) -> bool:
-  """Whether the time limit has passed; with several processes, process 0's clock decides."""
+def _time_is_up(deadline: Optional[float], log_step: bool) -> bool:
+  """Whether the time limit has passed. With several processes, process 0's clock decides,
+  at log steps only (the processes must stop at the same step; asking costs a collective)."""
   if deadline is None:
     return False
-  up = time.monotonic() >= deadline
-  if mesh_lib.is_multiprocess():
-    up = bool(multihost_utils.broadcast_one_to_all(np.asarray(up)))
-  return up
+  if not mesh_lib.is_multiprocess():
+    return time.monotonic() >= deadline
+  return log_step and bool(multihost_utils.broadcast_one_to_all(np.asarray(time.monotonic() >= deadline)))
 
 
 def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float],
@@ -320,8 +192,7 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
       save(group, evals, ranked=config.keep_best_checkpoints > 0 or step == total)
     if step < total and group.runs:
       cause = (preemption.signal_name if preemption.reached(group.progress.dispatches) else
-               report.TIME_LIMIT if itstime(step, config.log_every_steps, total) and _time_is_up(deadline)
-               else None)
+               report.TIME_LIMIT if _time_is_up(deadline, itstime(step, config.log_every_steps, total)) else None)
       if cause is not None:
         evals.finish()
         check_runs(group)

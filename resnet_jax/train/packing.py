@@ -18,8 +18,9 @@ equal. `groups` sorts any list of configs into groups that can be packed.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import jax
 import ml_collections
 
 from resnet_jax.train import config as config_lib
@@ -74,3 +75,33 @@ def groups(configs: Sequence[ml_collections.ConfigDict]) -> List[List[int]]:
   for i, config in enumerate(configs):
     out.setdefault(program_key(config), []).append(i)
   return list(out.values())
+
+
+MAPPINGS = ("vmap", "map")
+
+
+def over_runs(fn: Callable, mapping: str, in_axes: Sequence[Optional[int]]) -> Callable:
+  """`fn` of one run, applied to every run of a leading run axis.
+
+  "vmap" batches the runs into the same kernels (what packing is for on an accelerator);
+  "map" runs them one after another inside the program (`lax.map`): on a CPU, which is
+  compute-bound, batching buys nothing and XLA:CPU's grouped convolutions (what `vmap` makes
+  of R runs' convolutions) are slower than R plain ones.
+  `in_axes`: 0 for a per-run argument, None for one shared by every run.
+  """
+  if mapping == "vmap":
+    return jax.vmap(fn, in_axes=tuple(in_axes))
+
+  def mapped(*args):
+    per_run = [a for a, axis in zip(args, in_axes) if axis == 0]
+
+    def one(xs):
+      it = iter(xs)
+      return fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
+    return jax.lax.map(one, tuple(per_run))
+  return mapped
+
+
+def default_mapping(platform: str) -> str:
+  """"map" on a CPU, "vmap" on an accelerator (see `over_runs`)."""
+  return "map" if platform == "cpu" else "vmap"

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from resnet_jax.runtime import cpu_conv
 from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import packing
 from resnet_jax.train.state import TrainState
 
 Batch = Dict[str, jax.Array]
@@ -87,15 +88,16 @@ def _optimizer_update(txs: Sequence[optax.GradientTransformation]) -> Callable:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation | Sequence[optax.GradientTransformation],
                     config: ml_collections.ConfigDict, mesh: Mesh, preprocess: Preprocess,
                     num_classes: int, steps_per_call: int = 1, extras: StepExtras = StepExtras(),
-                    runs: Optional[int] = None):
+                    runs: Optional[int] = None, run_mapping: Optional[str] = None):
   """Returns jitted `(state, metrics, batch) -> (state, metrics)`; both are donated.
 
   With `steps_per_call` K > 1 every leaf of `batch` has a leading axis of K.
 
   Packed runs (`runs` R, `train/packing.py`): every leaf of the state, the metrics and the
   batch has a leading axis of R (after the K axis of a batch), one run per index, all
-  trained by one program (`jax.vmap`: the same kernels, R times the examples). `tx` may then
-  be one optimiser per run (the same structure, other values).
+  trained by one program (`packing.over_runs`: on an accelerator `jax.vmap`, the same
+  kernels doing R times the work; on a CPU one run after another, `run_mapping` says
+  otherwise). `tx` may then be one optimiser per run (the same structure, other values).
   """
   mode = config.bn.mode
   platform = mesh.devices.flat[0].platform
@@ -169,7 +171,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation | Sequenc
     dispatch_step = lambda state, metrics, batch: one_step(state, metrics, batch, 0)
   else:
     run_index = jnp.arange(runs)
-    dispatch_step = lambda state, metrics, batch: jax.vmap(one_step)(state, metrics, batch, run_index)
+    per_run = packing.over_runs(one_step, run_mapping or packing.default_mapping(platform), (0, 0, 0, 0))
+    dispatch_step = lambda state, metrics, batch: per_run(state, metrics, batch, run_index)
   if steps_per_call == 1:
     step_fn = dispatch_step
   else:
