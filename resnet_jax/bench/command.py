@@ -33,6 +33,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=2, help="untimed dispatches per candidate after compiling")
   p.add_argument("--compare-minimal", action="store_true", help="also time a minimal Flax step of the "
                  "same network (plain jax.jit, Optax SGD) in the same windows")
+  p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch eager step of "
+                 "the same network (channels_last, all cores, BatchNorm over the whole batch: compare "
+                 "with --bn global) in the same windows; needs torch (the [reference] extra)")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any config field")
   p.add_argument("--no-compilation-cache", action="store_true", help="compile from scratch (the "
                  "persistent cache is on by default; see resnet_jax.compilation_cache)")
@@ -112,6 +115,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   candidates = [bench.step_candidate(k) for k in ks]
   if args.compare_minimal:
     candidates.append(bench.minimal_candidate())
+  torch_note = None
+  if args.compare_torch:
+    from resnet_jax.bench import torch_reference  # pylint: disable=g-import-not-at-top
+    torch_note = torch_reference.available()
+    if torch_note is None:
+      candidates.append(runner.torch_candidate(bench))
   placements: List[str] = []
   if args.data == "real":
     placements = ["host", "device"] if args.placement == "both" else [args.placement]
@@ -129,6 +138,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     ratios[f"step K={k} / step K={ks[0]}"] = runner.ratio(candidates, f"{runner.STEP_NAME} K={k}", first)
   if args.compare_minimal:
     ratios[f"step K={ks[0]} / minimal flax"] = runner.ratio(candidates, first, "minimal flax")
+  if args.compare_torch and torch_note is None:
+    ratios[f"step K={ks[0]} / {runner.TORCH_NAME}"] = runner.ratio(candidates, first, runner.TORCH_NAME)
   for k in ks:
     for p in placements:
       ratios[f"loop/{p} K={k} / step K={k}"] = runner.ratio(candidates, f"loop/{p} K={k}",
@@ -139,6 +150,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
       "config": spec, "model": config.model.name, "dataset": config.data.name, "data": args.data,
       "params": models.count_params({"params": bench.state0.params}), "macs_per_image": macs,
       "minimal_params": getattr(bench, "minimal_params", None),
+      "torch_params": getattr(bench, "torch_params", None), "torch_note": torch_note,
       "image_shape": list(bench.image_shape), "global_batch": batch, "dtype": config.dtype,
       "bn_mode": config.bn.mode, "devices": jax.device_count(), "platform": device.platform,
       "device_kind": device.device_kind, "jax": jax.__version__, "steps_per_window": args.steps,
@@ -172,6 +184,11 @@ def report(r: Dict[str, Any]) -> str:
     if name.startswith("loop/"):
       extra = f"  (loop overhead over the bare step: {100 * (1 / x['median'] - 1):+.1f} %)"
     lines.append(f"  speed {name}: {x['median']:.3f} (rounds: {rounds}){extra}")
+  if r.get("torch_note"):
+    lines.append(f"  --compare-torch: not timed: {r['torch_note']}")
+  elif r.get("torch_params") is not None and r["bn_mode"] != "global":
+    lines.append(f"  pytorch eager normalises over the whole batch; ours here: bn={r['bn_mode']} "
+                 "(--bn global for the same BatchNorm)")
   memory = "not reported by the backend" if mem is None else f"{mem / 2**30:.2f} GiB"
   lines.append(f"  peak device memory: {memory}")
   lines.append(f"  at {r['img_per_s']:,.0f} img/s: one {r['dataset']} epoch {r['epoch_s']:,.0f} s, the "

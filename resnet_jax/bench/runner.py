@@ -198,6 +198,26 @@ class Bench:
     return Candidate("minimal flax", window, 1, compile_s)
 
 
+TORCH_NAME = "pytorch eager"
+
+
+def torch_candidate(bench: "Bench") -> Candidate:
+  """The PyTorch step of the same network on the same batch (`torch_reference.py`)."""
+  from resnet_jax.bench import minimal, torch_reference  # pylint: disable=g-import-not-at-top
+  opt = bench.config.optimizer
+  if opt.get("weight_decay_mode", "coupled") != "coupled":
+    raise ValueError("--compare-torch: PyTorch's SGD weight decay is coupled L2; the config's is "
+                     f"{opt.weight_decay_mode}")
+  batch = jax.device_get(bench.batch)
+  window, module = torch_reference.candidate(
+      minimal.like(bench.model), batch["image"], batch["label"], float(opt.learning_rate),
+      float(opt.weight_decay), bool(opt.get("nesterov", False)), int(bench.config.seed))
+  bench.torch_params = torch_reference.count_params(module)
+  t0 = time.perf_counter()
+  window(1)  # PyTorch has no compile step; its first step (allocations, oneDNN primitives)
+  return Candidate(TORCH_NAME, window, 1, time.perf_counter() - t0)
+
+
 def measure(candidates: Sequence[Candidate], steps: int, windows: int, warmup: int) -> None:
   """Warm-up dispatches, then `windows` rounds of one window per candidate, interleaved."""
   for c in candidates:
