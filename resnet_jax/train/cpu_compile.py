@@ -1,19 +1,20 @@
 """XLA:CPU compiler options for the train step: elementwise ops and reductions in YNNPACK.
 
 XLA:CPU hands some operations to YNNPACK, chosen by `xla_cpu_experimental_ynn_fusion_type`.
-jaxlib 0.10's default is dots and convolutions. For a ResNet train step a different set is
-much faster (experiments/README.md, "CPU speed"; one core, interleaved):
+In jaxlib 0.10.2 the default sends dots, convolutions and reductions there. For a ResNet
+train step another set is much faster (experiments/README.md, "Against PyTorch on the same
+cores"; one core, interleaved):
 
-* YNNPACK's convolutions are slow as kernel gradients (ResNet-20's ran at 20-30 GFLOP/s
-  against 40-80 for XLA's Eigen convolutions; ResNet-50's 1x1 ones worse), so
+* YNNPACK's convolutions are slow as kernel gradients (ResNet-20's ran at 24-57 GFLOP/s
+  against 41-106 for XLA's Eigen convolutions; they took 15 s of a 32 s ResNet-50 step), so
   convolutions stay with Eigen;
 * elementwise ops and reductions (BatchNorm, ReLU, the residual adds and their
   gradients) become YNNPACK fusions. XLA's own loop fusion duplicates cheap producers into
   every consumer: the transposes around the kernel-gradient convolutions recomputed chains
-  of BatchNorm, ReLU and residual adds (three units deep) in transposed order, 20 % of a
+  of BatchNorm, ReLU and residual adds (three units deep) in transposed order, a fifth of a
   ResNet-20 step. A YNNPACK fusion is computed once.
 
-Together: ResNet-20 b128 1.45x, ResNet-50 b32 2.6x faster per step on this project's CPU.
+Together: ResNet-20 b128 1.44x, ResNet-50 b32 2.41x faster per step on this project's CPU.
 Results change only by float rounding (another association order of the same sums),
 as much as other compilation choices do (tests/test_cpu_conv.py).
 
