@@ -91,3 +91,38 @@ def test_bad_arguments_are_one_line_errors(argv, message, capsys):
   assert cli.main(["bench", *argv]) == 2
   err = capsys.readouterr().err
   assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+SMOKE = ["bench", "--config", "cifar10_resnet20:smoke", "--steps", "1", "--windows", "2", "--warmup", "1",
+         "--bn", "global", "--compare-torch", "--json"]
+
+
+def test_compare_torch_without_torch_says_so_in_one_line(monkeypatch, capsys):
+  from resnet_jax.bench import torch_reference
+  monkeypatch.setattr(torch_reference, "available", lambda: "torch is not installed (test)")
+  assert cli.main(SMOKE) == 0
+  out = capsys.readouterr().out
+  r = json.loads(out.strip().splitlines()[-1])
+  assert set(r["results"]) == {"step K=1"} and r["ratios"] == {}
+  assert [line for line in out.splitlines() if "--compare-torch" in line] == [
+      "  --compare-torch: not timed: torch is not installed (test)"]
+
+
+def test_compare_torch_times_the_same_network_in_the_same_windows(capsys):
+  pytest.importorskip("torch", reason="--compare-torch needs torch (pip install -e '.[reference]')")
+  assert cli.main(SMOKE) == 0
+  out = capsys.readouterr().out
+  r = json.loads(out.strip().splitlines()[-1])
+  assert set(r["results"]) == {"step K=1", "pytorch eager"}
+  assert len(r["ratios"]["step K=1 / pytorch eager"]["rounds"]) == 2
+  assert r["torch_params"] == r["params"] and r["torch_note"] is None
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet50", "resnext50_32x4d", "resnext29_8x64d"])
+def test_torch_reference_has_the_networks_size(name):
+  pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[reference]')")
+  from resnet_jax.bench import torch_reference
+  model = models.create(name)
+  size = 32 if model.stem == "cifar" else 224
+  ours = models.count_params(models.abstract_variables(model, (1, size, size, 3)))
+  assert torch_reference.count_params(torch_reference._network(minimal.like(model))) == ours

@@ -1,4 +1,4 @@
-"""Canonical convolution gradients (train/cpu_conv.py) and K steps per dispatch == K single steps."""
+"""Canonical convolution gradients (runtime/cpu_conv.py) and K steps per dispatch == K single steps."""
 import functools
 import re
 import warnings
@@ -13,7 +13,7 @@ from jax import lax
 from resnet_jax import train as rt
 from resnet_jax.configs import base
 from resnet_jax.data import augment
-from resnet_jax.runtime import cpu_conv
+from resnet_jax.runtime import cpu_compile, cpu_conv
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import optim
 from resnet_jax.train import state as state_lib
@@ -133,3 +133,102 @@ def test_scan_with_an_unrewritable_conv_warns_instead_of_running_slowly_in_silen
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     rt.make_train_step(model, tx, config, mesh, PREPROCESS, 10, steps_per_call=2)
+
+
+# Every kind of convolution in the model zoo, at small sizes: (image size, in, out, kernel,
+# stride, padding, groups).
+ZOO_CONVOLUTIONS = [
+    (8, 3, 4, 3, 1, ((1, 1), (1, 1)), 1),      # CIFAR stem
+    (8, 4, 4, 3, 1, ((1, 1), (1, 1)), 1),      # basic unit
+    (8, 4, 8, 3, 2, ((1, 1), (1, 1)), 1),      # first 3x3 of a downsampling unit
+    (8, 8, 4, 1, 1, ((0, 0), (0, 0)), 1),      # bottleneck 1x1
+    (8, 4, 8, 1, 2, ((0, 0), (0, 0)), 1),      # projection shortcut (option B)
+    (16, 3, 8, 7, 2, ((3, 3), (3, 3)), 1),     # ImageNet stem
+    (8, 8, 8, 3, 1, ((1, 1), (1, 1)), 4),      # ResNeXt grouped 3x3
+    (9, 8, 16, 3, 2, ((1, 1), (1, 1)), 4),     # ResNeXt grouped 3x3, strided, odd size
+]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the train step's XLA:CPU options")
+@pytest.mark.parametrize("size,cin,cout,kernel,stride,padding,groups", ZOO_CONVOLUTIONS)
+def test_gradients_in_a_scan_compiled_as_the_train_step_equal_jax_rules(size, cin, cout, kernel, stride,
+                                                                       padding, groups):
+  """The path the CPU train step runs: `cpu_conv` inside `lax.scan`, with the step's compiler options."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, cin // groups, cout)), jnp.float32)
+  kwargs = dict(window_strides=(stride, stride), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=groups)
+  y_ref, vjp_ref = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, **kwargs), x, w)
+  gs = jnp.asarray(rng.standard_normal((2,) + y_ref.shape), jnp.float32)
+
+  def grads(x, w, gs):
+    def body(_, g):
+      return None, jax.vjp(lambda a, b: cpu_conv.conv_general_dilated(a, b, **kwargs), x, w)[1](g)
+    return lax.scan(body, None, gs)[1]
+  options = cpu_compile.train_step_options("cpu")
+  assert options  # this jaxlib accepts them; otherwise the test would compare the defaults
+  dx, dw = jax.jit(grads, compiler_options=options)(x, w, gs)
+  for i in range(2):
+    ref_dx, ref_dw = vjp_ref(gs[i])
+    np.testing.assert_allclose(dx[i], ref_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw[i], ref_dw, rtol=1e-5, atol=1e-5)
+
+
+def test_train_step_options_are_for_cpu_and_leave_a_users_xla_flags_alone(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  options = cpu_compile.train_step_options("cpu")
+  assert set(options) == {cpu_compile.YNN_OPTION}
+  fusion_types = options[cpu_compile.YNN_OPTION].split(",")
+  assert "LIBRARY_FUSION_TYPE_ELTWISE" in fusion_types
+  assert "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION" not in fusion_types  # Eigen's are faster
+  assert cpu_compile.train_step_options("gpu") == {} and cpu_compile.train_step_options("tpu") == {}
+  monkeypatch.setenv("XLA_FLAGS", f"--{cpu_compile.YNN_OPTION}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+  assert cpu_compile.train_step_options("cpu") == {}
+
+
+def test_an_option_this_jaxlib_rejects_falls_back_to_the_defaults_with_a_warning():
+  with pytest.warns(UserWarning, match="compiles with XLA's defaults"):
+    assert not cpu_compile._accepted(cpu_compile.YNN_OPTION, "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
+
+
+def _ynn_fusion_bodies(hlo: str):
+  """The fused computations that YNNPACK runs, as HLO text."""
+  bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
+  called = re.findall(r"calls=%([\w.\-]+),.*\"kind\":\"__ynn_fusion\"", hlo)
+  return [bodies[name] for name in called]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's library fusions")
+def test_cpu_train_step_runs_elementwise_ops_in_ynnpack(steps):
+  ynn = _ynn_fusion_bodies(steps[3].as_text())
+  assert any(re.search(r" (multiply|subtract|add)\(", body) and " reduce(" not in body for body in ynn)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's library fusions")
+def test_train_step_options_keep_convolutions_out_of_ynnpack():
+  x, w = jnp.ones((2, 4, 4, 32)), jnp.ones((3, 3, 32, 32))  # YNNPACK takes convolutions of >= 32 features
+  conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                       dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  in_ynnpack = lambda options: any(" convolution(" in body for body in _ynn_fusion_bodies(
+      conv.lower(x, w).compile(compiler_options=options).as_text()))
+  assert in_ynnpack({cpu_compile.YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"})
+  assert not in_ynnpack(cpu_compile.train_step_options("cpu"))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's compiler options")
+def test_train_step_options_change_results_only_by_float_rounding(steps, monkeypatch):
+  mesh, state0, single, _ = steps
+  monkeypatch.setattr(cpu_compile, "train_step_options", lambda platform: {})
+  config, _, model, tx, _ = _setup()
+  plain = rt.make_train_step(model, tx, config, mesh, PREPROCESS, 10)
+  batch = jax.tree.map(lambda x: x[0], _batches(1))
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  sums = lambda: step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
+  plain = plain.lower(copy(state0), sums(), batch).compile()
+  assert not any(" subtract(" in body for body in _ynn_fusion_bodies(plain.as_text()))  # two programs
+  ours, _ = single(copy(state0), sums(), batch)
+  reference, _ = plain(copy(state0), sums(), batch)
+  for a, b, p in zip(jax.tree.leaves(jax.device_get(ours.params)), jax.tree.leaves(jax.device_get(reference.params)),
+                     jax.tree.leaves(jax.device_get(state0.params))):
+    np.testing.assert_allclose(a - p, b - p, rtol=1e-3, atol=1e-7)  # the update, to rounding

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from resnet_jax import configs, models
-from resnet_jax.bench import breakdown, runner
+from resnet_jax.bench import breakdown, runner, torch_reference
 from resnet_jax.runtime import compilation_cache
 from resnet_jax.train import config as config_lib
 
@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--breakdown", action="store_true", help="also time the step without each of the "
                  "engine's extras (ghost BN, unbiased running variance, on-device augmentation, NaN guard, "
                  "metric sums) and without all of them, and print what each costs")
+  p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch eager step of "
+                 "the same network (channels_last, all cores, BatchNorm over the whole batch: compare "
+                 "with --bn global) in the same windows; needs torch (the [reference] extra)")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any config field")
   p.add_argument("--no-compilation-cache", action="store_true", help="compile from scratch (the "
                  "persistent cache is on by default; see resnet_jax.runtime.compilation_cache)")
@@ -123,6 +126,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
   variants = breakdown.variants(config) if args.breakdown else {}
   for name, (variant_config, extras) in variants.items():
     candidates.append(runner.Bench(variant_config, args.data, extras).step_candidate(ks[0], name=name))
+  torch_note = None
+  if args.compare_torch:
+    torch_note = torch_reference.available()
+    if torch_note is None:
+      candidates.append(runner.torch_candidate(bench))
   placements: List[str] = []
   if args.data == "real":
     placements = ["host", "device"] if args.placement == "both" else [args.placement]
@@ -140,6 +148,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     ratios[f"step K={k} / step K={ks[0]}"] = runner.ratio(candidates, f"{runner.STEP_NAME} K={k}", first)
   if args.compare_minimal:
     ratios[f"step K={ks[0]} / minimal flax"] = runner.ratio(candidates, first, "minimal flax")
+  if args.compare_torch and torch_note is None:
+    ratios[f"step K={ks[0]} / {runner.TORCH_NAME}"] = runner.ratio(candidates, first, runner.TORCH_NAME)
   for k in ks:
     for p in placements:
       ratios[f"loop/{p} K={k} / step K={k}"] = runner.ratio(candidates, f"loop/{p} K={k}",
@@ -157,6 +167,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
       "config": spec, "model": config.model.name, "dataset": config.data.name, "data": args.data,
       "params": models.count_params({"params": bench.state0.params}), "macs_per_image": macs,
       "minimal_params": getattr(bench, "minimal_params", None),
+      "torch_params": getattr(bench, "torch_params", None), "torch_note": torch_note,
       "image_shape": list(bench.image_shape), "global_batch": batch, "dtype": config.dtype,
       "bn_mode": config.bn.mode, "devices": jax.device_count(), "platform": device.platform,
       "device_kind": device.device_kind, "jax": jax.__version__, "steps_per_window": args.steps,
@@ -201,6 +212,11 @@ def report(r: Dict[str, Any]) -> str:
     lines.append("  what the engine's extras cost (share of the full step's time, median of rounds):")
     for name, x in r["breakdown"].items():
       lines.append(f"    {name:<24} {100 * x['cost_of_step']:+6.1f} %   {x['what']}")
+  if r.get("torch_note"):
+    lines.append(f"  --compare-torch: not timed: {r['torch_note']}")
+  elif r.get("torch_params") is not None and r["bn_mode"] != "global":
+    lines.append(f"  pytorch eager normalises over the whole batch; ours here: bn={r['bn_mode']} "
+                 "(--bn global for the same BatchNorm)")
   memory = "not reported by the backend" if mem is None else f"{mem / 2**30:.2f} GiB"
   lines.append(f"  peak device memory: {memory}")
   lines.append(f"  at {r['img_per_s']:,.0f} img/s: one {r['dataset']} epoch {r['epoch_s']:,.0f} s, the "

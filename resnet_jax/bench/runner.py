@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import resnet_jax.data as rjd
 from resnet_jax import train
-from resnet_jax.bench import minimal
+from resnet_jax.bench import minimal, torch_reference
 from resnet_jax.data import augment
 from resnet_jax.data import device_resident
 from resnet_jax.train import mesh as mesh_lib
@@ -215,6 +215,25 @@ class Bench:
       jax.block_until_ready(variables)
       holder["state"] = (variables, opt_state)
     return Candidate("minimal flax", window, 1, compile_s)
+
+
+TORCH_NAME = "pytorch eager"
+
+
+def torch_candidate(bench: "Bench") -> Candidate:
+  """The PyTorch step of the same network on the same batch (`torch_reference.py`)."""
+  opt = bench.config.optimizer
+  if opt.get("weight_decay_mode", "coupled") != "coupled":
+    raise ValueError("--compare-torch: PyTorch's SGD weight decay is coupled L2; the config's is "
+                     f"{opt.weight_decay_mode}")
+  batch = jax.device_get(bench.batch)
+  window, module = torch_reference.candidate(
+      minimal.like(bench.model), batch["image"], batch["label"], float(opt.learning_rate),
+      float(opt.weight_decay), bool(opt.get("nesterov", False)), int(bench.config.seed))
+  bench.torch_params = torch_reference.count_params(module)
+  t0 = time.perf_counter()
+  window(1)  # PyTorch has no compile step; its first step (allocations, oneDNN primitives)
+  return Candidate(TORCH_NAME, window, 1, time.perf_counter() - t0)
 
 
 def measure(candidates: Sequence[Candidate], steps: int, windows: int, warmup: int) -> None:
