@@ -51,7 +51,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The `resnet-jax` program; `argv` None means the command line (sys.argv).
 
   From the command line, `train`, `eval` and `bench` on a CPU-only machine re-execute
-  once with jemalloc/tcmalloc preloaded when available (`resnet_jax.runtime.allocator`).
+  once with jemalloc/tcmalloc preloaded when available (`resnet_jax.runtime.allocator`);
+  `train` and `bench` say so in one line, or how to install it, and print nothing about the
+  allocator when nothing changed.
   """
   from_command_line = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -62,12 +64,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if argv else 2
   if argv[0] not in COMMANDS:
     return _error(argv[0], f"unknown command; valid commands: {', '.join(COMMANDS)}")
-  if from_command_line and argv[0] in _ALLOCATOR_COMMANDS:
+  asks_help = any(a in ("-h", "--help") for a in argv[1:])
+  if from_command_line and argv[0] in _ALLOCATOR_COMMANDS and not asks_help:
     try:
       note = allocator.reexec_if_useful(argv)
     except allocator.AllocatorError as e:
       return _error(argv[0], str(e))
-    if argv[0] in ("train", "bench"):
+    if note and argv[0] in ("train", "bench"):
       print(note, flush=True)
   try:
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
