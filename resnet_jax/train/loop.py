@@ -16,7 +16,7 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,21 @@ def next_due(step: int, periods, total_steps: int) -> int:
   return min([total_steps] + [(step // every + 1) * every for every in periods])
 
 
+def early_log_steps(first_step: int, every: int, total_steps: int) -> tuple[int, ...]:
+  """The steps of a process's extra progress lines: 1, 2, 4, 8, … steps after `first_step`
+  (where it started or resumed), before its first record is due (`itstime`).
+
+  The first comes right after the step that compiled, the next within seconds on any
+  machine, where the first record may be minutes away (100 steps of a CPU).
+  """
+  first_record = min(next_due(first_step, (every,), total_steps), total_steps)
+  steps, k = [], 1
+  while first_step + k < first_record:
+    steps.append(first_step + k)
+    k *= 2
+  return tuple(steps)
+
+
 def _fetch(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
@@ -73,23 +88,36 @@ class TrainSteps:
 
 @dataclasses.dataclass
 class RateWindow:
-  """Images per second and the ETA since the last log line."""
+  """Images per second and the ETA since the last log line, over steps run after compilation.
+
+  The window starts at the process's first line, right after its first steps (which
+  compiled, after any restore): that line reports their time (`first_seconds`) instead.
+  """
   batch_size: int
   total_steps: int
   start_time: float
   start_step: int
+  first_seconds: Optional[float] = None  # the first steps with compilation, once measured
+  clock: Callable[[], float] = time.perf_counter
 
-  def measure(self, step: int) -> tuple[float, float]:
-    """(img/s, seconds left) over the window ending at `step`; then a new window starts."""
-    now = time.perf_counter()
+  def measure(self, step: int) -> tuple[Optional[float], Optional[float]]:
+    """(img/s, seconds left) over the window ending at `step`, (None, None) at the first line;
+    then a new window starts."""
+    now = self.clock()
+    if self.first_seconds is None:
+      self.first_seconds = now - self.start_time
+      self.start_time, self.start_step = now, step
+      return None, None
     elapsed = max(now - self.start_time, 1e-9)
     steps_per_sec = (step - self.start_step) / elapsed
     self.start_time, self.start_step = now, step
     return steps_per_sec * self.batch_size, (self.total_steps - step) / max(steps_per_sec, 1e-9)
 
 
-def log_train(session: TrainingSession, exp: build.Experiment, progress: Progress, rate: RateWindow) -> Metrics:
-  """Fetches the window's metric sums, writes and prints the train record; new sums start."""
+def _window_record(session: TrainingSession, exp: build.Experiment, progress: Progress,
+                   rate: RateWindow) -> tuple[Metrics, Optional[float]]:
+  """The train record of the window's metric sums so far (no `images_per_sec` at the first
+  line) and the ETA."""
   host = _fetch(progress.sums)
   if int(host["first_nonfinite_step"]) >= 0:
     session.check_finite(host)
@@ -97,11 +125,25 @@ def log_train(session: TrainingSession, exp: build.Experiment, progress: Progres
   images_per_sec, eta = rate.measure(progress.step)
   record = {"loss": float(host["loss"]) / n, "error": 100.0 * float(host["error"]) / n,
             "learning_rate": float(exp.schedule(jnp.asarray(progress.step - 1))),
-            "images_per_sec": images_per_sec, "epoch": progress.step / exp.steps_per_epoch}
+            "epoch": progress.step / exp.steps_per_epoch}
+  if images_per_sec is not None:
+    record["images_per_sec"] = images_per_sec
+  return record, eta
+
+
+def log_train(session: TrainingSession, exp: build.Experiment, progress: Progress, rate: RateWindow) -> Metrics:
+  """Fetches the window's metric sums, writes and prints the train record; new sums start."""
+  record, eta = _window_record(session, exp, progress, rate)
   session.writer.write(progress.step, record, "train")
-  session.writer.print(report.train_line(progress.step, exp.total_steps, record, eta))
+  session.writer.print(report.train_line(progress.step, exp.total_steps, record, eta, rate.first_seconds))
   progress.sums = step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
   return record
+
+
+def log_progress(session: TrainingSession, exp: build.Experiment, progress: Progress, rate: RateWindow) -> None:
+  """An early progress line (`early_log_steps`): printed, not recorded; the window goes on."""
+  record, eta = _window_record(session, exp, progress, rate)
+  session.writer.print(report.train_line(progress.step, exp.total_steps, record, eta, rate.first_seconds))
 
 
 class Evaluations:
@@ -198,10 +240,14 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, config_spec: Optional[s
     rate = RateWindow(int(config.global_batch_size), total, time.perf_counter(), progress.step)
     last_train: Metrics = {}
     periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
+    early = early_log_steps(progress.step, config.log_every_steps, total)
 
     while progress.step < total:
-      steps.advance(progress, train_iter, until=next_due(progress.step, periods, total))
+      until = min([next_due(progress.step, periods, total)] + [s for s in early if s > progress.step])
+      steps.advance(progress, train_iter, until=until)
       notice.after_step(progress.step, progress.state)
+      if progress.step in early:
+        log_progress(session, exp, progress, rate)
       if itstime(progress.step, config.log_every_steps, total):
         evals.finish(progress)  # dispatched before these steps: ready, and its line comes first
         last_train = log_train(session, exp, progress, rate)
