@@ -1,7 +1,7 @@
 """`resnet-jax`: train, evaluate, benchmark, list models, prepare datasets.
 
   resnet-jax train --config cifar10_resnet20[:smoke] --workdir DIR [--config.x=v ...]
-  resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--json]
+  resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--data-dir DIR] [--json]
   resnet-jax bench --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data real] ...
   resnet-jax models [--filter SUBSTR]
   resnet-jax prepare cifar10 --source DIR [--data-dir TFDS_DIR]
@@ -25,7 +25,7 @@ from resnet_jax.runtime import allocator
 USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
 
   train    --config NAME[:smoke] | PATH.py[:arg] --workdir DIR [--config.FIELD=VALUE ...]
-  eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--json]
+  eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--data-dir DIR] [--json]
   bench    --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data synthetic|real]
            [--steps-per-dispatch K ...] [--steps S] [--compare-minimal] [--json]
   models   [--filter SUBSTR]

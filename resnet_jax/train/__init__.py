@@ -3,7 +3,8 @@
 >>> from resnet_jax import train
 >>> train.train(config, "runs/cifar10_resnet20")        # resumes if the workdir has a checkpoint
 >>> train.evaluate("runs/cifar10_resnet20")["error"]
->>> model, variables = train.load_variables("runs/cifar10_resnet20", step="best")
+>>> net = train.load_network("runs/cifar10_resnet20", step="best")   # network, weights, preprocessing
+>>> logits = net(images_uint8)
 
 Modules: `build` (the one place where a config becomes a model, optimiser and pipeline),
 `step` (the train step), `evaluate` (eval step and whole-split evaluation), `loop` (the
@@ -15,7 +16,7 @@ from resnet_jax.train.build import Experiment
 from resnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from resnet_jax.train.config import BN_MODES, ConfigError, load_config, num_train_steps, validate
 from resnet_jax.train.evaluation import evaluate, evaluate_params, make_eval_step, zero_eval_metrics
-from resnet_jax.train.load import load_variables
+from resnet_jax.train.load import load_network, load_variables, record_preprocessing
 from resnet_jax.train.loop import train
 from resnet_jax.train.mesh import DATA_AXIS, create_mesh, initialize_distributed
 from resnet_jax.train.optim import create_learning_rate_schedule, create_optimizer
@@ -27,6 +28,7 @@ __all__ = [
     "BN_MODES", "CheckpointMismatchError", "Checkpointer", "ConfigError", "DATA_AXIS", "Experiment",
     "NonFiniteLossError", "TrainState", "abstract_train_state", "build", "create_learning_rate_schedule",
     "create_mesh", "create_optimizer", "create_train_state", "evaluate", "evaluate_params",
-    "initialize_distributed", "load_config", "load_variables", "make_eval_step", "make_train_step",
-    "new_metrics", "num_train_steps", "train", "validate", "zero_eval_metrics", "zero_train_metrics",
+    "initialize_distributed", "load_config", "load_network", "load_variables", "make_eval_step", "make_train_step",
+    "new_metrics", "num_train_steps", "record_preprocessing", "train", "validate", "zero_eval_metrics",
+    "zero_train_metrics",
 ]
