@@ -17,9 +17,9 @@ from resnet_jax.models import (BasicBlock, BatchNorm, BottleneckBlock, Conv1x1Sh
 
 __version__ = "0.1.0"
 _LAZY_MODULES = {name: name for name in ("configs", "data", "train", "study", "paper", "interop", "reproduce",
-                                          "runtime", "trained")}
+                                          "runtime")}
 _LAZY_MODULES["allocator"] = "runtime.allocator"  # `rj.allocator`, from before the runtime package
-_LAZY_NAMES = {"compare": "study", "Study": "study", "TrainedNetwork": "trained"}
+_LAZY_NAMES = {"compare": "study", "Study": "study", "TrainedNetwork": "train.trained"}
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,7 @@ from safetensors.numpy import load_file as load_safetensors
 from resnet_jax import models
 from resnet_jax.data.preprocessing import Preprocessing
 from resnet_jax.models import layers
-from resnet_jax.trained import TrainedNetwork
+from resnet_jax.train.trained import TrainedNetwork
 
 # Our registry name -> torchvision's architecture function of the same network.
 TORCHVISION = {

@@ -130,7 +130,8 @@ def test_preloaded_allocator_changes_no_bits():
     ({}, (None, "allocator: system malloc (an accelerator backend is installed)"), None),
     ({allocator.ENV: "system"}, (None, "allocator: system malloc (RESNET_JAX_ALLOCATOR=system)"), None),
     ({}, (None, "allocator: /opt/libjemalloc.so.2 (LD_PRELOAD already set)"), None),
-    ({allocator.ACTIVE_ENV: "jemalloc"}, (None, "allocator: jemalloc (LD_PRELOAD)"), "allocator: jemalloc (LD_PRELOAD)"),
+    ({allocator.ACTIVE_ENV: "jemalloc"}, (None, "allocator: jemalloc (LD_PRELOAD)"),
+     "allocator: jemalloc (LD_PRELOAD)"),
     ({}, (None, allocator.INSTALL_HINT), allocator.INSTALL_HINT),
 ])
 def test_a_command_mentions_the_allocator_only_when_it_changed_or_could(environ, planned, printed, monkeypatch):

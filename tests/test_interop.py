@@ -20,7 +20,7 @@ import pytest
 from resnet_jax import interop
 from resnet_jax import models
 from resnet_jax.data.preprocessing import Preprocessing
-from resnet_jax.trained import TrainedNetwork
+from resnet_jax.train.trained import TrainedNetwork
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
 

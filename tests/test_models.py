@@ -80,8 +80,9 @@ def test_size_of_another_module_is_traced_whole():
     def __call__(self, x, train=False):
       return nn.Dense(3)(tiny()(x, train))
 
-  assert models.size(Doubled(), (1, 16, 16, 3)) == (
-      models.count_params(models.abstract_variables(Doubled(), (1, 16, 16, 3))), models.flops(Doubled(), (1, 16, 16, 3)))
+  shape = (1, 16, 16, 3)
+  assert models.size(Doubled(), shape) == (models.count_params(models.abstract_variables(Doubled(), shape)),
+                                           models.flops(Doubled(), shape))
 
 
 def test_option_a_adds_no_parameters_and_b_adds_the_projections():

@@ -9,7 +9,7 @@
 Modules: `build` (the one place where a config becomes a model, optimiser and pipeline),
 `step` (the train step), `evaluate` (eval step and whole-split evaluation), `loop` (the
 schedule of steps, logs, evals and saves), `session` (the workdir's writers for one
-process), `load` (a trained run's weights), `checkpoint`, `metrics`, `workdir`, `config`.
+process), `load` (a trained run's network, weights and preprocessing: `trained.TrainedNetwork`), `checkpoint`, `metrics`, `workdir`, `config`.
 """
 from resnet_jax.train import build
 from resnet_jax.train.build import Experiment
@@ -23,11 +23,12 @@ from resnet_jax.train.optim import create_learning_rate_schedule, create_optimiz
 from resnet_jax.train.session import NonFiniteLossError
 from resnet_jax.train.state import TrainState, abstract_train_state, create_train_state
 from resnet_jax.train.step import make_train_step, new_metrics, zero_train_metrics
+from resnet_jax.train.trained import TrainedNetwork
 
 __all__ = [
     "BN_MODES", "CheckpointMismatchError", "Checkpointer", "ConfigError", "DATA_AXIS", "Experiment",
-    "NonFiniteLossError", "TrainState", "abstract_train_state", "build", "create_learning_rate_schedule",
-    "create_mesh", "create_optimizer", "create_train_state", "evaluate", "evaluate_params",
+    "NonFiniteLossError", "TrainState", "TrainedNetwork", "abstract_train_state", "build",
+    "create_learning_rate_schedule", "create_mesh", "create_optimizer", "create_train_state", "evaluate", "evaluate_params",
     "initialize_distributed", "load_config", "load_network", "load_variables", "make_eval_step", "make_train_step",
     "new_metrics", "num_train_steps", "record_preprocessing", "train", "validate", "zero_eval_metrics",
     "zero_train_metrics",

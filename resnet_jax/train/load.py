@@ -1,6 +1,6 @@
 """A trained run's network and weights, without its optimiser or data: inference, eval, `init_from`.
 
-`load_network(WORKDIR)` gives everything inference needs (`resnet_jax.trained.TrainedNetwork`):
+`load_network(WORKDIR)` gives everything inference needs (`trained.TrainedNetwork`):
 the network, its parameters and BatchNorm statistics, and the eval-time preprocessing the run
 recorded (`WORKDIR/preprocessing.json`); `load_variables` only the first two.
 """
@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from resnet_jax import models
 from resnet_jax.data import preprocessing as preprocessing_lib
-from resnet_jax.trained import TrainedNetwork
+from resnet_jax.train.trained import TrainedNetwork
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
