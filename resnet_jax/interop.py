@@ -216,8 +216,8 @@ def to_torchvision(variables: Mapping[str, Any] | TrainedNetwork, name: Optional
   """Our `{"params", "batch_stats"}` of network `name` -> a torchvision state dict of numpy
   arrays (`torch.from_numpy` each, or save with safetensors); `num_batches_tracked` is 0.
 
-  Given a `TrainedNetwork`, its own network is converted (and refused when torchvision has
-  no such network, e.g. the paper's `resnet50`).
+  Given a `TrainedNetwork`, its own network is converted (`name` and `overrides` are not
+  needed), and refused when torchvision has no such network (e.g. the paper's `resnet50`).
   """
   if isinstance(variables, TrainedNetwork):
     model, name, variables = variables.model, variables.name, variables.variables
@@ -273,10 +273,10 @@ def load(path: str | pathlib.Path, name: str, num_classes: Optional[int] = None,
   return from_torchvision(read(path), name, num_classes=num_classes, **overrides)
 
 
-def pretrained(name: str, checkpoint: str | pathlib.Path | Mapping[str, Any], num_classes: Optional[int] = None,
+def pretrained(name: str, path: str | pathlib.Path | Mapping[str, Any], num_classes: Optional[int] = None,
                seed: int = 0, preprocessing: Optional[Preprocessing] = None, **overrides: Any) -> TrainedNetwork:
-  """The network of torchvision's `name` with the weights of `checkpoint` (a file, or a state
-  dict in memory) and its input preprocessing; unpacks as `model, variables = ...`.
+  """The network of torchvision's `name` with the weights of `path` (a checkpoint file, or a
+  state dict in memory) and its input preprocessing; unpacks as `model, variables = ...`.
 
   `num_classes`: None keeps the checkpoint's classifier; 0 gives the headless backbone
   (pooled features); another number replaces the classifier with a new one initialised
@@ -286,8 +286,8 @@ def pretrained(name: str, checkpoint: str | pathlib.Path | Mapping[str, Any], nu
   `Preprocessing.imagenet(224, 235, "bicubic")` for crop_pct 0.95).
   """
   name = our_name(name)
-  from_file = not isinstance(checkpoint, Mapping)
-  state_dict = read(checkpoint) if from_file else checkpoint
+  from_file = not isinstance(path, Mapping)
+  state_dict = read(path) if from_file else path
   variables = from_torchvision(state_dict, name, num_classes=num_classes, **overrides)
   has_head = "head" in variables["params"]
   ckpt_classes = int(variables["params"]["head"]["kernel"].shape[1]) if has_head else None
@@ -301,5 +301,5 @@ def pretrained(name: str, checkpoint: str | pathlib.Path | Mapping[str, Any], nu
     variables["params"]["head"] = head.init(jax.random.key(seed), jnp.zeros((1, features)))["params"]
     logging.warning("%s: the checkpoint's classifier was dropped; a new %d-class head is initialised "
                     "(seed %d)", name, classes, seed)
-  source = str(pathlib.Path(checkpoint).expanduser()) if from_file else "a state dict"
+  source = str(pathlib.Path(path).expanduser()) if from_file else "a state dict"
   return TrainedNetwork(model, variables, preprocessing or Preprocessing.imagenet(), name=name, source=source)

@@ -17,26 +17,26 @@ from jax.sharding import Mesh
 
 from resnet_jax import models
 from resnet_jax.data import preprocessing as preprocessing_lib
-from resnet_jax.train.trained import TrainedNetwork
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train.trained import TrainedNetwork
 
 CHECKPOINT_DIR = "checkpoints"
 Variables = Dict[str, Any]
 
 
-def best_step(checkpointer: ckpt_lib.Checkpointer) -> Optional[Tuple[int, float]]:
-  """(step, eval error) of the kept checkpoint with the lowest eval error; None if none was evaluated.
+def best_checkpoint(checkpointer: ckpt_lib.Checkpointer) -> Tuple[int, float]:
+  """(step, eval error) of the kept checkpoint with the lowest eval error.
 
   The error saved with each checkpoint decides; a checkpoint saved without one (the final
   save of runs before the loop stored it) is ranked by the evaluation of its step in
-  `metrics.jsonl`.
+  `metrics.jsonl`. Raises `FileNotFoundError` when no kept checkpoint was evaluated.
   """
-  steps = checkpointer.manager.all_steps()
+  steps = sorted(checkpointer.manager.all_steps())
   logged = metrics_lib.latest_per_step(metrics_lib.read_metrics(checkpointer.directory.parent), "eval", "error")
   scored = []
   for step in steps:
@@ -44,28 +44,25 @@ def best_step(checkpointer: ckpt_lib.Checkpointer) -> Optional[Tuple[int, float]
     if error is not None:
       scored.append((float(error), step))
   if not scored:
-    return None
+    raise FileNotFoundError(f"no evaluated checkpoint in {checkpointer.directory} (saved steps {steps}, none "
+                            "with an eval error saved or in metrics.jsonl); use step='latest' or a step number")
   error, step = min(scored)
   return int(step), error
 
 
 def resolve_step(checkpointer: ckpt_lib.Checkpointer, step: Optional[int | str]) -> int:
-  """The saved step that `step` names: None/"latest", "best" (`best_step`) or a number."""
+  """The saved step that `step` names: None/"latest", "best" (`best_checkpoint`) or a number."""
+  if step == "best":
+    return best_checkpoint(checkpointer)[0]
   if step is None or step == "latest":
     found = checkpointer.latest_step()
-  elif step == "best":
-    best = best_step(checkpointer)
-    found = None if best is None else best[0]
   else:
     found = int(step)
     if found not in checkpointer.manager.all_steps():
       raise FileNotFoundError(f"no checkpoint of step {found} in {checkpointer.directory}; "
                               f"saved steps: {sorted(checkpointer.manager.all_steps())}")
   if found is None:
-    raise FileNotFoundError(
-        f"no evaluated checkpoint in {checkpointer.directory} (saved steps "
-        f"{sorted(checkpointer.manager.all_steps())}, none with an eval error saved or in metrics.jsonl); "
-        "use step='latest' or a step number" if step == "best" else f"no checkpoint in {checkpointer.directory}")
+    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
   return int(found)
 
 
@@ -109,11 +106,15 @@ def restore_variables(workdir: str | pathlib.Path, step: Optional[int | str] = N
                                        create=False)
   try:
     newest = step is None or step == "latest"
-    candidates = (sorted(checkpointer.manager.all_steps(), reverse=True) if newest
-                  else [resolve_step(checkpointer, step)])
-    if step == "best":
-      log(f"step 'best' is step {candidates[0]}: the lowest eval error ({best_step(checkpointer)[1]:.2f}%) of "
-          f"the kept checkpoints {sorted(checkpointer.manager.all_steps())}")
+    if newest:
+      candidates = sorted(checkpointer.manager.all_steps(), reverse=True)
+    elif step == "best":
+      best, error = best_checkpoint(checkpointer)
+      log(f"step 'best' is step {best}: the lowest eval error ({error:.2f}%) of the kept checkpoints "
+          f"{sorted(checkpointer.manager.all_steps())}")
+      candidates = [best]
+    else:
+      candidates = [resolve_step(checkpointer, step)]
     if not candidates:
       raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
     unreadable = []
