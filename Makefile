@@ -14,7 +14,7 @@ CONFIG ?= cifar10_resnet20
 WORKDIR ?= runs/cifar10_resnet20
 TRAIN_ARGS ?=
 
-.PHONY: install test test-fast train models clean
+.PHONY: install allocator test test-fast train models clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-train: install
+# jemalloc makes CPU training 25-40 % faster: installed here where apt-get may (root or
+# password-less sudo); otherwise one line says how much slower and the command that fixes it.
+allocator: install
+	$(BIN)/python -m resnet_jax.runtime.allocator
+
+train: install allocator
 	$(BIN)/resnet-jax prepare cifar10 $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE)) --data-dir $(TFDS_DATA_DIR)
 	$(BIN)/resnet-jax train --config $(CONFIG) --workdir $(WORKDIR) $(TRAIN_ARGS)
 

@@ -1,7 +1,7 @@
 """`resnet-jax`: train, evaluate, benchmark, list models, prepare datasets.
 
   resnet-jax train --config cifar10_resnet20[:smoke] --workdir DIR [--config.x=v ...]
-  resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--json]
+  resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--data-dir DIR] [--json]
   resnet-jax bench --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data real] ...
   resnet-jax models [--filter SUBSTR]
   resnet-jax prepare cifar10 --source DIR [--data-dir TFDS_DIR]
@@ -25,7 +25,7 @@ from resnet_jax.runtime import allocator
 USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
 
   train    --config NAME[:smoke] | PATH.py[:arg] --workdir DIR [--config.FIELD=VALUE ...]
-  eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--json]
+  eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--data-dir DIR] [--json]
   bench    --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data synthetic|real]
            [--steps-per-dispatch K ...] [--steps S] [--compare-minimal] [--json]
   models   [--filter SUBSTR]
@@ -51,7 +51,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The `resnet-jax` program; `argv` None means the command line (sys.argv).
 
   From the command line, `train`, `eval` and `bench` on a CPU-only machine re-execute
-  once with jemalloc/tcmalloc preloaded when available (`resnet_jax.runtime.allocator`).
+  once with jemalloc/tcmalloc preloaded when available (`resnet_jax.runtime.allocator`);
+  `train` and `bench` say so in one line, or how to install it, and print nothing about the
+  allocator when nothing changed.
   """
   from_command_line = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -62,12 +64,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if argv else 2
   if argv[0] not in COMMANDS:
     return _error(argv[0], f"unknown command; valid commands: {', '.join(COMMANDS)}")
-  if from_command_line and argv[0] in _ALLOCATOR_COMMANDS:
+  asks_help = any(a in ("-h", "--help") for a in argv[1:])
+  if from_command_line and argv[0] in _ALLOCATOR_COMMANDS and not asks_help:
     try:
       note = allocator.reexec_if_useful(argv)
     except allocator.AllocatorError as e:
       return _error(argv[0], str(e))
-    if argv[0] in ("train", "bench"):
+    if note and argv[0] in ("train", "bench"):
       print(note, flush=True)
   try:
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])

@@ -1,29 +1,35 @@
 """Pretrained weights in and out: torchvision / timm ResNets <-> resnet_jax variables.
 
 torchvision's ResNet family (and timm's `resnet50.*`, `resnext50_32x4d.*`, ... checkpoints,
-which use torchvision's key names) is the same network as ours with the stride of the
-bottleneck on the 3×3 (`stride_on="conv3x3"`, "ResNet v1.5"), projection shortcuts (B) and
-the usual BatchNorm:
+which use torchvision's key names) is ours with projection shortcuts (B), the usual
+BatchNorm and the bottleneck's stride on the 3×3 ("ResNet v1.5"). Where that stride
+differs from the paper's, our name says so: torchvision's `resnet50` is our `resnet50_v1_5`,
+while our `resnet50` is He et al.'s network (stride on the first 1×1; same parameter
+shapes, another function):
 
-  ours (`models.create(name, stride_on="conv3x3")`)  torchvision / timm
+  ours                                               torchvision / timm
   resnet18, resnet34                                 resnet18, resnet34 (timm: resnet18.tv_in1k, ...)
-  resnet50, resnet101, resnet152                     resnet50, resnet101, resnet152 (timm: *.tv_in1k, *.a1_in1k, ...)
+  resnet50_v1_5, resnet101_v1_5, resnet152_v1_5      resnet50, resnet101, resnet152 (timm: *.tv_in1k, *.a1_in1k, ...)
   resnext50_32x4d, resnext101_32x8d, resnext101_64x4d  the same names
   wide_resnet50_2, wide_resnet101_2                  the same names
 
 >>> import resnet_jax as rj
->>> model, variables = rj.interop.pretrained("resnet50", "resnet50.safetensors")        # 1000 classes
->>> model, variables = rj.interop.pretrained("resnet50", "resnet50.safetensors", num_classes=10)  # new head
->>> state_dict = rj.interop.to_torchvision(variables, "resnet50")    # numpy arrays, torch not needed
+>>> net = rj.interop.pretrained("resnet50_v1_5", "resnet50.safetensors")       # 1000 classes
+>>> logits = net(images_uint8)          # torchvision's ImageNet preprocessing, then the network
+>>> model, variables = rj.interop.pretrained("resnet50_v1_5", "resnet50.safetensors", num_classes=10)  # new head
+>>> state_dict = rj.interop.to_torchvision(variables, "resnet50_v1_5")   # numpy arrays, torch not needed
 
-Nothing is converted silently: a key set that does not match the network raises
-`ConversionError` listing the missing and unexpected keys and the shape mismatches.
+torchvision's own names are accepted too, with a `FutureWarning` where they name another of
+our networks ("resnet50"). A network with the paper's stride placement is refused: it has no
+torchvision counterpart. Nothing is converted silently: a key set that does not match the
+network raises `ConversionError` listing the missing and unexpected keys and the shape mismatches.
 """
 from __future__ import annotations
 
 import logging
 import pathlib
 import re
+import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -33,14 +39,17 @@ import numpy as np
 from safetensors.numpy import load_file as load_safetensors
 
 from resnet_jax import models
+from resnet_jax.data.preprocessing import Preprocessing
 from resnet_jax.models import layers
+from resnet_jax.train.trained import TrainedNetwork
 
 # Our registry name -> torchvision's architecture function of the same network.
-TORCHVISION = {name: name for name in (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
-    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")}
-# What a torchvision ResNet differs in from the paper's (our default) layout.
-TORCHVISION_FIELDS = {"stride_on": "conv3x3"}
+TORCHVISION = {
+    "resnet18": "resnet18", "resnet34": "resnet34", "resnet50_v1_5": "resnet50", "resnet101_v1_5": "resnet101",
+    "resnet152_v1_5": "resnet152", "resnext50_32x4d": "resnext50_32x4d", "resnext101_32x8d": "resnext101_32x8d",
+    "resnext101_64x4d": "resnext101_64x4d", "wide_resnet50_2": "wide_resnet50_2",
+    "wide_resnet101_2": "wide_resnet101_2"}
+_OURS = {tv: ours for ours, tv in TORCHVISION.items()}
 # BatchNorm keys torchvision has and we do not keep (PyTorch's count of training steps).
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 
@@ -49,11 +58,23 @@ class ConversionError(ValueError):
   """A state dict does not match the network it is converted to or from."""
 
 
-def torchvision_model(name: str, **overrides: Any) -> models.ResNet:
-  """Our network with torchvision's layout for `name` (see `TORCHVISION`)."""
-  if name not in TORCHVISION:
+def our_name(name: str) -> str:
+  """Our registry name of the torchvision network `name` names: ours (`TORCHVISION`), or
+  torchvision's own where it differs, with a `FutureWarning` ("resnet50" -> "resnet50_v1_5")."""
+  if name in TORCHVISION:
+    return name
+  if name not in _OURS:
     raise ValueError(f"no torchvision equivalent for {name!r}; supported: {', '.join(TORCHVISION)}")
-  return models.create(name, **{**TORCHVISION_FIELDS, **overrides})
+  ours = _OURS[name]
+  warnings.warn(f"{name!r} is torchvision's name of our {ours!r} (the bottleneck's stride on the 3×3); "
+                f"rj.models.create({name!r}) is He et al.'s network (stride on the first 1×1), which computes "
+                f"something else with the same parameters: pass {ours!r}", FutureWarning, stacklevel=3)
+  return ours
+
+
+def torchvision_model(name: str, **overrides: Any) -> models.ResNet:
+  """Our network of torchvision's `name` (see `TORCHVISION`; `our_name`)."""
+  return models.create(our_name(name), **overrides)
 
 
 def _names(model: models.ResNet) -> Iterator[Tuple[str, str, str]]:
@@ -83,6 +104,10 @@ def _check_supported(model: models.ResNet, name: str) -> None:
   if model.shortcut != "B" or model.unit_order != "original" or model.stem != "imagenet" or model.norm != "batch":
     raise ConversionError(f"{name}: torchvision's ResNet has projection (B) shortcuts, the original unit "
                           "order, the ImageNet stem and BatchNorm; this network differs")
+  if model.unit_features(0)[1] is not None and model.stride_on != "conv3x3":
+    raise ConversionError(f"{name}: torchvision's bottleneck ResNets have the stride on the 3×3 "
+                          f"(our resnet50_v1_5, ...); this network has stride_on={model.stride_on!r} (He et al.'s "
+                          "resnet50): the same parameter shapes would compute another function")
 
 
 def _leaf_map(model: models.ResNet, name: str) -> Dict[str, Tuple[str, str, str]]:
@@ -149,16 +174,18 @@ def _abstract(model: models.ResNet) -> Dict[str, Any]:
 
 def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: Optional[int] = None,
                      **overrides: Any) -> Dict[str, Any]:
-  """torchvision/timm state dict -> our `{"params", "batch_stats"}` for network `name`.
+  """torchvision/timm state dict -> our `{"params", "batch_stats"}` of `torchvision_model(name)`.
 
   `state_dict` maps names to arrays (numpy, or torch tensors: torch is not imported).
   `num_classes` None keeps the checkpoint's classifier; another number drops it (`fc.*` is
-  not converted) so the caller initialises a new head: see `pretrained`.
+  not converted) so the caller initialises a new head. `pretrained` gives the network with
+  its variables and preprocessing.
   """
+  name = our_name(name)
   keys = {k: v for k, v in state_dict.items() if not k.endswith(IGNORED_SUFFIXES)}
   ckpt_classes = int(_numpy(keys["fc.weight"]).shape[0]) if "fc.weight" in keys else 0
   drop_head = num_classes is not None and num_classes != ckpt_classes
-  model = torchvision_model(name, num_classes=0 if drop_head else ckpt_classes, **overrides)
+  model = models.create(name, num_classes=0 if drop_head else ckpt_classes, **overrides)
   wanted = _leaf_map(model, name)
   if drop_head:
     keys = {k: v for k, v in keys.items() if not k.startswith("fc.")}
@@ -184,12 +211,23 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: Opti
   return variables
 
 
-def to_torchvision(variables: Mapping[str, Any], name: str, **overrides: Any) -> Dict[str, np.ndarray]:
+def to_torchvision(variables: Mapping[str, Any] | TrainedNetwork, name: Optional[str] = None,
+                   **overrides: Any) -> Dict[str, np.ndarray]:
   """Our `{"params", "batch_stats"}` of network `name` -> a torchvision state dict of numpy
-  arrays (`torch.from_numpy` each, or save with safetensors); `num_batches_tracked` is 0."""
-  params = variables["params"]
-  num_classes = int(np.shape(params["head"]["kernel"])[1]) if "head" in params else 0
-  model = torchvision_model(name, num_classes=num_classes, **overrides)
+  arrays (`torch.from_numpy` each, or save with safetensors); `num_batches_tracked` is 0.
+
+  Given a `TrainedNetwork`, its own network is converted (`name` and `overrides` are not
+  needed), and refused when torchvision has no such network (e.g. the paper's `resnet50`).
+  """
+  if isinstance(variables, TrainedNetwork):
+    model, name, variables = variables.model, variables.name, variables.variables
+  else:
+    if name is None:
+      raise ValueError("to_torchvision(variables, name): name the network, e.g. 'resnet50_v1_5'")
+    name = our_name(name)
+    params = variables["params"]
+    num_classes = int(np.shape(params["head"]["kernel"])[1]) if "head" in params else 0
+    model = models.create(name, num_classes=num_classes, **overrides)
   out = {}
   for key, (collection, path, layout) in _leaf_map(model, name).items():
     try:
@@ -201,9 +239,8 @@ def to_torchvision(variables: Mapping[str, Any], name: str, **overrides: Any) ->
   return out
 
 
-def load(path: str | pathlib.Path, name: str, num_classes: Optional[int] = None,
-         **overrides: Any) -> Dict[str, Any]:
-  """Reads a torchvision/timm checkpoint file and converts it (see `from_torchvision`).
+def read(path: str | pathlib.Path) -> Dict[str, Any]:
+  """The state dict of a torchvision/timm checkpoint file.
 
   `.safetensors` (what timm and the model hubs publish) and `.npz` need no torch;
   `.pth` / `.pt` need torch (`pip install 'resnet-jax[torch]'`).
@@ -227,23 +264,35 @@ def load(path: str | pathlib.Path, name: str, num_classes: Optional[int] = None,
     state_dict = state_dict.get("state_dict", state_dict) if isinstance(state_dict, dict) else state_dict
   else:
     raise ValueError(f"unknown checkpoint format {path.suffix!r} of {path}; valid: .safetensors, .npz, .pth, .pt")
-  state_dict = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}  # DataParallel prefixes
-  return from_torchvision(state_dict, name, num_classes=num_classes, **overrides)
+  return {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}  # DataParallel prefixes
 
 
-def pretrained(name: str, path: str | pathlib.Path, num_classes: Optional[int] = None, seed: int = 0,
-               **overrides: Any) -> Tuple[models.ResNet, Dict[str, Any]]:
-  """`(model, variables)` of network `name` from a torchvision/timm checkpoint file.
+def load(path: str | pathlib.Path, name: str, num_classes: Optional[int] = None,
+         **overrides: Any) -> Dict[str, Any]:
+  """Reads a torchvision/timm checkpoint file (`read`) and converts it (`from_torchvision`)."""
+  return from_torchvision(read(path), name, num_classes=num_classes, **overrides)
+
+
+def pretrained(name: str, path: str | pathlib.Path | Mapping[str, Any], num_classes: Optional[int] = None,
+               seed: int = 0, preprocessing: Optional[Preprocessing] = None, **overrides: Any) -> TrainedNetwork:
+  """The network of torchvision's `name` with the weights of `path` (a checkpoint file, or a
+  state dict in memory) and its input preprocessing; unpacks as `model, variables = ...`.
 
   `num_classes`: None keeps the checkpoint's classifier; 0 gives the headless backbone
   (pooled features); another number replaces the classifier with a new one initialised
-  from `seed` (fine-tuning), and says so in the log.
+  from `seed` (fine-tuning), and says so in the log. `preprocessing`: torchvision's ImageNet
+  evaluation by default (`Preprocessing.imagenet()`: shorter side 256, center 224, ImageNet
+  mean/std); give the checkpoint's own where it differs (timm's `pretrained_cfg`, e.g.
+  `Preprocessing.imagenet(224, 235, "bicubic")` for crop_pct 0.95).
   """
-  variables = load(path, name, num_classes=num_classes, **overrides)
+  name = our_name(name)
+  from_file = not isinstance(path, Mapping)
+  state_dict = read(path) if from_file else path
+  variables = from_torchvision(state_dict, name, num_classes=num_classes, **overrides)
   has_head = "head" in variables["params"]
   ckpt_classes = int(variables["params"]["head"]["kernel"].shape[1]) if has_head else None
   classes = ckpt_classes if num_classes is None else num_classes
-  model = torchvision_model(name, num_classes=classes or 0, **overrides)
+  model = models.create(name, num_classes=classes or 0, **overrides)
   if classes and not has_head:
     # The network's own classifier initialisation (layers.head_kernel_init, zero bias).
     features = model.unit_features(len(model.stage_sizes) - 1)[0]
@@ -252,4 +301,5 @@ def pretrained(name: str, path: str | pathlib.Path, num_classes: Optional[int] =
     variables["params"]["head"] = head.init(jax.random.key(seed), jnp.zeros((1, features)))["params"]
     logging.warning("%s: the checkpoint's classifier was dropped; a new %d-class head is initialised "
                     "(seed %d)", name, classes, seed)
-  return model, variables
+  source = str(pathlib.Path(path).expanduser()) if from_file else "a state dict"
+  return TrainedNetwork(model, variables, preprocessing or Preprocessing.imagenet(), name=name, source=source)

@@ -35,6 +35,9 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
+  # Executables compiled without optimisations stay in JAX's in-memory caches, whose keys do
+  # not hold this flag: later modules would mix them with optimised ones (1-ulp differences).
+  jax.clear_caches()
 
 
 @pytest.fixture(scope="session")

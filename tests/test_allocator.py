@@ -124,3 +124,60 @@ def test_preloaded_allocator_changes_no_bits():
   if len(results) < 2:
     pytest.skip("neither jemalloc nor tcmalloc is installed (apt install libjemalloc2)")
   assert len(set(results.values())) == 1, results
+
+
+@pytest.mark.parametrize("environ, planned, printed", [
+    ({}, (None, "allocator: system malloc (an accelerator backend is installed)"), None),
+    ({allocator.ENV: "system"}, (None, "allocator: system malloc (RESNET_JAX_ALLOCATOR=system)"), None),
+    ({}, (None, "allocator: /opt/libjemalloc.so.2 (LD_PRELOAD already set)"), None),
+    ({allocator.ACTIVE_ENV: "jemalloc"}, (None, "allocator: jemalloc (LD_PRELOAD)"),
+     "allocator: jemalloc (LD_PRELOAD)"),
+    ({}, (None, allocator.INSTALL_HINT), allocator.INSTALL_HINT),
+])
+def test_a_command_mentions_the_allocator_only_when_it_changed_or_could(environ, planned, printed, monkeypatch):
+  monkeypatch.setattr(allocator, "plan", lambda env: planned)
+  monkeypatch.setattr(os, "environ", dict(environ))
+  assert allocator.reexec_if_useful(["train"]) == printed
+
+
+def _which(*present):
+  return lambda name: f"/usr/bin/{name}" if name in present else None
+
+
+@pytest.mark.parametrize("facts, command, line", [
+    (dict(finder=_finder(LIBS)), [], ""),
+    (dict(platform="darwin"), [], ""),
+    (dict(accelerators=["jax-cuda12-plugin"]), [], ""),
+    (dict(is_root=True, which=_which("apt-get")), ["apt-get", "install", "-y", "-q", "libjemalloc2"],
+     "installing libjemalloc2"),
+    (dict(is_root=False, which=_which("apt-get", "sudo")),
+     ["sudo", "-n", "apt-get", "install", "-y", "-q", "libjemalloc2"], "installing libjemalloc2"),
+    (dict(is_root=False, which=_which("apt-get")), [], "as root run: apt-get install libjemalloc2"),
+    (dict(is_root=True, which=_which()), [], "with the system's package manager"),
+])
+def test_make_train_installs_jemalloc_where_it_can(facts, command, line):
+  facts = {"platform": "linux", "accelerators": [], "finder": _finder({}), **facts}
+  got_command, got_line = allocator.setup_steps({}, **facts)
+  assert got_command == command
+  assert line in got_line and (not line or "10.5 hours instead of about 8" in got_line)
+
+
+def test_setup_updates_apt_once_and_says_how_to_fix_a_failed_install():
+  class Run:
+    def __init__(self, codes):
+      self.codes, self.commands = list(codes), []
+
+    def __call__(self, command, **_):
+      self.commands.append(command)
+      return subprocess.CompletedProcess(command, self.codes.pop(0))
+
+  facts = dict(platform="linux", accelerators=[], finder=_finder({}), is_root=False, which=_which("apt-get", "sudo"))
+  printed = []
+  run = Run([100, 0, 0])  # unknown package, then apt-get update, then installed
+  assert allocator.setup(run=run, print_fn=lambda line, **_: printed.append(line), **facts)
+  assert [c[2:4] for c in run.commands] == [["apt-get", "install"], ["apt-get", "update"], ["apt-get", "install"]]
+  assert printed[-1].startswith("installed libjemalloc2")
+  run, printed = Run([100, 100]), []  # no network, no sudo rights
+  assert not allocator.setup(run=run, print_fn=lambda line, **_: printed.append(line), **facts)
+  assert printed[-1] == ("could not install libjemalloc2: " + allocator.SLOWER +
+                         "; to fix it run: sudo apt-get install libjemalloc2")

@@ -140,3 +140,27 @@ def test_models_lists_params_and_macs(capsys):
   out = capsys.readouterr().out
   # He et al. 2015, Table 6: 0.27M parameters; 40.6M multiply-adds (paper-results.md, CALC).
   assert "cifar_resnet20" in out and "269,722" in out and "40,551,040" in out
+
+
+def test_train_help_lists_options_and_config_fields(capsys):
+  assert cli.main(["train", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: resnet-jax train") and "--workdir WORKDIR" in out
+  assert "  optimizer.learning_rate = 0.1\n" in out and "  num_steps = 64000\n" in out
+  assert "--config.model.FIELD: act, block," in out and "num_classes" not in out.split("--config.model.FIELD:")[1]
+  # With a config (and overrides): that config's values.
+  assert cli.main(["train", "--config", SMOKE, "--config.num_steps=7", "-h"]) == 0
+  out = capsys.readouterr().out
+  assert "  num_steps = 7\n" in out and "  global_batch_size = 32\n" in out
+  assert cli.main(["train", "--config", "cifar10_resnet21", "--help"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and "unknown config 'cifar10_resnet21'" in captured.err
+
+
+def test_help_from_the_command_line_neither_restarts_nor_prints_a_banner():
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  env.pop("RESNET_JAX_ALLOCATOR_ACTIVE", None)
+  out = subprocess.run([sys.executable, "-m", "resnet_jax.cli", "train", "--help"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, check=True).stdout
+  assert out.startswith("usage: resnet-jax train"), out[:200]

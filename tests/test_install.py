@@ -28,8 +28,10 @@ def _run(cmd, cwd, env, timeout=600):
 @pytest.mark.slow
 def test_wheel_installed_outside_the_repository_trains_a_named_config(tmp_path):
   wheels = tmp_path / "wheels"
-  _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
-        str(ROOT)], cwd=tmp_path, env=os.environ)
+  built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+                         cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=600)
+  assert built.returncode == 0, built.stderr[-3000:]
+  assert "Warning" not in built.stderr, built.stderr[-3000:]  # no SetuptoolsDeprecationWarning and the like
   wheel = next(wheels.glob("resnet_jax-*.whl"))
   venv = tmp_path / "venv"
   _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, env=os.environ)

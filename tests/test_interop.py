@@ -19,6 +19,8 @@ import pytest
 
 from resnet_jax import interop
 from resnet_jax import models
+from resnet_jax.data.preprocessing import Preprocessing
+from resnet_jax.train.trained import TrainedNetwork
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
 
@@ -28,7 +30,7 @@ SMALL = {"stage_sizes": (1, 1, 1, 1), "stage_widths": (4, 8, 16, 32), "stem_widt
 # fixture variant -> (our registry name, overrides that shrink it like the fixture)
 VARIANTS = {
     "basic": ("resnet18", SMALL),
-    "bottleneck": ("resnet50", SMALL),
+    "bottleneck": ("resnet50_v1_5", SMALL),
     "grouped": ("resnext50_32x4d", {**SMALL, "cardinality": 2, "bottleneck_width": 2}),
     "wide": ("wide_resnet50_2", SMALL),
 }
@@ -95,7 +97,7 @@ def test_mismatched_state_dict_lists_missing_unexpected_and_shapes():
   assert "1 unexpected: layer9.0.conv1.weight" in message
   assert "of another shape: fc.weight (7, 31) (ours head/kernel (32, 7))" in message
   with pytest.raises(interop.ConversionError, match=r"missing: .*layer1\.0\.bn3"):  # a basic net is not a resnet50
-    interop.from_torchvision(_state_dict("basic"), "resnet50", **SMALL)
+    interop.from_torchvision(_state_dict("basic"), "resnet50_v1_5", **SMALL)
   with pytest.raises(ValueError, match=r"no torchvision equivalent for 'cifar_resnet20'; supported: resnet18"):
     interop.from_torchvision(state, "cifar_resnet20")
 
@@ -105,17 +107,17 @@ def test_load_safetensors_npz_and_a_clear_error_for_pth_without_torch(tmp_path, 
   state = _state_dict("bottleneck")
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / "w.safetensors"))
   np.savez(tmp_path / "w.npz", **state)
-  a = interop.load(tmp_path / "w.safetensors", "resnet50", **SMALL)
-  b = interop.load(tmp_path / "w.npz", "resnet50", **SMALL)
+  a = interop.load(tmp_path / "w.safetensors", "resnet50_v1_5", **SMALL)
+  b = interop.load(tmp_path / "w.npz", "resnet50_v1_5", **SMALL)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
   (tmp_path / "w.pth").write_bytes(b"")
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(ImportError, match=r"needs PyTorch: pip install 'resnet-jax\[torch\]'"):
-    interop.load(tmp_path / "w.pth", "resnet50", **SMALL)
+    interop.load(tmp_path / "w.pth", "resnet50_v1_5", **SMALL)
   with pytest.raises(ValueError, match=r"unknown checkpoint format '.h5'"):
     (tmp_path / "w.h5").write_bytes(b"")
-    interop.load(tmp_path / "w.h5", "resnet50")
+    interop.load(tmp_path / "w.h5", "resnet50_v1_5")
 
 
 def test_pretrained_new_head_and_headless_backbone(tmp_path, caplog):
@@ -134,6 +136,48 @@ def test_pretrained_new_head_and_headless_backbone(tmp_path, caplog):
   backbone, backbone_vars = interop.pretrained("resnet18", tmp_path / "w.npz", num_classes=0, **SMALL)
   assert "head" not in backbone_vars["params"]
   np.testing.assert_allclose(backbone.apply(backbone_vars, x), features["pre_logits"], rtol=1e-6)
+
+
+def test_resnet50_names_one_network_and_torchvisions_name_is_loud():
+  """torchvision's "resnet50" is our resnet50_v1_5 (stride on the 3×3); our resnet50 is the paper's."""
+  state = _state_dict("bottleneck")
+  x = jnp.asarray(REFERENCE["images"])
+  net = interop.pretrained("resnet50_v1_5", state, **SMALL)
+  assert net.name == "resnet50_v1_5" and net.model.stride_on == "conv3x3" and net.source == "a state dict"
+  want = REFERENCE["bottleneck/eval_logits"]
+  same = models.create("resnet50_v1_5", num_classes=7, **SMALL)  # the name builds the network of the weights
+  np.testing.assert_allclose(same.apply(net.variables, x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  paper = models.create("resnet50", num_classes=7, **SMALL)    # what the other "resnet50" would compute
+  assert np.abs(paper.apply(net.variables, x) - want).max() > 1e-3 * np.abs(want).max()
+
+  with pytest.warns(FutureWarning, match=r"'resnet50' is torchvision's name of our 'resnet50_v1_5' .*"
+                    r"rj.models.create\('resnet50'\) is He et al.'s network .* pass 'resnet50_v1_5'"):
+    variables = interop.from_torchvision(state, "resnet50", **SMALL)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(net.variables), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.warns(FutureWarning, match="pass 'resnet50_v1_5'"):
+    assert interop.pretrained("resnet50", state, **SMALL).model.stride_on == "conv3x3"
+
+  # The paper's stride placement has no torchvision counterpart: refused both ways.
+  with pytest.raises(interop.ConversionError, match=r"stride on the 3×3 .*this network has stride_on='conv1x1'"):
+    interop.from_torchvision(state, "resnet50_v1_5", stride_on="conv1x1", **SMALL)
+  ours = TrainedNetwork(paper, net.variables, Preprocessing.imagenet(), name="resnet50", source="test")
+  with pytest.raises(interop.ConversionError, match="stride_on='conv1x1'"):
+    interop.to_torchvision(ours)
+  exported = interop.to_torchvision(net)
+  assert sorted(exported) == sorted(state)
+
+
+def test_pretrained_hands_back_torchvisions_imagenet_preprocessing(tmp_path):
+  np.savez(tmp_path / "w.npz", **_state_dict("basic"))
+  net = interop.pretrained("resnet18", tmp_path / "w.npz", **SMALL)
+  assert net.source == str(tmp_path / "w.npz")
+  p = net.preprocessing
+  assert (p.input_size, p.resize_size, p.interpolation) == ((224, 224), 256, "bilinear")
+  np.testing.assert_allclose(p.mean, [0.485, 0.456, 0.406])
+  np.testing.assert_allclose(p.std, [0.229, 0.224, 0.225])
+  images = np.random.default_rng(0).integers(0, 256, (2, 300, 400, 3)).astype(np.uint8)
+  np.testing.assert_allclose(net(images), net.model.apply(net.variables, p(images)), rtol=1e-5, atol=1e-5)
 
 
 HAS_TORCHVISION = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None

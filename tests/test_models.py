@@ -57,9 +57,32 @@ def test_param_counts_equal_torchvision(name):
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_param_counts_match_papers(name):
   exact, printed = PAPER_PARAMS[name]
-  count = n_params(name)
+  count = models.size(models.create(name), (1, 32, 32, 3))[0]  # equal to the whole trace (tested below)
   assert count == exact
   assert abs(count - printed) <= 0.051e6 * max(1, printed / 1e6 / 10), (count, printed)
+
+
+@pytest.mark.parametrize("model, shape", [
+    (models.create("cifar_resnet56"), (2, 32, 32, 3)),
+    (models.create("cifar_preact_resnet164", stage_sizes=(4, 1, 3)), (1, 32, 32, 3)),
+    (models.create("cifar_resnet20", stage_sizes=(3, 5, 4), shortcut="gate"), (1, 32, 32, 3)),
+    (models.create("resnext50_32x4d", stage_sizes=(3, 2, 1, 4), stage_widths=(8, 16, 32, 64)), (1, 64, 64, 3)),
+    (models.create("resnet50", stage_sizes=(3, 4), stage_widths=(8, 16), num_classes=0), (1, 64, 64, 3)),
+], ids=["resnet56", "preact_bottleneck", "gates", "resnext", "headless"])
+def test_size_from_two_units_per_stage_equals_the_whole_trace(model, shape):
+  assert models.size(model, shape) == (models.count_params(models.abstract_variables(model, shape)),
+                                       models.flops(model, shape))
+
+
+def test_size_of_another_module_is_traced_whole():
+  class Doubled(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(3)(tiny()(x, train))
+
+  shape = (1, 16, 16, 3)
+  assert models.size(Doubled(), shape) == (models.count_params(models.abstract_variables(Doubled(), shape)),
+                                           models.flops(Doubled(), shape))
 
 
 def test_option_a_adds_no_parameters_and_b_adds_the_projections():

@@ -179,6 +179,33 @@ def test_the_schedule_helpers():
   assert [s for s in range(1, 13) if loop.itstime(s, 5, 12)] == [5, 10, 12]
   assert loop.next_due(0, (5, 4), 12) == 4 and loop.next_due(4, (5, 4), 12) == 5
   assert loop.next_due(10, (5, 100), 12) == 12
+  # Extra lines 1, 2, 4, ... steps into a process, until its first record.
+  assert loop.early_log_steps(0, 100, 64000) == (1, 2, 4, 8, 16, 32, 64)
+  assert loop.early_log_steps(12987, 100, 64000) == (12988, 12989, 12991, 12995)
+  assert loop.early_log_steps(0, 100, 6) == (1, 2, 4) and loop.early_log_steps(7, 1, 20) == ()
+
+
+def test_rates_leave_out_the_first_steps_which_compile():
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  clock = iter([40.0, 41.0, 43.0])  # 30 s compiling and restoring before step 1 ends, then 1 s per step
+  rate = loop.RateWindow(128, 1000, start_time=10.0, start_step=0, clock=lambda: next(clock))
+  assert rate.measure(1) == (None, None) and rate.first_seconds == 30.0
+  assert rate.measure(2) == (128.0, 998.0)
+  assert rate.measure(4) == (128.0, 996.0)
+
+
+def test_first_lines_come_after_the_first_steps(data_dir, tmp_path, capsys):
+  """log_every_steps=100: lines at steps 1, 2, 4, 8 (printed, not recorded), then the record."""
+  workdir = tmp_path / "first"
+  rt.train(smoke_config(data_dir, num_steps=12, log_every_steps=100), workdir)
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
+  assert [l.split()[1] for l in lines] == ["1/12", "2/12", "4/12", "8/12", "12/12"]
+  assert "| compiled, first step in " in lines[0] and "img/s | ETA" in lines[1]
+  assert [r["step"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "train"] == [12]
+  rt.train(smoke_config(data_dir, num_steps=20, log_every_steps=100), workdir)  # resumed at 12
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
+  assert [l.split()[1] for l in lines] == ["13/20", "14/20", "16/20", "20/20"]
+  assert "compiled, first step in" in lines[0] and all("img/s | ETA" in l for l in lines[1:])
 
 
 def _saved_steps(workdir):

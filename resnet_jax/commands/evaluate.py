@@ -1,4 +1,4 @@
-"""`resnet-jax eval --workdir DIR [--step N|latest|best] [--split SPLIT] [--json]`."""
+"""`resnet-jax eval --workdir DIR [--step N|latest|best] [--split SPLIT] [--data-dir DIR] [--json]`."""
 from __future__ import annotations
 
 import json
@@ -20,6 +20,8 @@ def parser() -> ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", default=None, help="checkpoint step, 'latest' (default) or 'best' (lowest eval error)")
   p.add_argument("--split", default=None, help="TFDS split (default: the run's data.eval_split)")
+  p.add_argument("--data-dir", default=None, help="TFDS data dir of the dataset (default: $TFDS_DATA_DIR, else "
+                 "the run's data.data_dir)")
   p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   return p
 
@@ -37,8 +39,8 @@ def main(argv: Sequence[str]) -> int:
       return _error(f"--step {step!r} is not a step number, 'latest' or 'best'")
     step = int(step)
   try:
-    result = evaluation.evaluate(args.workdir, step=step, split=args.split,
-                                   log=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
+    result = evaluation.evaluate(args.workdir, step=step, split=args.split, data_dir=args.data_dir,
+                                 log=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
   except (ckpt_lib.CheckpointMismatchError, ckpt_lib.UnreadableCheckpointError, config_lib.ConfigError,
           workdir_lib.WorkdirError, FileNotFoundError, ValueError) as e:
     return _error(str(e))

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import textwrap
 import time
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import jax
 
 from resnet_jax import configs
+from resnet_jax import models
 from resnet_jax.commands import ArgumentParser, UsageError
+from resnet_jax.configs import base
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
@@ -34,7 +37,9 @@ def parser() -> ArgumentParser:
   p = ArgumentParser(
       prog=PROG, description="Train a config in a workdir, resuming from its newest checkpoint.",
       epilog="Any config field can be set with --config.FIELD=VALUE (e.g. --config.optimizer.learning_rate=0.05); "
-             "any resnet_jax.models.ResNet field under --config.model.FIELD.")
+             "any resnet_jax.models.ResNet field under --config.model.FIELD. The fields are listed below.",
+      add_help=False)
+  p.add_argument("-h", "--help", action="store_true", help="show this help, with the config's fields, and exit")
   p.add_argument("--config", help="a shipped config name (cifar10_resnet20, NAME:smoke) or PATH.py[:arg]")
   p.add_argument("--workdir", help="directory for checkpoints, metrics and the config (with --seeds: "
                  "one run per seed in WORKDIR/seed<k>)")
@@ -72,10 +77,33 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
   return overrides, rest
 
 
+def config_fields(spec: Optional[str], overrides: Sequence[str] = ()) -> str:
+  """The fields of config `spec` (with `overrides`) and their values, for `--help`; without
+  `spec`, the defaults every shipped config starts from."""
+  config = configs.load(spec, list(overrides)) if spec else base.base_config()
+  lines = [f"config fields of {spec or 'resnet_jax/configs/base.py (every config starts from these)'}, "
+           "each settable with --config.FIELD=VALUE:"]
+  for key in config_lib.dotted_keys(config):
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    lines.append(f"  {key} = {node!r}")
+  listed = {k[len("model."):] for k in config_lib.dotted_keys(config) if k.startswith("model.")}
+  settable = [f for f in models.field_names() if f not in config_lib.ENGINE_MODEL_FIELDS and f not in listed]
+  lines += textwrap.wrap("and any resnet_jax.models.ResNet field as --config.model.FIELD: " + ", ".join(settable),
+                         width=100, initial_indent="", subsequent_indent="  ")
+  return "\n".join(lines)
+
+
 def parse(argv: Sequence[str]):
-  """(args, config) for the command line; raises `UsageError` or `ConfigError` in one line."""
+  """(args, config) for the command line; raises `UsageError` or `ConfigError` in one line.
+
+  With `--help`, `config` is None (`main` prints the help and the config's fields).
+  """
   overrides, rest = split_overrides(argv)
   args, unknown = parser().parse_known_args(rest)
+  if args.help:
+    return args, None
   if args.config is None:
     raise UsageError("--config is required, e.g. --config cifar10_resnet20 (names: "
                      "`python -c 'import resnet_jax as rj; print(rj.configs.names())'`) or a path")
@@ -154,6 +182,11 @@ def _report(args, config, results) -> int:
 def main(argv: Sequence[str]) -> int:
   try:
     args, config = parse(argv)
+    if args.help:
+      fields = config_fields(args.config, split_overrides(argv)[0])
+      print(parser().format_help())
+      print(fields)
+      return 0
   except (UsageError, config_lib.ConfigError) as e:
     return _error(str(e))
   try:

@@ -200,8 +200,9 @@ def _label_names(name: str, layout: Layout, folder: pathlib.Path) -> Dict[str, L
   return names
 
 
-def read_files(name: str, folder: pathlib.Path) -> CifarFiles:
+def read_files(name: str, folder: str | pathlib.Path) -> CifarFiles:
   """Reads every split of an official CIFAR folder (binary or python layout)."""
+  folder = pathlib.Path(folder).expanduser()
   found = _folder_layout(name, folder)
   if found is None:
     raise FileNotFoundError(f"no official {name} files in {folder}; expected {_expected(name)}")

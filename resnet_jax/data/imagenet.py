@@ -37,6 +37,7 @@ from PIL import Image
 
 from resnet_jax.data import augment
 from resnet_jax.data import jpeg
+from resnet_jax.data import preprocessing
 from resnet_jax.data.source import DatasetInfo, ExampleSeed, OpenDataset, decode_threads
 from resnet_jax.data.tfds_source import TfdsSource
 
@@ -258,6 +259,11 @@ class ImageNetSplits(OpenDataset):
 
   def preprocess(self, images: jax.Array, rng: Optional[jax.Array], train: bool) -> jax.Array:
     return self._preprocess(images, rng, train)
+
+  def eval_preprocessing(self) -> preprocessing.Preprocessing:
+    """Of decoded images of any size: shorter side `eval_resize`, center crop, ImageNet mean/std
+    (the host pipeline's eval crop, on the device)."""
+    return preprocessing.Preprocessing.imagenet(self.image_shape[0], self._resize)
 
 
 class ImageNetSource(TfdsSource):

@@ -135,6 +135,8 @@ class Pipeline:
       `config.placement` ("auto" | "device" | "host"; see `device_resident.py`).
     preprocess: `preprocess(images_uint8, rng, train) -> float32 [B, H, W, C]`, pure and
       jittable, for the train and eval steps.
+    eval_preprocessing: the eval-time transform as data (`preprocessing.Preprocessing`), which
+      a training run records with its weights; None for a dataset that does not give one.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, global_batch_size: int, eval_batch_size: int,
@@ -172,6 +174,7 @@ class Pipeline:
     self.steps_per_epoch = self.num_train_examples // self.global_batch_size
     self.num_eval_batches = math.ceil(self.num_eval_examples / self.eval_batch_size)
     self.preprocess: Callable[..., jax.Array] = self.dataset.preprocess
+    self.eval_preprocessing = self.dataset.eval_preprocessing()
     self.placement = device_resident.resolve_placement(
         str(config.get("placement", "auto")), self.dataset.train_arrays(), mesh.devices.flat, config.name)
 

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax.data import augment
+from resnet_jax.data import preprocessing
 from resnet_jax.data.source import DatasetInfo, ExampleSeed, OpenDataset
 from resnet_jax.data.tfds_source import TfdsSource
 
@@ -28,7 +29,8 @@ class InMemoryImages(OpenDataset):
   """Train and eval splits as uint8 arrays [N, H, W, C] and int32 labels [N]."""
 
   def __init__(self, train_images: np.ndarray, train_labels: np.ndarray, eval_images: np.ndarray,
-               eval_labels: np.ndarray, preprocess: Preprocess):
+               eval_labels: np.ndarray, preprocess: Preprocess,
+               eval_preprocessing: Optional[preprocessing.Preprocessing] = None):
     for what, images, labels in (("train", train_images, train_labels), ("eval", eval_images, eval_labels)):
       if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
         raise ValueError(f"{what} images {images.dtype} {images.shape} for {len(labels)} labels; "
@@ -38,6 +40,10 @@ class InMemoryImages(OpenDataset):
     self.num_train_examples, self.num_eval_examples = len(train_images), len(eval_images)
     self.image_shape = tuple(train_images.shape[1:])
     self._preprocess = preprocess
+    self._eval_preprocessing = eval_preprocessing
+
+  def eval_preprocessing(self) -> Optional[preprocessing.Preprocessing]:
+    return self._eval_preprocessing
 
   @property
   def eval_image_shape(self) -> Tuple[int, int, int]:
@@ -125,4 +131,7 @@ class SmallImageSource(TfdsSource):
     mean, std = statistics(train_images, config.normalization)
     preprocess = functools.partial(augment.cifar_preprocess, mean=mean, std=std,
                                    augment=bool(config.augment), padding=int(config.padding))
-    return InMemoryImages(train_images, train_labels, eval_images, eval_labels, preprocess)
+    recorded = preprocessing.Preprocessing(
+        mean, std, shape[:2], description=f"{name} {config.train_split}: {config.normalization} "
+        f"({len(train_images)} images)")
+    return InMemoryImages(train_images, train_labels, eval_images, eval_labels, preprocess, recorded)

@@ -136,6 +136,11 @@ class OpenDataset(abc.ABC):
     `rng` is one key per global batch (None at evaluation).
     """
 
+  def eval_preprocessing(self) -> Optional[Any]:
+    """The eval-time transform of images as they come (`preprocessing.Preprocessing`), which
+    a training run records with its weights; None when the dataset does not describe it."""
+    return None
+
 
 class DatasetSource(abc.ABC):
   """One dataset (or one family of datasets, one instance per name) behind the generic pipeline.

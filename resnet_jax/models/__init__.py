@@ -7,7 +7,8 @@
 >>> import flax.linen as nn
 >>> headless = models.create("resnet50", norm=models.flax_norm(nn.GroupNorm, num_groups=32), num_classes=0)
 """
-from resnet_jax.models.analysis import abstract_variables, count_params, flops, stage_costs, summary, xla_flops
+from resnet_jax.models.analysis import (abstract_variables, count_params, flops, size, stage_costs, summary,
+                                       xla_flops)
 from resnet_jax.models.blocks import (BasicBlock, BottleneckBlock, ConvSpec, PREACT_ORDERS, ResidualUnit,
                                       ResNeXtBlock, STRIDE_PLACEMENTS, UNIT_ORDERS)
 from resnet_jax.models.layers import ACTIVATIONS, CONVS, conv_kernel_init, he_conv
@@ -26,6 +27,6 @@ __all__ = [
     "PartTable", "PlainNet", "ProjectionShortcut", "REMAT_POLICIES", "ResNeXtBlock", "ResNet", "ResidualUnit", "SHORTCUTS",
     "STEMS", "STRIDE_PLACEMENTS", "ScaledShortcut", "Shortcut", "UNIT_ORDERS", "ZeroPadShortcut", "abstract_variables",
     "config", "conv_kernel_init", "count_params", "create", "field_names", "flax_norm", "flops", "he_conv",
-    "make_shortcut", "names", "register", "shortcut_factory", "stage_costs", "summary", "xla_flops",
+    "make_shortcut", "names", "register", "shortcut_factory", "size", "stage_costs", "summary", "xla_flops",
     "zero_pad_identity",
 ]

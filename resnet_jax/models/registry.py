@@ -82,8 +82,9 @@ for _c in (8, 16):
            stage_widths=(64, 128, 256), num_classes=10, cardinality=_c, bottleneck_width=64,
            stride_on="conv3x3", shortcut="B")
 
-# He et al. 2015, Table 1: ImageNet networks (option B; stride on the first 1×1 as in the paper —
-# use stride_on="conv3x3" for the torchvision "v1.5" layout).
+# He et al. 2015, Table 1: ImageNet networks (option B; stride on the first 1×1 as in the paper).
+# torchvision's and timm's "resnet50" put the bottleneck's stride on the 3×3 ("v1.5"): the same
+# parameter shapes but another function, so it has its own name here, `resnet50_v1_5`.
 _IMAGENET_DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -96,6 +97,8 @@ for _depth, (_block, _sizes) in _IMAGENET_DEPTHS.items():
   register(f"resnet{_depth}", block=_block, stage_sizes=_sizes, shortcut="B")
   register(f"preact_resnet{_depth}", block=_block, stage_sizes=_sizes, shortcut="B",
            unit_order="full_preact")
+  if _block == "bottleneck":
+    register(f"resnet{_depth}_v1_5", block=_block, stage_sizes=_sizes, shortcut="B", stride_on="conv3x3")
 for _depth in (18, 34):
   register(f"plain{_depth}", block="basic", stage_sizes=_IMAGENET_DEPTHS[_depth][1], shortcut="none")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 import pathlib
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
@@ -336,3 +337,12 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} does not exist: is {workdir} the --workdir of a `resnet-jax train` run?")
 
   return _tuples(ml_collections.ConfigDict(json.loads(path.read_text())))
+
+
+def with_local_data_dir(config: ml_collections.ConfigDict, data_dir: str | os.PathLike | None = None
+                        ) -> ml_collections.ConfigDict:
+  """A run's saved config, to read its data on this machine: `data.data_dir` becomes
+  `data_dir`, else $TFDS_DATA_DIR when set; else it stays as recorded (a path of the machine
+  that trained, or None: ~/tensorflow_datasets)."""
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+  return apply_overrides(config, {"data.data_dir": str(data_dir)}) if data_dir else config

@@ -146,18 +146,24 @@ def evaluate_params(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, me
 
 
 def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, split: Optional[str] = None,
-             mesh: Optional[Mesh] = None, log: Callable[[str], None] = logging.warning) -> Dict[str, Any]:
+             mesh: Optional[Mesh] = None, log: Callable[[str], None] = logging.warning,
+             data_dir: Optional[str | pathlib.Path] = None) -> Dict[str, Any]:
   """Evaluates a checkpoint of `workdir` (the latest by default, or `"best"`) on every
   example of a split.
 
-  The split is the run's `data.eval_split` unless `split` is given.
+  The split is the run's `data.eval_split` unless `split` is given; the dataset is read
+  from `data_dir`, else $TFDS_DATA_DIR, else where the run read it.
   """
   workdir = pathlib.Path(workdir).absolute()
-  config = config_lib.load_config(workdir)
+  config = config_lib.with_local_data_dir(config_lib.load_config(workdir), data_dir)
   if split:
     config.data.eval_split = split
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
-  pipe = build.pipeline(config, mesh)
+  try:
+    pipe = build.pipeline(config, mesh)
+  except FileNotFoundError as e:  # a run's data dir is often a path of the machine that trained it
+    raise FileNotFoundError(f"{e}; or read a prepared copy elsewhere: eval --data-dir DIR (evaluate(..., "
+                            "data_dir=DIR)) or $TFDS_DATA_DIR") from None
   model, variables, step = load_lib.restore_variables(workdir, step, config, log)
   if model.num_classes != pipe.num_classes:
     raise ValueError(f"the checkpoint has {model.num_classes} classes but data.name="

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +39,26 @@ def stack(trees: Sequence[Any]) -> Any:
 
 @dataclasses.dataclass
 class RateWindow:
-  """Images per second and the ETA since the last log line."""
+  """Images per second and the ETA since the last log line, over steps run after compilation.
+
+  The window starts at the process's first line, right after its first steps (which
+  compiled, after any restore): that line reports their time (`first_seconds`) instead.
+  """
   batch_size: int
   total_steps: int
   start_time: float
   start_step: int
+  first_seconds: Optional[float] = None  # the first steps with compilation, once measured
+  clock: Callable[[], float] = time.perf_counter
 
-  def measure(self, step: int) -> tuple[float, float]:
-    """(img/s, seconds left) over the window ending at `step`; then a new window starts."""
-    now = time.perf_counter()
+  def measure(self, step: int) -> tuple[Optional[float], Optional[float]]:
+    """(img/s, seconds left) over the window ending at `step`, (None, None) at the first line;
+    then a new window starts."""
+    now = self.clock()
+    if self.first_seconds is None:
+      self.first_seconds = now - self.start_time
+      self.start_time, self.start_step = now, step
+      return None, None
     elapsed = max(now - self.start_time, 1e-9)
     steps_per_sec = (step - self.start_step) / elapsed
     self.start_time, self.start_step = now, step
@@ -139,6 +150,8 @@ class Group:
 def check_runs(group: Group, host_sums: Optional[Metrics] = None) -> None:
   """Stops the runs whose loss or gradient became NaN/Inf: each gets the usual one-line report
   (its session ends with it) and leaves the group; the others go on."""
+  if not group.runs:  # all stopped already
+    return
   sums = fetch(group.progress.sums["first_nonfinite_step"]) if host_sums is None else host_sums[
       "first_nonfinite_step"]
   bad = np.atleast_1d(np.asarray(sums))

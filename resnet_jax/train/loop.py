@@ -57,26 +57,65 @@ def next_due(step: int, periods, total_steps: int) -> int:
   return min([total_steps] + [(step // every + 1) * every for every in periods])
 
 
-def log_train(group: Group) -> None:
-  """Fetches the window's metric sums, writes and prints each run's train record; new sums start."""
+def early_log_steps(first_step: int, every: int, total_steps: int) -> tuple[int, ...]:
+  """The steps of a process's extra progress lines: 1, 2, 4, 8, … steps after `first_step`
+  (where it started or resumed), before its first record is due (`itstime`).
+
+  The first comes right after the step that compiled, the next within seconds on any
+  machine, where the first record may be minutes away (100 steps of a CPU).
+  """
+  first_record = min(next_due(first_step, (every,), total_steps), total_steps)
+  steps, k = [], 1
+  while first_step + k < first_record:
+    steps.append(first_step + k)
+    k *= 2
+  return tuple(steps)
+
+
+def _window_records(group: Group) -> List[tuple[Run, Metrics, Optional[float]]]:
+  """Each run's train record of the window's metric sums so far (no `images_per_sec` at a
+  process's first line) and its ETA; runs whose loss became NaN/Inf leave the group first."""
+  if not group.runs:
+    return []
   host = fetch(group.progress.sums)
   if np.any(np.asarray(host["first_nonfinite_step"]) >= 0):
     check_runs(group, host)
     host = fetch(group.progress.sums)
-  step = group.progress.step
+  step, records = group.progress.step, []
   for i, run in enumerate(group.runs):
     own = jax.tree.map(lambda x: x[i], host) if group.packed else host
     exp, n = run.exp, max(int(own["steps"]), 1)
     images_per_sec, eta = run.rate.measure(step)
-    run.last_train = {"loss": float(own["loss"]) / n, "error": 100.0 * float(own["error"]) / n,
-                      "learning_rate": float(exp.schedule(jnp.asarray(step - 1))),
-                      "images_per_sec": images_per_sec, "epoch": step / exp.steps_per_epoch}
-    run.session.writer.write(step, run.last_train, "train")
-    run.session.writer.print(report.train_line(step, exp.total_steps, run.last_train, eta))
+    record = {"loss": float(own["loss"]) / n, "error": 100.0 * float(own["error"]) / n,
+              "learning_rate": float(exp.schedule(jnp.asarray(step - 1))), "epoch": step / exp.steps_per_epoch}
+    if images_per_sec is not None:
+      record["images_per_sec"] = images_per_sec
+    records.append((run, record, eta))
+  return records
+
+
+def _print_train_line(group: Group, run: Run, record: Metrics, eta: Optional[float]) -> None:
+  run.session.writer.print(report.train_line(group.progress.step, run.exp.total_steps, record, eta,
+                                             run.rate.first_seconds))
+
+
+def log_train(group: Group) -> None:
+  """Fetches the window's metric sums, writes and prints each run's train record; new sums start."""
+  for run, record, eta in _window_records(group):
+    run.last_train = record
+    run.session.writer.write(group.progress.step, record, "train")
+    _print_train_line(group, run, record, eta)
   zeros = lambda: step_lib.zero_train_metrics()
   if group.packed:
     zeros = lambda runs=len(group.runs): stack([step_lib.zero_train_metrics()] * runs)
-  group.progress.sums = step_lib.new_metrics(zeros, group.runs[0].exp.mesh)
+  if group.runs:
+    group.progress.sums = step_lib.new_metrics(zeros, group.runs[0].exp.mesh)
+
+
+def log_progress(group: Group) -> None:
+  """An early progress line (`early_log_steps`): printed, not recorded; the window goes on."""
+  for run, record, eta in _window_records(group):
+    _print_train_line(group, run, record, eta)
 
 
 class Evaluations:
@@ -178,10 +217,14 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
                                 config_spec)
   for run in group.runs:
     run.rate = RateWindow(int(config.global_batch_size), total, time.perf_counter(), start)
+  early = early_log_steps(start, config.log_every_steps, total)
   while group.runs and group.progress.step < total:
-    group.advance(until=next_due(group.progress.step, periods, total))
+    group.advance(until=min([next_due(group.progress.step, periods, total)] +
+                            [s for s in early if s > group.progress.step]))
     step = group.progress.step
     notice.after_step(step, group.progress.state)
+    if step in early:
+      log_progress(group)
     if itstime(step, config.log_every_steps, total):
       evals.finish()  # dispatched before these steps: ready, and its line comes first
       log_train(group)

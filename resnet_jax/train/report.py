@@ -5,7 +5,7 @@ One function per line, so the loop states *when* to report and this module *what
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from resnet_jax.train import metrics as metrics_lib
 
@@ -16,11 +16,18 @@ def start_line(name: str, num_params: int, num_devices: int, num_processes: int,
           f"batch {batch_size}, {steps_per_epoch} steps/epoch, steps {step}->{total_steps}")
 
 
-def train_line(step: int, total_steps: int, record: Mapping[str, float], eta_seconds: float) -> str:
-  """A `kind="train"` record (loss, error, learning_rate, images_per_sec, epoch) and the ETA."""
+def train_line(step: int, total_steps: int, record: Mapping[str, float], eta_seconds: Optional[float],
+               first_seconds: Optional[float] = None) -> str:
+  """A `kind="train"` record (loss, error, learning_rate, images_per_sec, epoch) and the ETA.
+
+  A process's first line has no speed yet (its first steps compiled): it gives their time.
+  """
+  if "images_per_sec" in record and eta_seconds is not None:
+    speed = f"{record['images_per_sec']:.0f} img/s | ETA {metrics_lib.format_duration(eta_seconds)}"
+  else:
+    speed = f"compiled, first step in {first_seconds or 0.0:.1f} s"
   return (f"step {step}/{total_steps} | epoch {record['epoch']:.2f} | loss {record['loss']:.4f} | "
-          f"train error {record['error']:.2f}% | lr {record['learning_rate']:.4g} | "
-          f"{record['images_per_sec']:.0f} img/s | ETA {metrics_lib.format_duration(eta_seconds)}")
+          f"train error {record['error']:.2f}% | lr {record['learning_rate']:.4g} | {speed}")
 
 
 def eval_line(step: int, epoch: float, result: Mapping[str, Any], split: str) -> str:

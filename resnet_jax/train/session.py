@@ -94,6 +94,8 @@ class TrainingSession:
         self.writer.print(f"initialised params and BatchNorm statistics from {source}")
     if self.is_chief:
       config_lib.save_config(config, self.workdir)
+      if exp.pipeline.eval_preprocessing is not None:  # what `load_network` hands back with the weights
+        exp.pipeline.eval_preprocessing.save(self.workdir)
     self.progress = Progress(state, sums, int(jax.device_get(state.step)))
     self.sessions.start(self.progress.step, resumed_from)
     return self.progress

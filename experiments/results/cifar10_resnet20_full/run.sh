@@ -4,7 +4,9 @@
 #
 #   run.sh start   start the run, or resume it, in the background (idempotent)
 #   run.sh status  is it running; the last progress line
-#   run.sh save    copy the newest checkpoint, metrics and session log into this folder (commit them)
+#   run.sh save    copy the newest checkpoint, config, metrics and session log into this folder
+#                  (commit them): the folder is then an ordinary workdir, e.g. for
+#                  rj.train.load_network(THIS_FOLDER) or resnet-jax eval --workdir THIS_FOLDER
 #   run.sh finish  once the run has finished: evaluate the final checkpoint on the test images,
 #                  save, and write results.json, curves.png and the table (report.py)
 #
@@ -58,10 +60,10 @@ start() {
   make -C "$SRC" install >"$BASE/install.log" 2>&1 || { tail -20 "$BASE/install.log" >&2; return 2; }
   "$SRC/.venv/bin/resnet-jax" prepare cifar10 --source "$CIFAR10_SOURCE" --data-dir "$DATA_DIR" 2>&1 | tail -1
   # A new machine: continue from what `save` committed here.
-  if ! ls -d "$WORKDIR"/checkpoints/[0-9]* >/dev/null 2>&1 && [[ -d "$HERE/checkpoint" ]]; then
-    local step; step="$(cat "$HERE/checkpoint/STEP")"
+  if ! ls -d "$WORKDIR"/checkpoints/[0-9]* >/dev/null 2>&1 && [[ -d "$HERE/checkpoints" ]]; then
+    local step; step="$(ls "$HERE/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -1)"
     mkdir -p "$WORKDIR/checkpoints"
-    cp -r "$HERE/checkpoint/$step" "$WORKDIR/checkpoints/$step"
+    cp -r "$HERE/checkpoints/$step" "$WORKDIR/checkpoints/$step"
     for f in metrics.jsonl sessions.jsonl; do [[ -f "$HERE/$f" ]] && cp "$HERE/$f" "$WORKDIR/$f"; done
     echo "seeded $WORKDIR from the committed checkpoint of step $step"
   fi
@@ -80,14 +82,14 @@ save() {
   local latest
   latest="$(ls -d "$WORKDIR"/checkpoints/[0-9]* 2>/dev/null | xargs -n1 basename | sort -n | tail -1)"
   if [[ -z "$latest" ]]; then echo "error: no checkpoint in $WORKDIR/checkpoints" >&2; return 2; fi
-  rm -rf "$HERE/checkpoint.new"
-  mkdir -p "$HERE/checkpoint.new"
-  cp -r "$WORKDIR/checkpoints/$latest" "$HERE/checkpoint.new/$latest"
-  echo "$latest" >"$HERE/checkpoint.new/STEP"
-  rm -rf "$HERE/checkpoint"
-  mv "$HERE/checkpoint.new" "$HERE/checkpoint"
-  cp "$WORKDIR/metrics.jsonl" "$WORKDIR/sessions.jsonl" "$HERE/"
-  echo "saved checkpoint $latest ($(du -sh "$HERE/checkpoint" | cut -f1)) to $HERE/checkpoint"
+  rm -rf "$HERE/checkpoints.new"
+  mkdir -p "$HERE/checkpoints.new"
+  cp -r "$WORKDIR/checkpoints/$latest" "$HERE/checkpoints.new/$latest"
+  rm -rf "$HERE/checkpoints"
+  mv "$HERE/checkpoints.new" "$HERE/checkpoints"
+  cp "$WORKDIR/metrics.jsonl" "$WORKDIR/sessions.jsonl" "$WORKDIR/config.json" "$HERE/"
+  for f in workdir.json preprocessing.json; do [[ -f "$WORKDIR/$f" ]] && cp "$WORKDIR/$f" "$HERE/"; done
+  echo "saved checkpoint $latest ($(du -sh "$HERE/checkpoints" | cut -f1)) to $HERE/checkpoints"
 }
 
 finish() {
