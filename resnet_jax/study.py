@@ -31,6 +31,7 @@ from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
 from resnet_jax.train import metrics
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train import workdir_io
 
 RESULT_FILE = "result.json"
 ON_CHANGE = ("error", "rerun")
@@ -53,7 +54,7 @@ class Run:
     return self.result_path.is_file()
 
   def result(self) -> Optional[dict]:
-    return json.loads(self.result_path.read_text()) if self.finished else None
+    return json.loads(workdir_io.read_text(self.result_path)) if self.finished else None
 
   def curves(self) -> list[dict]:
     return metrics.read_metrics(self.workdir)
@@ -132,7 +133,7 @@ class Study:
           "eval": out["eval"], "train": out["train"], "wall_time_s": time.time() - start,
           "commit": git_commit(), "device": device_description(), "config": config.to_dict(),
       }
-      run.result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+      workdir_io.write_atomic(run.result_path, json.dumps(record, indent=2, default=str) + "\n")
     return self
 
   def _changes(self, run: Run, config: ml_collections.ConfigDict) -> str:

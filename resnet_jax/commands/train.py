@@ -86,11 +86,15 @@ def main(argv: Sequence[str]) -> int:
   try:
     mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     result = loop.train(config, args.workdir, config_spec=args.config)
+  except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError,
+          workdir_lib.WorkdirWriteError) as e:
+    print(f"{PROG}: {e}", file=sys.stderr)  # not a usage error: exit 1
+    return 1
   except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, workdir_lib.WorkdirError,
           FileNotFoundError, ValueError) as e:
     return _error(str(e))
-  except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError) as e:
-    print(f"{PROG}: {e}", file=sys.stderr)  # not a usage error: exit 1
+  except OSError as e:  # the filesystem failed outside the workdir's files (the data, a cache)
+    print(f"{PROG}: {e}", file=sys.stderr)
     return 1
   if result["eval"]:
     ev = result["eval"]

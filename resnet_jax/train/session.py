@@ -136,7 +136,7 @@ class TrainingSession:
     self._finished = True
 
   def last_record(self, kind: str) -> Metrics:
-    return metrics_lib.last_record(self.workdir, kind)
+    return metrics_lib.last_record(self.workdir, kind, log=self.writer.print)
 
   # -- end ---------------------------------------------------------------------------
   def __enter__(self) -> "TrainingSession":
