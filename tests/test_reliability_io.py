@@ -98,6 +98,201 @@ def _copy(workdir, tmp_path) -> pathlib.Path:
   return target
 
 
+# -- rows 1 and 5: a save that cannot be written ----------------------------------------------
+
+@pytest.mark.timeout(2 * EXIT_TIMEOUT_S)
+@pytest.mark.parametrize("fault", ["no inodes", "read-only"])
+def test_a_checkpoint_folder_that_cannot_be_created_exits_1_at_once(data_dir, tmp_path, mounts, fault):
+  """Orbax cannot create step 10's temporary folder: one line, exit 1, no thread left waiting."""
+  workdir = tmp_path / "run"
+  assert rt.train(_config(data_dir, num_steps=5), workdir)["step"] == 5
+  _, before = rt.load_variables(workdir)
+  checkpoints = workdir / "checkpoints"
+  if fault == "no inodes":  # a filesystem whose every inode is taken, holding a copy of step 5
+    shutil.move(str(checkpoints), str(tmp_path / "saved"))
+    mounts.tmpfs(checkpoints, "size=8m,nr_inodes=64")
+    shutil.copytree(tmp_path / "saved", checkpoints, dirs_exist_ok=True)
+    for i in range(64):
+      try:
+        (checkpoints / f"filler{i}").touch()
+      except OSError:
+        break
+  else:
+    mounts.read_only(checkpoints)
+  code, out, err, seconds = _cli_subprocess(_train_argv(workdir, data_dir))
+  line = _one_line(err, out)
+  assert code == 1 and seconds < EXIT_TIMEOUT_S
+  reason = "no space left on device" if fault == "no inodes" else "read-only file system"
+  assert line.startswith(f"resnet-jax train: could not write the checkpoint of step 10 to {checkpoints}: {reason}")
+  assert "the earlier checkpoints are intact (steps [5])" in line
+  _, after = rt.load_variables(workdir)  # step 5, verified by its checksums
+  _assert_bit_exact(before, after)
+
+
+@pytest.mark.timeout(2 * EXIT_TIMEOUT_S)
+def test_a_disk_that_fills_during_a_save_is_one_line_naming_that_step(data_dir, tmp_path, mounts):
+  """700 KB hold about three checkpoints of the smoke network: the first save that does not fit
+  is named (not the next one), nothing else is printed (no Orbax, asyncio or TensorBoard
+  traceback at cleanup), and the saved ones restore."""
+  workdir = mounts.tmpfs(tmp_path / "disk", "size=700k") / "run"
+  code, out, err, _ = _cli_subprocess(_train_argv(workdir, data_dir, num_steps=60))
+  line = _one_line(err, out)
+  intact = _steps(workdir)
+  assert code == 1 and intact and intact[-1] < 60, (intact, line)
+  failed = intact[-1] + 5
+  assert line == (f"resnet-jax train: could not write the checkpoint of step {failed} to {workdir / 'checkpoints'}: "
+                  f"no space left on device; the earlier checkpoints are intact (steps {intact}); free space or "
+                  "fix the directory, then run the same command again to resume from the newest")
+  assert metrics_lib.read_sessions(workdir)[-1]["reason"].startswith("CheckpointWriteError")
+  reference = tmp_path / "reference"  # the same run on a disk with room, to the same step
+  rt.train(_config(data_dir, num_steps=intact[-1]), reference)
+  _assert_bit_exact(rt.load_variables(reference)[1], rt.load_variables(workdir)[1])
+
+
+# -- rows 2, 3, 6: bit flips in a checkpoint -----------------------------------------------------
+
+def _flip_bit(path: pathlib.Path, position: int, bit: int = 0x04) -> None:
+  data = bytearray(path.read_bytes())
+  data[position] ^= bit
+  path.write_bytes(bytes(data))
+
+
+def _in_the_middle(select, bit=0x04):
+  def flip(step_dir):
+    path = select(step_dir)
+    _flip_bit(path, path.stat().st_size // 2, bit)
+  return flip
+
+
+def _in_the_first_digit_of(select, key: bytes, bit: int):
+  """Flips a bit of a number's first digit ("step": 10 -> 90, with 0x08): still JSON."""
+  def flip(step_dir):
+    path = select(step_dir)
+    _flip_bit(path, path.read_bytes().index(b'"%s": ' % key) + len(key) + 4, bit)
+  return flip
+
+
+def _raw_params(state_dir: pathlib.Path):
+  """The params as Orbax alone reads them back (no checksums)."""
+  return _leaves(ocp.PyTreeCheckpointer().restore(state_dir)["train"]["params"])
+
+
+def _in_the_arrays_so_that_orbax_reads_other_params(step_dir):
+  """Flips one bit of an array data file where Orbax alone reads the params back without an
+  error, as other values (where the arrays lie in the files varies from save to save)."""
+  reference = _raw_params(step_dir / "state")
+  data_files = sorted((step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda f: -f.stat().st_size)
+  for trial, (path, position) in enumerate((f, f.stat().st_size * k // 16) for f in data_files for k in range(4, 16)):
+    state = step_dir.parent / f"trial{trial}"  # a fresh path: TensorStore caches what it read
+    shutil.copytree(step_dir / "state", state)
+    _flip_bit(state / path.relative_to(step_dir / "state"), position)
+    try:
+      changed = any(not np.array_equal(a, b) for a, b in zip(reference, _raw_params(state), strict=True))
+    except Exception:  # pylint: disable=broad-except  (a flip Orbax notices)
+      changed = False
+    shutil.rmtree(state)
+    if changed:
+      _flip_bit(path, position)
+      return
+  raise AssertionError(f"no bit of {step_dir} was read back silently by Orbax")
+
+
+def _data_file(step_dir):
+  return max((step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda f: f.stat().st_size)
+
+
+# One bit flipped in each kind of file of a checkpoint.
+FLIPS = {
+    "array data": _in_the_middle(_data_file),
+    "array data, read back silently": _in_the_arrays_so_that_orbax_reads_other_params,
+    "array index": _in_the_middle(lambda d: d / "state" / "ocdbt.process_0" / "manifest.ocdbt"),
+    "state manifest": _in_the_middle(lambda d: d / "state" / "manifest.ocdbt"),
+    "state tree metadata": _in_the_middle(lambda d: d / "state" / "_METADATA"),
+    "shardings": _in_the_middle(lambda d: d / "state" / "_sharding"),
+    "array metadata": _in_the_middle(lambda d: d / "state" / "array_metadatas" / "process_0"),
+    "data-iterator position": _in_the_first_digit_of(lambda d: d / "data" / "metadata", b"step", 0x08),
+    "meta (fingerprint, config, checksums)": _in_the_middle(lambda d: d / "meta" / "metadata", 0x01),
+    "eval metrics": _in_the_first_digit_of(lambda d: d / "metrics" / "metrics", b"num_examples", 0x01),  # 50 -> 40
+    "eval metrics, no longer JSON": _in_the_first_digit_of(lambda d: d / "metrics" / "metrics", b"num_examples", 0x08),
+    "checkpoint metadata": _in_the_middle(lambda d: d / "_CHECKPOINT_METADATA"),
+    "commit marker": _in_the_middle(lambda d: d / "commit_success.txt"),
+}
+# Flips that Orbax itself reads back without an error: only the checksums catch them.
+SILENT = ("array data, read back silently", "data-iterator position")
+
+
+def _restore_like_a_resumed_run(exp, workdir):
+  """(step, state, data position, eval metrics, printed lines): what `train` starts from."""
+  console = io.StringIO()
+  with TrainingSession(exp, workdir) as session:
+    session.writer.console = console
+    train_iter = exp.pipeline.train_iterator()
+    progress = session.restore_or_initialize(train_iter)
+    eval_metrics = session.checkpointer.eval_metrics(progress.step)
+    session.finish()
+  return progress.step, progress.state, train_iter.get_state(), eval_metrics, console.getvalue()
+
+
+@pytest.fixture(scope="module")
+def step5(finished, tmp_path_factory):
+  """(state, variables, data position) at step 5 (from a copy without step 10): a fall back's result."""
+  workdir = tmp_path_factory.mktemp("step5") / "run"
+  shutil.copytree(finished[0], workdir)
+  shutil.rmtree(workdir / "checkpoints" / "10")
+  _, variables = rt.load_variables(workdir)
+  step, state, data, _, _ = _restore_like_a_resumed_run(rt.build.experiment(_config(finished[2])), workdir)
+  assert step == 5
+  return state, variables, data
+
+
+@pytest.mark.parametrize("kind", sorted(FLIPS))
+def test_a_bit_flip_in_any_file_of_a_checkpoint_is_caught_or_harmless(data_dir, finished, step5, tmp_path, capsys,
+                                                                      kind):
+  """Never a silently different model: each reader of the newest checkpoint (a resumed run, a
+  finished run's report, `eval`/`load_variables`) gets it exactly as saved, or reports it
+  unreadable and uses step 5 (a resumed run sets it aside and trains steps 6-10 again)."""
+  workdir, final_state, _ = finished
+  copy = _copy(workdir, tmp_path)
+  FLIPS[kind](copy / "checkpoints" / "10")
+  saved_metrics = ckpt_lib.Checkpointer(workdir / "checkpoints", create=False).eval_metrics(10)
+
+  _, variables, found = load_lib.restore_variables(copy, log=print)  # what eval restores
+  expected_variables = ({"params": final_state.params, "batch_stats": final_state.batch_stats} if found == 10
+                        else step5[1])
+  _assert_bit_exact(variables, expected_variables)
+
+  step, state, data, eval_metrics, out = _restore_like_a_resumed_run(rt.build.experiment(_config(data_dir)), copy)
+  out += capsys.readouterr().out
+  _no_traceback(out)
+  if step == 10:
+    _assert_bit_exact(state, final_state)
+    assert data["step"] == 10 and eval_metrics in ({}, saved_metrics)  # changed metrics are dropped, never shown
+  else:
+    assert step == 5 and "checkpoints/10 is unreadable (" in out and "moved it to" in out, out
+    _assert_bit_exact(state, step5[0])
+    assert data == step5[2]
+  if kind in SILENT:
+    assert step == 5 and "does not match the checksum recorded when it was saved" in out, out
+  if kind == "array data, read back silently":
+    assert found == 5, out  # eval too: the flipped bit is in the params
+  if kind.startswith("eval metrics"):
+    assert step == 10 and eval_metrics == {} and saved_metrics, out
+
+
+def test_eval_falls_back_from_damaged_arrays_in_two_lines_without_tracebacks(finished, tmp_path):
+  """`resnet-jax eval` in its own process (TensorStore's leftovers of a failed read used to print
+  dozens of "Event loop is closed" tracebacks): the unreadable step, then the one used."""
+  copy = _copy(finished[0], tmp_path)
+  for f in (copy / "checkpoints" / "10" / "state" / "ocdbt.process_0" / "d").iterdir():
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 3])
+  code, out, err, _ = _cli_subprocess(["eval", "--workdir", str(copy), "--json"])
+  _no_traceback(out, err)
+  lines = err.strip().splitlines()
+  assert code == 0 and len(lines) == 2, err
+  assert "checkpoints/10 is unreadable (" in lines[0] and "using step 5, the newest readable" in lines[1]
+  assert json.loads(out.strip().splitlines()[-1])["step"] == 5
+
+
 # -- row 4: links where the workdir keeps files --------------------------------------------------
 
 @pytest.mark.parametrize("name", [".lock", "config.json", "workdir.json", "metrics.jsonl", "sessions.jsonl"])
@@ -113,6 +308,20 @@ def test_a_link_in_place_of_a_workdir_file_is_refused_and_its_target_untouched(d
   assert victim.read_text() == "not yours\n" and (workdir / name).is_symlink()
 
 
+# -- rows 7 and 8: config.json, a copy of what the checkpoints record -----------------------------
+
+def test_a_missing_config_json_does_not_let_a_changed_recipe_resume(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  rt.train(_config(data_dir, num_steps=5), workdir)
+  (workdir / config_lib.CONFIG_FILE).unlink()
+  for field, value in (("optimizer.learning_rate", 0.05), ("optimizer.momentum", 0.5),
+                       ("schedule.name", "cosine"), ("optimizer.weight_decay", 0.0)):
+    with pytest.raises(workdir_lib.ConfigChangedError, match=rf"{field}: "):
+      rt.train(_config(data_dir, **{field: value}), workdir)
+  assert rt.train(_config(data_dir), workdir)["step"] == 10  # the same recipe resumes and writes it again
+  assert config_lib.load_config(workdir).optimizer.learning_rate == 0.1
+
+
 @pytest.mark.parametrize("content", ['{"model": {"name": "cifar', "{}", "[1]"])
 def test_a_damaged_config_json_is_one_line_naming_it_and_the_way_out(finished, tmp_path, capsys, content):
   copy = _copy(finished[0], tmp_path)
@@ -121,6 +330,15 @@ def test_a_damaged_config_json_is_one_line_naming_it_and_the_way_out(finished, t
   assert cli.main(["eval", "--workdir", str(copy)]) == 2
   line = _one_line(capsys.readouterr().err)
   assert f"{path} " in line and "run `resnet-jax train` with the run's --config and --workdir" in line, line
+
+
+def test_the_way_out_of_a_damaged_config_json_works(data_dir, finished, tmp_path, capsys):
+  copy = _copy(finished[0], tmp_path)
+  (copy / config_lib.CONFIG_FILE).write_text("{}")
+  assert cli.main(_train_argv(copy, data_dir)) == 0  # finished: reports, trains nothing, rewrites the copy
+  assert "already finished at step 10 of 10" in capsys.readouterr().out
+  assert cli.main(["eval", "--workdir", str(copy), "--json"]) == 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 10
 
 
 # -- row 9: a metrics line cut short by a crash ------------------------------------------------------

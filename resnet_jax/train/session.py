@@ -52,14 +52,15 @@ class TrainingSession:
     self.is_chief = jax.process_index() == 0
     workdir_lib.check_format(workdir, write=self.is_chief)
     self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
-    self.meta = ckpt_lib.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
-                                     self.abstract_state)
+    self.meta = {**ckpt_lib.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
+                                        self.abstract_state),
+                 ckpt_lib.CONFIG_KEY: config_lib.to_json_value(config)}  # the recipe a resume must keep
     self.checkpointer = ckpt_lib.Checkpointer(workdir / load_lib.CHECKPOINT_DIR, keep=config.keep_checkpoints,
                                               keep_best=config.keep_best_checkpoints,
                                               async_save=config.async_checkpoints)
     try:  # Orbax's threads keep a process alive until the checkpointer is closed
       if self.checkpointer.latest_step() is not None:
-        workdir_lib.check_resumable(config, workdir)
+        workdir_lib.check_resumable(config, workdir, self.checkpointer.saved_config())
       self.writer = metrics_lib.MetricWriter(workdir)
     except BaseException:
       self.checkpointer.close()
@@ -153,16 +154,21 @@ class TrainingSession:
                 "finished" if exc is None else _end_reason(exc))
 
   def _close(self, reason: str) -> None:
+    """Records the end, then closes; after an error, cleanup errors (a full disk fails them
+    all) are dropped so that the error in flight is the one reported."""
+    ended_well = reason in ("finished", "preempted")
     step = self.progress.step if self.progress is not None else 0
-    self.sessions.end(step, int(self.exp.config.global_batch_size), reason)
     self.preemption.close()
-    try:
-      self.checkpointer.close()
-    except ckpt_lib.CheckpointWriteError:
-      if reason in ("finished", "preempted"):  # else the error in flight says more
-        raise
-    finally:
-      self.writer.close()
+    closing = (lambda: self.sessions.end(step, int(self.exp.config.global_batch_size), reason),
+               self.checkpointer.close, self.writer.close)
+    first_error = None
+    for close in closing:
+      try:
+        close()
+      except Exception as e:  # pylint: disable=broad-except
+        first_error = first_error or e
+    if ended_well and first_error is not None:
+      raise first_error
 
 
 def _end_reason(error: BaseException) -> str:
