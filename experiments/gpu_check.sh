@@ -106,7 +106,8 @@ fi
 if [[ -n "$CIFAR" ]]; then
   TFDS=/tmp/gpu_check_tfds
   rm -rf "$TFDS"
-  run prepare 120 "${RJ[@]}" prepare cifar10 --source "$CIFAR" --data-dir "$TFDS"
+  PARTIAL=""; [[ $SMOKE == 1 ]] && PARTIAL=--allow-partial  # smoke: a subset of the official files
+  run prepare 120 "${RJ[@]}" prepare cifar10 --source "$CIFAR" --data-dir "$TFDS" $PARTIAL
   if [[ $SMOKE == 1 ]]; then LOOP=(--steps 60); TRAIN=("$R20" --config.num_steps=40); else
     LOOP=(--config cifar10_resnet20 --steps 3000 --train-split "train[:45000]" --eval-split "train[45000:]")
     TRAIN=(cifar10_resnet20); fi

@@ -381,3 +381,38 @@ def test_a_read_only_workdir_is_one_line(data_dir, tmp_path, mounts, capsys):
   assert cli.main(_train_argv(workdir, data_dir, num_steps=2)) == 2
   line = _one_line(capsys.readouterr().err)
   assert f"cannot create {workdir / '.lock'}: Read-only file system" in line, line
+
+
+# -- rows 11 and 12: prepare -----------------------------------------------------------------------------
+
+def test_prepare_refuses_a_cifar_file_cut_at_a_record_boundary(tmp_path, capsys):
+  from resnet_jax.data import testing as data_testing  # pylint: disable=g-import-not-at-top
+  source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=10000, num_test=10000, seed=0)
+  batch = source / "data_batch_3.bin"
+  batch.write_bytes(batch.read_bytes()[:5000 * 3073])  # 5,000 whole records
+  assert cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp_path / "tfds")]) == 2
+  line = _one_line(capsys.readouterr().err)
+  assert f"{batch} holds 5,000 records, the official file 10,000" in line and "--allow-partial" in line
+  assert not (tmp_path / "tfds" / "cifar10" / "3.0.2").exists()
+
+
+def test_prepare_prints_the_counts_and_prepares_a_subset_when_asked(tmp_path, capsys):
+  from resnet_jax.data import testing as data_testing  # pylint: disable=g-import-not-at-top
+  source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=4, num_test=6, seed=0)
+  argv = ["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp_path / "tfds")]
+  assert cli.main(argv) == 2 and "data_batch_1.bin holds 4 records" in capsys.readouterr().err
+  assert cli.main([*argv, "--allow-partial"]) == 0
+  assert capsys.readouterr().out.strip().endswith("(20 train, 6 test images)")
+
+
+def test_prepare_into_a_full_disk_is_one_line_and_removes_the_partial_files(data_dir, tmp_path, mounts, capsys):
+  source = data_dir.parent / "src"  # conftest's tiny dataset: ~1 MB of PNGs
+  target = mounts.tmpfs(tmp_path / "disk", "size=400k") / "tfds"
+  code = cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", str(target), "--allow-partial"])
+  err = capsys.readouterr().err
+  _no_traceback(err)
+  lines = [line.strip("\r\x1b[A ") for line in err.splitlines() if line.startswith("resnet-jax")]
+  assert code == 1 and lines == [f"resnet-jax prepare: cannot write cifar10 to {target}: no space left on device "
+                                 "(the partial files were removed); free space or fix the directory, or pass "
+                                 "another --data-dir"], err[-2000:]
+  assert not list(target.glob("cifar10/*")), list(target.glob("cifar10/*"))
