@@ -416,3 +416,27 @@ def test_prepare_into_a_full_disk_is_one_line_and_removes_the_partial_files(data
                                  "(the partial files were removed); free space or fix the directory, or pass "
                                  "another --data-dir"], err[-2000:]
   assert not list(target.glob("cifar10/*")), list(target.glob("cifar10/*"))
+
+
+# -- row 13: values that would fail late -------------------------------------------------------------------
+
+def test_an_absurd_eval_batch_is_bounded_by_the_split(data_dir, tmp_path):
+  config = _config(data_dir, num_steps=2, eval_batch_size=10**9)
+  assert rt.build.pipeline(config).eval_batch_size == 50  # the whole split in one batch
+  assert rt.train(config, tmp_path / "run")["eval"]["num_examples"] == 50
+
+
+# -- row 14: after a NaN, the advised command works ------------------------------------------------------
+
+def test_the_nan_message_gives_a_command_that_works(data_dir, tmp_path, capsys):
+  workdir = tmp_path / "nan"
+  argv = _train_argv(workdir, data_dir, num_steps=20, checkpoint_every_steps=2, **{"optimizer.learning_rate": 100.0})
+  assert cli.main(argv) == 1  # diverges at step 12
+  line = _one_line(capsys.readouterr().err)
+  advised = line[line.index("`resnet-jax train ") + 1:line.rindex("`")].split()
+  assert advised[:3] == ["resnet-jax", "train", "--config"] and f"--config.init_from={workdir}:10" in advised
+  new_dir = tmp_path / "lower"
+  advised = [str(new_dir) if a == "NEW_DIR" else a.replace("LOWER", "0.01") for a in advised[1:]]
+  assert cli.main([*advised, *_flags(data_dir, num_steps=3)]) == 0
+  assert "initialised params and BatchNorm statistics from" in capsys.readouterr().out
+  assert _steps(new_dir) == [3]

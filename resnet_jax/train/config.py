@@ -26,6 +26,9 @@ from resnet_jax.train import workdir_io
 CONFIG_FILE = "config.json"
 # Fields every saved config has (an older or damaged file without them is not one).
 SAVED_CONFIG_KEYS = ("model", "data", "optimizer", "schedule", "global_batch_size", "seed")
+# Seeds reach NumPy's SeedSequence (non-negative) and JAX's PRNGKey (at most 64 bits): the
+# usual 32-bit range is accepted.
+MAX_SEED = 2**32 - 1
 
 # Choices of the engine's fields (the modules that use them import them from here).
 BN_MODES = ("global", "per_device", "ghost")
@@ -226,10 +229,15 @@ def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """Training length in optimiser steps from `num_steps` or `num_epochs`."""
+  """Training length in optimiser steps from `num_steps` or `num_epochs`; at least one
+  (`ConfigError` for a `num_epochs` shorter than a step)."""
   if config.num_steps > 0:
     return int(config.num_steps)
-  return int(round(float(config.num_epochs) * steps_per_epoch))
+  steps = int(round(float(config.num_epochs) * steps_per_epoch))
+  if steps < 1:
+    raise ConfigError(f"num_epochs={config.num_epochs} is {steps} steps at {steps_per_epoch} steps per epoch; "
+                      f"train at least one step (num_epochs >= {1 / steps_per_epoch:.3g}, or num_steps)")
+  return steps
 
 
 def choice(name: str, value: Any, valid: Sequence[Any] | Mapping[Any, Any]) -> Any:
@@ -244,6 +252,8 @@ def choice(name: str, value: Any, valid: Sequence[Any] | Mapping[Any, Any]) -> A
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """One-line errors for values that would otherwise fail deep inside JAX or Optax."""
+  if not 0 <= int(config.seed) <= MAX_SEED:
+    raise ConfigError(f"seed={config.seed} must be in [0, {MAX_SEED}] (2**32 - 1)")
   if (config.num_steps > 0) == (config.num_epochs > 0):
     raise ConfigError(f"exactly one of num_steps={config.num_steps} and num_epochs={config.num_epochs} "
                       "must be positive")

@@ -184,7 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 def _train(exp: build.Experiment, workdir: pathlib.Path, config_spec: Optional[str]) -> Dict[str, Any]:
   config, total = exp.config, exp.total_steps
   eval_every = exp.steps_per_epoch * int(config.eval_every_epochs)
-  with TrainingSession(exp, workdir) as session:
+  with TrainingSession(exp, workdir, config_spec) as session:
     train_iter = exp.pipeline.train_iterator()
     progress = session.restore_or_initialize(train_iter)
     if progress.step >= total:

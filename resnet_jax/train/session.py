@@ -44,11 +44,12 @@ class Progress:
 
 
 class TrainingSession:
-  """See the module docstring; `exp` is the built (validated) experiment."""
+  """See the module docstring; `exp` is the built (validated) experiment, `config_spec` the
+  `--config` value (named in the advice after a NaN)."""
 
-  def __init__(self, exp: build.Experiment, workdir: pathlib.Path):
+  def __init__(self, exp: build.Experiment, workdir: pathlib.Path, config_spec: Optional[str] = None):
     config = exp.config
-    self.exp, self.workdir = exp, workdir
+    self.exp, self.workdir, self.config_spec = exp, workdir, config_spec
     self.is_chief = jax.process_index() == 0
     workdir_lib.check_format(workdir, write=self.is_chief)
     self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
@@ -109,11 +110,8 @@ class TrainingSession:
     bad = int(jax.device_get(sums["first_nonfinite_step"]))
     if bad >= 0:
       good = self.checkpointer.latest_step()
-      where = (f"last good checkpoint: {self.checkpointer.directory / str(good)} (step {good})"
-               if good is not None else "no checkpoint was saved before it")
-      raise NonFiniteLossError(
-          f"training loss or gradient is NaN/Inf at step {bad + 1}; stopped. {where}. "
-          "Lower optimizer.learning_rate or add schedule.warmup_length.")
+      advice = report.diverged_advice(self.workdir, self.checkpointer.directory, good, self.config_spec)
+      raise NonFiniteLossError(f"training loss or gradient is NaN/Inf at step {bad + 1}; stopped. {advice}")
 
   def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
     """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
