@@ -113,7 +113,8 @@ fi
 TFDS=/tmp/gpu_check_tfds
 if [[ -n "$CIFAR" ]]; then
   rm -rf "$TFDS"
-  run prepare 120 "${RJ[@]}" prepare cifar10 --source "$CIFAR" --data-dir "$TFDS"
+  PARTIAL=(); [[ $SMOKE == 1 ]] && PARTIAL=(--allow-partial)  # smoke: a subset of the official files
+  run prepare 120 "${RJ[@]}" prepare cifar10 --source "$CIFAR" --data-dir "$TFDS" "${PARTIAL[@]}"
 else
   note "no CIFAR-10 given (--cifar / --cifar-pieces): the training runs are skipped"
 fi

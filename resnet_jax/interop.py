@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from packaging.version import Version
 from safetensors.numpy import load_file as load_safetensors
 
 from resnet_jax import models
@@ -52,6 +53,13 @@ TORCHVISION = {
 _OURS = {tv: ours for ours, tv in TORCHVISION.items()}
 # BatchNorm keys torchvision has and we do not keep (PyTorch's count of training steps).
 IGNORED_SUFFIXES = (".num_batches_tracked",)
+# The first torch whose `torch.load(weights_only=True)` cannot be made to run code from the
+# file (CVE-2025-32434 affects 2.5.1 and older).
+MIN_TORCH_FOR_PTH = Version("2.6")
+
+
+class SuspiciousWeightsWarning(UserWarning):
+  """A weights file holds NaN/Inf values, or integer tensors where weights are floats."""
 
 
 class ConversionError(ValueError):
@@ -255,16 +263,47 @@ def read(path: str | pathlib.Path) -> Dict[str, Any]:
     with np.load(path) as f:
       state_dict = {k: f[k] for k in f.files}
   elif suffix in (".pth", ".pt", ".bin"):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top  (optional, and seconds to import)
-    except ImportError:
-      raise ImportError(f"reading {path.name} needs PyTorch: pip install 'resnet-jax[torch]' (or convert "
-                        "it to .safetensors, which needs no torch)") from None
+    torch = _torch_for_pth(path)
     state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
     state_dict = state_dict.get("state_dict", state_dict) if isinstance(state_dict, dict) else state_dict
   else:
     raise ValueError(f"unknown checkpoint format {path.suffix!r} of {path}; valid: .safetensors, .npz, .pth, .pt")
-  return {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}  # DataParallel prefixes
+  state_dict = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}  # DataParallel prefixes
+  _warn_suspicious(path, state_dict)
+  return state_dict
+
+
+def _torch_for_pth(path: pathlib.Path) -> Any:
+  """torch, when installed at a version whose `weights_only=True` loading is safe (one-line errors)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (optional, and seconds to import)
+  except ImportError:
+    raise ImportError(f"reading {path.name} needs PyTorch: pip install 'resnet-jax[torch]' (or convert "
+                      "it to .safetensors, which needs no torch)") from None
+  if Version(torch.__version__) < MIN_TORCH_FOR_PTH:
+    raise ImportError(f"reading {path.name} needs torch >= {MIN_TORCH_FOR_PTH}, found {torch.__version__}: older "
+                      "torch.load can run code from the file even with weights_only=True (CVE-2025-32434); "
+                      "pip install -U 'resnet-jax[torch]', or convert the file to .safetensors elsewhere")
+  return torch
+
+
+def _warn_suspicious(path: pathlib.Path, state_dict: Mapping[str, Any]) -> None:
+  """Warns, naming the tensors, about NaN/Inf values and integer tensors (weights are floats)."""
+  nonfinite, integer = [], []
+  for key, value in state_dict.items():
+    if key.endswith(IGNORED_SUFFIXES):
+      continue
+    array = _numpy(value)
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+      nonfinite.append(key)
+    elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+      integer.append(f"{key} ({array.dtype})")
+  if nonfinite:
+    warnings.warn(f"{path}: NaN/Inf values in {len(nonfinite)} tensors: {_first(nonfinite)}",
+                  SuspiciousWeightsWarning, stacklevel=3)
+  if integer:
+    warnings.warn(f"{path}: integer tensors where weights are floats (converted as they are): {_first(integer)}",
+                  SuspiciousWeightsWarning, stacklevel=3)
 
 
 def load(path: str | pathlib.Path, name: str, num_classes: Optional[int] = None,

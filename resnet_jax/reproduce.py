@@ -117,9 +117,10 @@ def budget_overrides(base_config, args) -> dict[str, Any]:
 
 
 def prepare_data(args, data_dir: Optional[str]) -> None:
-  """Prepares CIFAR-10 from ``--cifar10-source`` into ``data_dir`` (a no-op once prepared)."""
+  """Prepares CIFAR-10 from ``--cifar10-source`` into ``data_dir`` (a no-op once prepared);
+  ``--smoke`` accepts a subset of the official files."""
   if args.cifar10_source:
-    rjd.prepare("cifar10", args.cifar10_source, data_dir)
+    rjd.prepare("cifar10", args.cifar10_source, data_dir, allow_partial=args.smoke)
 
 
 def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Sequence[str] = (),

@@ -33,6 +33,7 @@ from resnet_jax.train import loop
 from resnet_jax.train import metrics
 from resnet_jax.train import packing
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train import workdir_io
 
 RESULT_FILE = "result.json"
 ON_CHANGE = ("error", "rerun")
@@ -55,7 +56,7 @@ class Run:
     return self.result_path.is_file()
 
   def result(self) -> Optional[dict]:
-    return json.loads(self.result_path.read_text()) if self.finished else None
+    return json.loads(workdir_io.read_text(self.result_path)) if self.finished else None
 
   def saved_step(self) -> Optional[int]:
     """The step of the run's newest checkpoint (None before its first)."""
@@ -173,7 +174,7 @@ class Study:
         "eval": out["eval"], "train": out["train"], "wall_time_s": wall_time,
         "commit": git_commit(), "device": device_description(), "config": config.to_dict(),
     }
-    run.result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    workdir_io.write_atomic(run.result_path, json.dumps(record, indent=2, default=str) + "\n")
 
   def _prepare(self, run: Run, log: Callable[[str], None]) -> bool:
     """Checks a run's workdir against its config (moving it aside if asked); True if finished."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 
 import jax
 import pytest
@@ -49,3 +50,50 @@ def cifar10_source() -> pathlib.Path:
   if not (p / "data_batch_1.bin").is_file():
     pytest.skip(f"RESNET_JAX_CIFAR10_DIR={path} holds no data_batch_1.bin")
   return p
+
+
+class Mounts:
+  """tmpfs mounts for tests of a full disk, exhausted inodes or a read-only filesystem.
+
+  Mounting needs root with mount rights (as in CI); elsewhere the test is skipped with the
+  reason. Every mount is undone when the test ends, whatever happens.
+  """
+
+  def __init__(self):
+    self.mounted: list[pathlib.Path] = []
+
+  def tmpfs(self, path: pathlib.Path, options: str = "size=700k") -> pathlib.Path:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+      result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+      pytest.skip("no `mount` command here: the test needs a tmpfs mount (root, as in CI)")
+    if result.returncode != 0:
+      pytest.skip(f"mounting a tmpfs is not permitted here ({result.stderr.strip() or result.returncode}): "
+                  "the test needs root with mount rights, as in CI")
+    self.mounted.append(path)
+    return path
+
+  def read_only(self, path: pathlib.Path) -> None:
+    """Makes `path`, a folder (mounted or not), a read-only mount of itself."""
+    if path not in self.mounted:
+      subprocess.run(["mount", "--bind", str(path), str(path)], check=True, timeout=30)
+      self.mounted.append(path)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, timeout=30)
+
+  def undo(self) -> None:
+    for path in reversed(self.mounted):
+      if subprocess.run(["umount", str(path)], capture_output=True, timeout=30, check=False).returncode:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
+    self.mounted.clear()
+
+
+@pytest.fixture
+def mounts():
+  """`mounts.tmpfs(path, options)`, `mounts.read_only(path)`; all undone after the test."""
+  m = Mounts()
+  try:
+    yield m
+  finally:
+    m.undo()

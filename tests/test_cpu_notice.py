@@ -68,7 +68,8 @@ def test_nothing_when_the_run_ends_before_the_speed_is_known(monkeypatch):
 def test_resnet_jax_train_prints_it_on_this_cpu(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(cpu_notice, "MEASURE_SECONDS", 0.0)
   source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=16, num_test=20, seed=2)
-  assert cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp_path / "tfds")]) == 0
+  assert cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp_path / "tfds"),
+                   "--allow-partial"]) == 0
   spec = str(ROOT / "configs" / "cifar10_resnet20.py") + ":smoke"
   rc = cli.main(["train", "--config", spec, "--workdir", str(tmp_path / "run"),
                  f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.train_split=train",

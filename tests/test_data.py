@@ -31,7 +31,7 @@ def tiny(tmp_path_factory) -> pathlib.Path:
   """A prepared tiny CIFAR-10 (5×20 train, 30 test) in the official binary layout."""
   root = tmp_path_factory.mktemp("tiny")
   source = data_testing.write_cifar10_binary(root / "src", num_train_per_batch=20, num_test=30, seed=1)
-  rjd.prepare("cifar10", source, root / "tfds")
+  rjd.prepare("cifar10", source, root / "tfds", allow_partial=True)
   return root
 
 
@@ -49,7 +49,7 @@ def test_write_cifar10_binary_is_the_official_layout(tmp_path):
       [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"])
   assert (folder / "data_batch_1.bin").stat().st_size == 3 * 3073
   assert (folder / "test_batch.bin").stat().st_size == 4 * 3073
-  files = cifar.read_files("cifar10", folder)
+  files = cifar.read_files("cifar10", folder, allow_partial=True)
   assert files.splits["train"].images.shape == (15, 32, 32, 3)
   assert files.label_names["label"][0] == "airplane"
 
@@ -59,10 +59,10 @@ def test_write_cifar10_binary_is_the_official_layout(tmp_path):
     ("cifar100", False, True)])
 def test_prepare_reads_back_bit_exact(tmp_path, name, binary, archive):
   folder = data_testing.write_cifar(tmp_path / "src", name, binary=binary, num_train=12, num_test=5, seed=3)
-  expected = cifar.read_files(name, folder)
+  expected = cifar.read_files(name, folder, allow_partial=True)
   source = data_testing.make_archive(folder, tmp_path / cifar.LAYOUTS[name][0 if binary else 1].archive
                                      ) if archive else folder.parent  # the parent folder works too
-  path = rjd.prepare(name, source, tmp_path / "tfds")
+  path = rjd.prepare(name, source, tmp_path / "tfds", allow_partial=True)
   assert path == tmp_path / "tfds" / name / "3.0.2"
   builder = tfds.builder_from_directory(str(path))
   assert builder.info.name == name and str(builder.info.version) == "3.0.2"
@@ -205,7 +205,8 @@ def test_eval_covers_every_example_once(tiny, eval_batch):
   pipe = rjd.create_pipeline(_config(tiny), 16, eval_batch, _mesh())
   images, labels, masks = [], [], []
   for batch in pipe.eval_iterator():
-    assert batch["image"].shape == (eval_batch, 32, 32, 3) and batch["mask"].dtype == jnp.bool_
+    # A batch larger than the split is bounded to it (it would hold only padding beyond).
+    assert batch["image"].shape == (min(eval_batch, 30), 32, 32, 3) and batch["mask"].dtype == jnp.bool_
     images.append(np.asarray(batch["image"]))
     labels.append(np.asarray(batch["label"]))
     masks.append(np.asarray(batch["mask"]))

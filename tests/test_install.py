@@ -57,7 +57,7 @@ def test_wheel_installed_outside_the_repository_trains_a_named_config(tmp_path):
       assert "cifar10_resnet110" in rj.configs.names()
       print(rj.configs.load("cifar10_resnet110").model.name)
       source = testing.write_cifar10_binary(pathlib.Path("src"), num_train_per_batch=32, num_test=20, seed=0)
-      rj.data.prepare("cifar10", source, {str(tmp_path / "tfds")!r})
+      rj.data.prepare("cifar10", source, {str(tmp_path / "tfds")!r}, allow_partial=True)
       study = rj.compare(base="cifar10_resnet20:smoke", variants={{"gate": {{"model.shortcut": "gate"}}}},
                          workdir="study", overrides={{"num_steps": 2, "data.train_split": "train",
                                                      "data.eval_split": "test", "eval_batch_size": 20}})

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import pathlib
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -211,3 +212,46 @@ def test_full_size_networks_equal_torchvision(name):
   exported = interop.to_torchvision(variables, name)
   missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
   assert not missing and not unexpected
+
+
+class _FakeTorch:
+  """A stand-in `torch` module of a given version (torch itself is an optional extra)."""
+
+  def __init__(self, version, state_dict=None):
+    self.__version__ = version
+    self.state_dict = state_dict
+
+  def load(self, path, map_location=None, weights_only=None):
+    assert weights_only is True and map_location == "cpu"
+    return self.state_dict
+
+
+def test_pth_needs_a_torch_whose_weights_only_loading_is_safe(tmp_path, monkeypatch):
+  (tmp_path / "w.pth").write_bytes(b"")
+  monkeypatch.setitem(sys.modules, "torch", _FakeTorch("2.5.1+cu121"))
+  with pytest.raises(ImportError, match=r"needs torch >= 2.6, found 2.5.1\+cu121: .*CVE-2025-32434") as info:
+    interop.load(tmp_path / "w.pth", "resnet50", **SMALL)
+  assert "\n" not in str(info.value)
+  state = _state_dict("bottleneck")
+  monkeypatch.setitem(sys.modules, "torch", _FakeTorch("2.6.0+cpu", {"state_dict": state}))
+  variables = interop.load(tmp_path / "w.pth", "resnet50", **SMALL)
+  np.testing.assert_array_equal(variables["params"]["stem_conv"]["kernel"],
+                                state["conv1.weight"].transpose(2, 3, 1, 0))
+
+
+def test_nan_inf_and_integer_tensors_in_a_weights_file_are_named_in_a_warning(tmp_path):
+  state = dict(_state_dict("basic"))
+  state["conv1.weight"] = state["conv1.weight"].copy()
+  state["conv1.weight"][0, 0, 0, 0] = np.nan
+  state["fc.bias"] = np.full_like(state["fc.bias"], np.inf)
+  state["bn1.weight"] = state["bn1.weight"].astype(np.int64)
+  np.savez(tmp_path / "w.npz", **state)
+  with pytest.warns(interop.SuspiciousWeightsWarning) as caught:
+    interop.load(tmp_path / "w.npz", "resnet18", **SMALL)
+  messages = [str(w.message) for w in caught]
+  assert any("NaN/Inf values in 2 tensors: conv1.weight, fc.bias" in m for m in messages), messages
+  assert any("integer tensors where weights are floats" in m and "bn1.weight (int64)" in m for m in messages)
+  np.savez(tmp_path / "clean.npz", **_state_dict("basic"))  # num_batches_tracked is an integer by design
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", interop.SuspiciousWeightsWarning)
+    interop.load(tmp_path / "clean.npz", "resnet18", **SMALL)

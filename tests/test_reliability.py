@@ -392,6 +392,8 @@ BAD_TRAIN_FLAGS = [
     ("--config.schedule.warmup_length=-1", "schedule.warmup_length=-1"),
     ("--config.schedule.warmup_mode=cubic", "schedule.warmup_mode='cubic'"),
     ("--config.seed=abc", "seed"),
+    ("--config.seed=18446744073709551616", "seed=18446744073709551616 must be in [0, 4294967295]"),
+    ("--config.num_steps=-1 --config.num_epochs=0.001", "num_epochs=0.001 is 0 steps at 10 steps per epoch"),
     ("--config.steps_per_dispatch=0", "steps_per_dispatch=0"),
     ("--config.optimizer.learning_rat=0.05", "did you mean optimizer.learning_rate"),
     ("--config=cifar10_resnet21", "cifar10_resnet21"),

@@ -7,6 +7,7 @@ from typing import Sequence
 from resnet_jax.commands import ArgumentParser
 
 import resnet_jax.data as rjd
+from resnet_jax.data.prepare import split_sizes
 
 
 def main(argv: Sequence[str]) -> int:
@@ -16,11 +17,17 @@ def main(argv: Sequence[str]) -> int:
   p.add_argument("--source", default=None, help="official files (folder or archive); "
                  "omitted: download the official archive")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+  p.add_argument("--allow-partial", action="store_true",
+                 help="prepare CIFAR files that hold fewer records than the official ones (a subset)")
   args = p.parse_args(argv)
   try:
-    path = rjd.prepare(args.name, args.source, args.data_dir)
+    path = rjd.prepare(args.name, args.source, args.data_dir, allow_partial=args.allow_partial)
   except (FileNotFoundError, ValueError) as e:
     print(f"resnet-jax prepare: error: {e}", file=sys.stderr)
     return 2
-  print(f"prepared {args.name} in {path}")
+  except OSError as e:  # a full disk, a read-only data dir: not a usage error
+    print(f"resnet-jax prepare: {e}", file=sys.stderr)
+    return 1
+  sizes = ", ".join(f"{n:,} {split}" for split, n in sorted(split_sizes(path).items(), reverse=True))
+  print(f"prepared {args.name} in {path} ({sizes} images)")
   return 0

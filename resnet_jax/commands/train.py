@@ -195,10 +195,14 @@ def main(argv: Sequence[str]) -> int:
       results = _train_seeds(args, config)
     else:
       results = [loop.train(config, args.workdir, config_spec=args.config, time_limit=args.time_limit)]
+  except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError,
+          workdir_lib.WorkdirWriteError) as e:
+    print(f"{PROG}: {e}", file=sys.stderr)  # not a usage error: exit 1
+    return 1
   except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, workdir_lib.WorkdirError,
           FileNotFoundError, ValueError) as e:
     return _error(str(e))
-  except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError) as e:
-    print(f"{PROG}: {e}", file=sys.stderr)  # not a usage error: exit 1
+  except OSError as e:  # the filesystem failed outside the workdir's files (the data, a cache)
+    print(f"{PROG}: {e}", file=sys.stderr)
     return 1
   return _report(args, config, results)

@@ -61,6 +61,9 @@ LAYOUTS: Dict[str, Tuple[Layout, ...]] = {
 LABEL_KEYS = {"cifar10": ("label",), "cifar100": ("coarse_label", "label")}
 NUM_CLASSES = {"label": {"cifar10": 10, "cifar100": 100}, "coarse_label": {"cifar100": 20}}
 SPLIT_SIZES = {"train": 50000, "test": 10000}
+# Records in each official file: a file cut at a record boundary reads as valid, only
+# fewer images (`read_files` checks the counts unless asked to prepare a subset).
+OFFICIAL_RECORDS = {"cifar10": {"train": 10000, "test": 10000}, "cifar100": {"train": 50000, "test": 10000}}
 DOWNLOAD_TIMEOUT_S = 30
 OFFICIAL_URLS = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
@@ -200,8 +203,20 @@ def _label_names(name: str, layout: Layout, folder: pathlib.Path) -> Dict[str, L
   return names
 
 
-def read_files(name: str, folder: str | pathlib.Path) -> CifarFiles:
-  """Reads every split of an official CIFAR folder (binary or python layout)."""
+def _check_official_count(name: str, split: str, path: pathlib.Path, count: int) -> None:
+  expected = OFFICIAL_RECORDS[name][split]
+  if count != expected:
+    raise ValueError(f"{path} holds {count:,} records, the official file {expected:,} (cut short, or not the "
+                     f"official file): replace it with the official file, or pass --allow-partial "
+                     f"(allow_partial=True) to prepare the records it holds")
+
+
+def read_files(name: str, folder: str | pathlib.Path, allow_partial: bool = False) -> CifarFiles:
+  """Reads every split of an official CIFAR folder (binary or python layout).
+
+  Each file must hold its official number of records (`OFFICIAL_RECORDS`) unless
+  `allow_partial` (a subset, e.g. for tests).
+  """
   folder = pathlib.Path(folder).expanduser()
   found = _folder_layout(name, folder)
   if found is None:
@@ -209,10 +224,11 @@ def read_files(name: str, folder: str | pathlib.Path) -> CifarFiles:
   layout, folder = found
   keys = LABEL_KEYS[name]
   python_keys = (b"labels",) if name == "cifar10" else (b"coarse_labels", b"fine_labels")
-  splits = {}
+  splits, counts = {}, []
   for split, files in (("train", layout.train_files), ("test", layout.test_files)):
     parts = [_read_binary(folder / f, len(keys)) if layout.binary else _read_python(folder / f, python_keys)
              for f in files]
+    counts += [(split, folder / f, len(part[0])) for f, part in zip(files, parts)]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     for i, key in enumerate(keys):
@@ -221,6 +237,8 @@ def read_files(name: str, folder: str | pathlib.Path) -> CifarFiles:
         raise ValueError(f"corrupt {name} {split} record {bad[0]} in {folder}: {key} "
                          f"{labels[bad[0], i]} is not below {NUM_CLASSES[key][name]}")
     splits[split] = CifarSplit(images, {k: labels[:, i] for i, k in enumerate(keys)})
+  for split, path, count in counts if not allow_partial else ():
+    _check_official_count(name, split, path, count)
   return CifarFiles(_label_names(name, layout, folder), splits)
 
 
@@ -303,8 +321,9 @@ class CifarSource(SmallImageSource):
   def version(self) -> str:
     return str(BUILDERS[self.name].VERSION)
 
-  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):
+  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path,
+              allow_partial: bool = False):
     archive_or_folder = download_official(self.name, downloads) if source is None else source
     folder = find_source(self.name, archive_or_folder, downloads / "extracted")
-    return BUILDERS[self.name](files=read_files(self.name, folder), data_dir=str(data_dir),
+    return BUILDERS[self.name](files=read_files(self.name, folder, allow_partial), data_dir=str(data_dir),
                                file_format="array_record")

@@ -301,8 +301,11 @@ class ImageNetSource(TfdsSource):
             "eval_resize": 256,
             "ten_crop": False, "jpeg_decoder": "auto"}
 
-  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):
-    del downloads
+  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path,
+              allow_partial: bool = False):
+    """ImageNet is prepared from what `source` holds (a class-folder subset is a valid source):
+    `allow_partial` changes nothing."""
+    del downloads, allow_partial
     if source is None:
       raise ValueError("imagenet2012 has no public download: get ILSVRC2012_img_train.tar and "
                        "ILSVRC2012_img_val.tar from https://image-net.org and pass --source DIR")

@@ -127,7 +127,8 @@ class Pipeline:
   """Train and eval batches of one registered dataset for a mesh; see `create_pipeline`.
 
   Attributes:
-    config, seed, global_batch_size, eval_batch_size, mesh, sharding: as given.
+    config, seed, global_batch_size, mesh, sharding: as given.
+    eval_batch_size: as given, at most the eval split (rounded up to the devices).
     source: the dataset's registered `DatasetSource`; dataset: its opened splits.
     num_classes, image_shape (the network input), eval_image_shape.
     num_train_examples, num_eval_examples, steps_per_epoch, num_eval_batches.
@@ -161,12 +162,16 @@ class Pipeline:
     self.num_classes = source.info.num_classes
     self.data_dir = resolve_data_dir(config.data_dir)
     self._train_rows = _local_rows(self.sharding, self.global_batch_size)
-    self._eval_rows = _local_rows(self.sharding, self.eval_batch_size)
     self.dataset: OpenDataset = source.open(config, self.data_dir)
     self.image_shape = tuple(self.dataset.image_shape)
     self.eval_image_shape = tuple(self.dataset.eval_image_shape)
     self.num_train_examples = int(self.dataset.num_train_examples)
     self.num_eval_examples = int(self.dataset.num_eval_examples)
+    # An eval batch larger than the split (rounded up to the devices) would only be padding,
+    # and an absurd one (10**9) would fail to allocate after training: bounded here.
+    whole_split = max(-(-self.num_eval_examples // num_shards), 1) * num_shards
+    self.eval_batch_size = min(self.eval_batch_size, whole_split)
+    self._eval_rows = _local_rows(self.sharding, self.eval_batch_size)
     if self.num_train_examples < self.global_batch_size:
       raise ValueError(f"train split {config.train_split!r} has {self.num_train_examples} examples, "
                        f"fewer than global_batch_size={self.global_batch_size}")

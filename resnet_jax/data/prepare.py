@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Optional
+from typing import Dict, Optional
+
+import tensorflow_datasets as tfds
 
 from resnet_jax.data import registry
 from resnet_jax.data.tfds_source import TfdsSource
@@ -16,7 +18,7 @@ def resolve_data_dir(data_dir: Optional[str | os.PathLike]) -> pathlib.Path:
 
 
 def prepare(name: str, source: Optional[str | os.PathLike] = None,
-            data_dir: Optional[str | os.PathLike] = None) -> pathlib.Path:
+            data_dir: Optional[str | os.PathLike] = None, allow_partial: bool = False) -> pathlib.Path:
   """Prepares a registered dataset (e.g. "cifar10", "cifar100", "imagenet2012"); idempotent.
 
   `source`: the official files a user has (CIFAR: the binary or python folder, its
@@ -24,8 +26,18 @@ def prepare(name: str, source: Optional[str | os.PathLike] = None,
   `train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG` tree). None downloads the official CIFAR
   archive (ImageNet has no public download). Returns the dataset directory
   `data_dir/name/version`; a prepared dataset is returned as it is.
+
+  CIFAR files must hold their official number of records (a file cut short at a record
+  boundary otherwise reads as valid, with fewer images); `allow_partial` prepares what
+  they hold (a subset, e.g. for tests).
   """
-  return registry.dataset_source(name).prepare(source, resolve_data_dir(data_dir))
+  return registry.dataset_source(name).prepare(source, resolve_data_dir(data_dir), allow_partial)
+
+
+def split_sizes(dataset_path: pathlib.Path) -> Dict[str, int]:
+  """Split name -> examples of a prepared dataset (`data_dir/name/version`)."""
+  info = tfds.builder_from_directory(str(dataset_path)).info
+  return {name: int(split.num_examples) for name, split in info.splits.items()}
 
 
 def _tfds_source(name: str) -> TfdsSource:

@@ -162,7 +162,11 @@ class DatasetSource(abc.ABC):
   def open(self, config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> OpenDataset:
     """The splits `config.train_split` / `config.eval_split`; errors name the fix in one line."""
 
-  def prepare(self, source: Optional[str | os.PathLike], data_dir: pathlib.Path) -> pathlib.Path:
-    """Converts the official files in `source` into `data_dir` once; returns the dataset directory."""
-    del source, data_dir
+  def prepare(self, source: Optional[str | os.PathLike], data_dir: pathlib.Path,
+              allow_partial: bool = False) -> pathlib.Path:
+    """Converts the official files in `source` into `data_dir` once; returns the dataset directory.
+
+    `allow_partial`: accept files holding fewer records than the official ones.
+    """
+    del source, data_dir, allow_partial
     raise ValueError(f"{self.name} has no prepare step: it reads its data as it is")

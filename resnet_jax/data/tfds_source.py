@@ -8,6 +8,7 @@ idempotent `prepare` around the dataset's TF-free builder.
 from __future__ import annotations
 
 import abc
+import errno
 import logging
 import os
 import pathlib
@@ -37,6 +38,24 @@ def _num_records(path: pathlib.Path) -> int:
       pass
 
 
+class DataWriteError(OSError):
+  """Preparing a dataset failed to write its files (disk full, read-only, permissions)."""
+
+
+# What the OS says when a write fails for lack of room or rights (TensorStore, ArrayRecord
+# and TFDS report it as text in a RuntimeError).
+_WRITE_FAILURES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+
+
+def _write_failure(error: BaseException) -> Optional[str]:
+  """"no space left on device" etc. when `error` is a failed write, else None."""
+  if isinstance(error, OSError) and error.errno in _WRITE_FAILURES:
+    return _WRITE_FAILURES[error.errno]
+  text = str(error).lower()
+  return next((reason for reason in _WRITE_FAILURES.values() if reason in text), None)
+
+
 class TfdsSource(DatasetSource):
   """A `DatasetSource` prepared as TFDS's own dataset of the same name and version."""
   source_hint = "--source DIR"  # what `resnet-jax prepare NAME` needs, in its error messages
@@ -47,8 +66,10 @@ class TfdsSource(DatasetSource):
     """The TFDS version resnet_jax writes and reads, e.g. "3.0.2"."""
 
   @abc.abstractmethod
-  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path):
-    """A `tfds.core.DatasetBuilder` writing ArrayRecord to `data_dir` from the official files."""
+  def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path,
+              allow_partial: bool = False):
+    """A `tfds.core.DatasetBuilder` writing ArrayRecord to `data_dir` from the official files
+    (`allow_partial`: files with fewer records than the official ones are accepted)."""
 
   def dataset_dir(self, data_dir: pathlib.Path) -> pathlib.Path:
     """Where TFDS keeps the dataset at the version resnet_jax reads: `data_dir/name/version`."""
@@ -102,17 +123,29 @@ class TfdsSource(DatasetSource):
                        f"{', '.join(builder.info.splits.keys())} with TFDS slicing, "
                        "e.g. 'train[:45000]'") from e
 
-  def prepare(self, source: Optional[str | os.PathLike], data_dir: pathlib.Path) -> pathlib.Path:
-    """Idempotent: a prepared dataset is returned as it is, without looking at `source`."""
+  def prepare(self, source: Optional[str | os.PathLike], data_dir: pathlib.Path,
+              allow_partial: bool = False) -> pathlib.Path:
+    """Idempotent: a prepared dataset is returned as it is, without looking at `source`.
+
+    A full disk (or an unwritable data dir) is a `DataWriteError` in one line; TFDS has
+    removed the partial files by then.
+    """
     done = self.check_prepared(data_dir)
     if done is not None:
       logging.info("%s is already prepared in %s", self.name, done)
       return done
     downloads = data_dir / "downloads"
     source = None if source is None else pathlib.Path(source).expanduser().absolute()
-    builder = self.builder(source, data_dir, downloads)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False), download_dir=str(downloads))
+    builder = self.builder(source, data_dir, downloads, allow_partial)
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False), download_dir=str(downloads))
+    except (OSError, RuntimeError) as e:
+      reason = _write_failure(e)
+      if reason is None:
+        raise
+      raise DataWriteError(f"cannot write {self.name} to {data_dir}: {reason} (the partial files were "
+                           "removed); free space or fix the directory, or pass another --data-dir") from None
     done = self.check_prepared(data_dir)
     if done is None:
       raise FileNotFoundError(f"preparing {self.name} wrote no {self.dataset_dir(data_dir)}/dataset_info.json")

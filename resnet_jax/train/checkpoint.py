@@ -16,18 +16,30 @@ previous checkpoint as the latest one, and the next run removes the partial
 directory. The last `keep` checkpoints are kept, plus the `keep_best` with the
 lowest eval error.
 
-Faults: a checkpoint that cannot be read (truncated or damaged files) is reported
-in one line and the next older one is used (`restore_newest`); a training run
-moves the unreadable one to `checkpoints_unreadable/` (never deletes it) so that
-it trains that step again. A save that fails (disk full, permissions) raises
-`CheckpointWriteError` naming the step, the reason and the intact checkpoints.
+Integrity: "meta" also records the config of the run (the recipe a resume must keep;
+`config.json` is a copy) and SHA-256 checksums of every array of "state", of the data
+position and of the eval metrics, computed from the values at save time and compared
+with the values read back at restore; "meta" itself is sealed by a checksum of its
+content. A mismatch (a bit flipped on disk, a file overwritten) is an unreadable
+checkpoint, never a silently different model. Checkpoints of earlier versions, without
+checksums, are read unchecked.
+
+Faults: a checkpoint that cannot be read (truncated or damaged files, a checksum
+mismatch) is reported in one line and the next older one is used (`restore_newest`); a
+training run moves the unreadable one to `checkpoints_unreadable/` (never deletes it) so
+that it trains that step again. A save that fails (disk full, permissions, no inodes)
+raises `CheckpointWriteError` naming the step, the reason and the intact checkpoints; no
+Orbax thread is left waiting (the temporary directories are created before `save`
+returns), and Orbax's own tracebacks of the failure are not printed.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import pathlib
 import shutil
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -36,10 +48,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from resnet_jax.train import workdir_io
+
 
 VARIABLE_KEYS = ("params", "batch_stats")
 UNREADABLE_DIR = "checkpoints_unreadable"
 STATE_KEYS = ("params", "batch_stats", "opt_state")
+# Keys of "meta" (besides the fingerprint): the run's config, the checksums of the other
+# items, and the checksum of "meta" itself.
+CONFIG_KEY = "config"
+CHECKSUMS_KEY = "checksums"
+SEAL_KEY = "meta_sha256"
 
 
 def _eval_error(metrics: Dict[str, float]) -> float:
@@ -53,7 +72,66 @@ class _NoMetricsWarningFilter(logging.Filter):
     return "did not provide metrics" not in record.getMessage()
 
 
+class _OrbaxTracebackFilter(logging.Filter):
+  """Orbax logs each failure of a background save or restore with its traceback, once per
+  thread, and asyncio once more per write left unawaited (pages for one full disk); the
+  failure reaches `Checkpointer`, which reports it in one line, so these tracebacks are
+  dropped (Orbax's other messages pass)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or not record.exc_info:
+      return True
+    if record.name == "asyncio":  # "Task/Future exception was never retrieved" of Orbax's I/O
+      return not ("/orbax/checkpoint/" in record.getMessage() or _raised_in_orbax(record.exc_info[2]))
+    return not _in_orbax(record.pathname)
+
+
+def _in_orbax(filename: str) -> bool:
+  return "orbax" in pathlib.PurePath(filename).parts
+
+
+def _raised_in_orbax(traceback: Any) -> bool:
+  while traceback is not None:
+    if _in_orbax(traceback.tb_frame.f_code.co_filename):
+      return True
+    traceback = traceback.tb_next
+  return False
+
+
 logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
+for _logger in ("absl", "asyncio"):
+  logging.getLogger(_logger).addFilter(_OrbaxTracebackFilter())
+
+
+def _is_loose_end_of_failed_orbax_io(unraisable: Any) -> bool:
+  """The leftovers of an Orbax read or write that failed, which Python reports as
+  "unraisable" tracebacks (on stderr, any time later, even at exit): TensorStore completing
+  a part of it after Orbax closed the event loop ("Event loop is closed" in
+  `call_soon_threadsafe`), and Orbax coroutines of it collected with their error."""
+  error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+  if code is not None:
+    return _in_orbax(code.co_filename)
+  if unraisable.object is not None or not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+    return False
+  frames, tb = set(), unraisable.exc_traceback
+  while tb is not None:
+    frames.add(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return "call_soon_threadsafe" in frames
+
+
+def _quiet_loose_ends_of_failed_orbax_io() -> None:
+  """Drops `_is_loose_end_of_failed_orbax_io` reports: the failure itself reaches the caller
+  (`CheckpointWriteError`, an unreadable checkpoint), in one line."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_loose_ends_of_failed_orbax_io", False):
+    return
+
+  def hook(unraisable):
+    if not _is_loose_end_of_failed_orbax_io(unraisable):
+      previous(unraisable)
+  hook.drops_loose_ends_of_failed_orbax_io = True
+  sys.unraisablehook = hook
 
 
 class CheckpointMismatchError(ValueError):
@@ -66,6 +144,58 @@ class CheckpointWriteError(OSError):
 
 class UnreadableCheckpointError(RuntimeError):
   """No checkpoint of the directory (or not the one asked for) could be read."""
+
+
+class ChecksumMismatchError(RuntimeError):
+  """What a checkpoint holds differs from what was saved (the files changed on disk)."""
+
+
+def _leaf_name(path: Tuple[Any, ...]) -> str:
+  """"train/params/stem_conv/kernel": the same for a `TrainState` field and a dict key."""
+  parts = []
+  for key in path:
+    for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def array_digest(array: np.ndarray) -> str:
+  """SHA-256 of an array's dtype, shape and bytes."""
+  array = np.asarray(array)
+  digest = hashlib.sha256(f"{array.dtype.str}{tuple(array.shape)}".encode())
+  digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+  return digest.hexdigest()
+
+
+def _local_copies(leaves: List[Any]) -> List[Optional[np.ndarray]]:
+  """Host copies of the leaves this process holds whole (a replicated array's local replica);
+  None for an array sharded over processes."""
+  fetch = [x for x in leaves if not isinstance(x, jax.Array) or x.is_fully_addressable]
+  fetched = iter(jax.device_get(fetch))
+  out = []
+  for x in leaves:
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      out.append(np.asarray(next(fetched)))
+    elif x.sharding.is_fully_replicated:
+      out.append(np.asarray(x.addressable_data(0)))
+    else:
+      out.append(None)
+  return out
+
+
+def tree_digests(tree: Any) -> Dict[str, str]:
+  """Leaf name -> `array_digest`, for every leaf this process holds whole."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  copies = _local_copies([leaf for _, leaf in flat])
+  return {_leaf_name(path): array_digest(copy) for (path, _), copy in zip(flat, copies) if copy is not None}
+
+
+def _sealed(meta: Dict[str, Any]) -> Dict[str, Any]:
+  return {**meta, SEAL_KEY: workdir_io.json_digest(meta)}
 
 
 def one_line(error: BaseException, limit: int = 240) -> str:
@@ -142,6 +272,23 @@ def describe_mismatch(saved: Dict[str, Any], current: Dict[str, Any],
   return None
 
 
+class _CheckpointManager(ocp.CheckpointManager):
+  """Orbax's manager, reading a checkpoint's damaged eval-metrics file as no metrics.
+
+  Orbax reads every checkpoint's metrics when it opens the directory and tolerates a
+  missing file, but a damaged one made the whole directory unopenable; without metrics
+  the checkpoint is still restored (and checked) like any other.
+  """
+
+  def _get_metrics(self, step: int) -> Any:
+    try:
+      return super()._get_metrics(step)
+    except ValueError as e:  # json.JSONDecodeError
+      logging.warning("the eval metrics of checkpoint %s are damaged (%s); reading it as not evaluated",
+                      self.directory / str(step), one_line(e))
+      return None
+
+
 class Checkpointer:
   """A thin layer over `orbax.checkpoint.CheckpointManager` for `workdir/checkpoints`."""
 
@@ -155,19 +302,24 @@ class Checkpointer:
     if keep_best:
       policies.append(ocm.BestN(get_metric_fn=_eval_error, reverse=True,
                                 n=int(keep_best), keep_checkpoints_without_metrics=False))
-    self.manager = ocp.CheckpointManager(
+    self.manager = _CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
             # Orbax records a save's metrics only when `best_fn` is set; BestN needs them.
             best_fn=_eval_error, best_mode="min",
             enable_async_checkpointing=async_save,
+            # A temporary directory Orbax cannot create (no inodes, read-only) then fails in
+            # `save` itself; created in the background, its failure left Orbax's other
+            # threads waiting for it for minutes, and the process could not exit.
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             # Only a writer removes Orbax's temporary directories of unfinished saves: a reader
             # (`create=False`: eval, load_variables) may run beside a training process whose
             # asynchronous save is in flight.
             cleanup_tmp_directories=create,
             create=create))
     self._pending: Optional[int] = None  # the step of the last save started
+    _quiet_loose_ends_of_failed_orbax_io()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -176,8 +328,8 @@ class Checkpointer:
     """The kept checkpoint with the lowest eval error (None if none was evaluated)."""
     scored = []
     for step in self.manager.all_steps():
-      metrics = self.manager.metrics(step)
-      if metrics and "error" in metrics:
+      metrics = self.eval_metrics(step)
+      if "error" in metrics:
         scored.append((float(metrics["error"]), step))
     return min(scored)[1] if scored else None
 
@@ -187,8 +339,10 @@ class Checkpointer:
     text = str(error)
     if (os_error is not None and os_error.errno in _DISK_FULL) or "No space left on device" in text:
       reason = "no space left on device"
+    elif os_error is not None and os_error.strerror:
+      reason = os_error.strerror.lower()  # "read-only file system", "permission denied"
     else:
-      reason = one_line(os_error or error)
+      reason = one_line(error)
     try:
       intact = sorted(self._finished_steps())
     except OSError:
@@ -197,9 +351,8 @@ class Checkpointer:
     keep = (f"the earlier checkpoints are intact (steps {intact}); free space or fix the directory, then "
             "run the same command again to resume from the newest") if intact else (
             "no earlier checkpoint exists; fix the directory and run again")
-    err = CheckpointWriteError(
-        os_error.errno if os_error is not None else errno.EIO,
-        f"could not write the {what} to {self.directory}: {reason}; {keep}")
+    err = CheckpointWriteError(f"could not write the {what} to {self.directory}: {reason}; {keep}")
+    err.errno = os_error.errno if os_error is not None else errno.EIO
     return err
 
   def _finished_steps(self) -> List[int]:
@@ -212,29 +365,44 @@ class Checkpointer:
 
     `eval_metrics` is stored with the checkpoint (all of it, for a finished run to report).
     Raises `CheckpointWriteError` if this save, or the previous asynchronous one, failed.
+    Checksums of the arrays, `data_state` and `eval_metrics` are added to `meta` (module
+    docstring).
     """
     if step in self.manager.all_steps():
       return False
-    try:  # a failure of the previous asynchronous save surfaces here
-      self.manager.check_for_errors()
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._write_error(self._pending, e) from e
+    # Orbax waits for the previous asynchronous save before starting one; waiting here
+    # first names the step whose save failed, not this one.
+    self.wait()
     self._pending = step
+    metrics = {k: float(v) for k, v in eval_metrics.items()} if eval_metrics else None
+    items = {"train": state, "metrics": metric_sums}
+    meta = _sealed({**meta, CHECKSUMS_KEY: {
+        "arrays": tree_digests(items), "data": workdir_io.json_digest(data_state),
+        "eval_metrics": workdir_io.json_digest(metrics) if metrics else None}})
     try:
       return self.manager.save(
           step,
           args=ocp.args.Composite(
-              state=ocp.args.StandardSave({"train": state, "metrics": metric_sums}),
+              state=ocp.args.StandardSave(items),
               data=ocp.args.JsonSave(data_state),
               meta=ocp.args.JsonSave(meta)),
-          metrics={k: float(v) for k, v in eval_metrics.items()} if eval_metrics else None,
+          metrics=metrics,
           force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(step, e) from e
 
   def eval_metrics(self, step: int) -> Dict[str, float]:
-    """The eval metrics saved with `step` ({} when it was not evaluated)."""
-    return dict(self.manager.metrics(step) or {})
+    """The eval metrics saved with `step` ({} when it was not evaluated, or when they, or the
+    checkpoint's meta, do not match their checksum)."""
+    metrics = dict(self.manager.metrics(step) or {})
+    if metrics:
+      try:
+        expected = self.read_meta(step).get(CHECKSUMS_KEY, {}).get("eval_metrics", "unchecked")
+      except Exception:  # pylint: disable=broad-except  (unreadable meta: restoring will say so)
+        return {}
+      if expected != "unchecked" and expected != workdir_io.json_digest(metrics):
+        return {}
+    return metrics
 
   def _set_aside(self, step: int) -> pathlib.Path:
     """Moves an unreadable step out of Orbax's view, keeping its files for inspection."""
@@ -281,13 +449,46 @@ class Checkpointer:
           "train in a new --workdir, or restore the files")
     return None
 
+  def _mismatch(self, step: int, what: str) -> ChecksumMismatchError:
+    return ChecksumMismatchError(f"{what} of checkpoint {self.directory / str(step)} does not match the "
+                                 "checksum recorded when it was saved")
+
   def read_meta(self, step: int) -> Dict[str, Any]:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    """The "meta" item of `step`, checked against its seal (`ChecksumMismatchError`)."""
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if not isinstance(meta, dict):
+      raise self._mismatch(step, "the meta item")
+    if SEAL_KEY in meta or CHECKSUMS_KEY in meta:  # written together: one alone is damage
+      content = {k: v for k, v in meta.items() if k != SEAL_KEY}
+      if meta.get(SEAL_KEY) != workdir_io.json_digest(content):
+        raise self._mismatch(step, "the meta item")
+    return meta
+
+  def saved_config(self) -> Optional[Dict[str, Any]]:
+    """The config recorded by the newest checkpoint whose meta is readable (None if none
+    records one: no checkpoint, or checkpoints of an earlier version)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = self.read_meta(step)
+      except Exception:  # pylint: disable=broad-except  (restore_newest reports unreadable ones)
+        continue
+      return meta.get(CONFIG_KEY)
+    return None
+
+  def _check_arrays(self, step: int, saved_meta: Dict[str, Any], items: Any) -> None:
+    """Compares the restored arrays with their checksums (those this process holds whole)."""
+    expected = saved_meta.get(CHECKSUMS_KEY, {}).get("arrays")
+    if expected is None:
+      return
+    for name, found in tree_digests(items).items():
+      if expected.get(name) != found:
+        raise self._mismatch(step, name)
 
   def restore(self, step: int, abstract_state: Any, abstract_metric_sums: Any,
               meta: Dict[str, Any]) -> Tuple[Any, Any, Dict[str, Any]]:
-    """Restores `step` after checking its fingerprint against `meta`."""
-    problem = describe_mismatch(self.read_meta(step), meta)
+    """Restores `step` after checking its fingerprint against `meta`, then its checksums."""
+    saved_meta = self.read_meta(step)
+    problem = describe_mismatch(saved_meta, meta)
     if problem:
       raise CheckpointMismatchError(
           f"checkpoint {self.directory / str(step)} does not match this config: {problem} "
@@ -297,6 +498,10 @@ class Checkpointer:
             state=ocp.args.StandardRestore({"train": abstract_state,
                                              "metrics": abstract_metric_sums}),
             data=ocp.args.JsonRestore()))
+    self._check_arrays(step, saved_meta, restored["state"])
+    expected_data = saved_meta.get(CHECKSUMS_KEY, {}).get("data")
+    if expected_data is not None and expected_data != workdir_io.json_digest(restored["data"]):
+      raise self._mismatch(step, "the data-iterator position")
     logging.info("restored checkpoint %s", self.directory / str(step))
     return restored["state"]["train"], restored["state"]["metrics"], restored["data"]
 
@@ -307,7 +512,8 @@ class Checkpointer:
     `meta` is a `fingerprint` whose optimiser-state entry is ignored, so no optimiser
     config is needed.
     """
-    problem = describe_mismatch(self.read_meta(step), meta, VARIABLE_KEYS)
+    saved_meta = self.read_meta(step)
+    problem = describe_mismatch(saved_meta, meta, VARIABLE_KEYS)
     if problem:
       raise CheckpointMismatchError(
           f"checkpoint {self.directory / str(step)} does not match this model: {problem}")
@@ -316,6 +522,7 @@ class Checkpointer:
     restored = ocp.PyTreeCheckpointer().restore(
         self.directory / str(step) / "state",
         args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
+    self._check_arrays(step, saved_meta, restored)
     return {k: restored["train"][k] for k in VARIABLE_KEYS}
 
   def wait(self) -> None:

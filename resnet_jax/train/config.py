@@ -22,8 +22,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import models
+from resnet_jax.train import workdir_io
 
 CONFIG_FILE = "config.json"
+# Fields every saved config has (an older or damaged file without them is not one).
+SAVED_CONFIG_KEYS = ("model", "data", "optimizer", "schedule", "global_batch_size", "seed")
+# Seeds reach NumPy's SeedSequence (non-negative) and JAX's PRNGKey (at most 64 bits): the
+# usual 32-bit range is accepted.
+MAX_SEED = 2**32 - 1
 
 # Choices of the engine's fields (the modules that use them import them from here).
 BN_MODES = ("global", "per_device", "ghost")
@@ -224,10 +230,15 @@ def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """Training length in optimiser steps from `num_steps` or `num_epochs`."""
+  """Training length in optimiser steps from `num_steps` or `num_epochs`; at least one
+  (`ConfigError` for a `num_epochs` shorter than a step)."""
   if config.num_steps > 0:
     return int(config.num_steps)
-  return int(round(float(config.num_epochs) * steps_per_epoch))
+  steps = int(round(float(config.num_epochs) * steps_per_epoch))
+  if steps < 1:
+    raise ConfigError(f"num_epochs={config.num_epochs} is {steps} steps at {steps_per_epoch} steps per epoch; "
+                      f"train at least one step (num_epochs >= {1 / steps_per_epoch:.3g}, or num_steps)")
+  return steps
 
 
 def choice(name: str, value: Any, valid: Sequence[Any] | Mapping[Any, Any]) -> Any:
@@ -242,6 +253,8 @@ def choice(name: str, value: Any, valid: Sequence[Any] | Mapping[Any, Any]) -> A
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """One-line errors for values that would otherwise fail deep inside JAX or Optax."""
+  if not 0 <= int(config.seed) <= MAX_SEED:
+    raise ConfigError(f"seed={config.seed} must be in [0, {MAX_SEED}] (2**32 - 1)")
   if (config.num_steps > 0) == (config.num_epochs > 0):
     raise ConfigError(f"exactly one of num_steps={config.num_steps} and num_epochs={config.num_epochs} "
                       "must be positive")
@@ -325,18 +338,48 @@ def parse_init_from(spec: str) -> tuple:
   return path, step
 
 
+def to_json_value(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The config as plain JSON data (what `config.json` and each checkpoint record)."""
+  return json.loads(config.to_json_best_effort())
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  """Writes `workdir/config.json` atomically (a copy: each checkpoint records the config too)."""
+  workdir_io.write_atomic(pathlib.Path(workdir) / CONFIG_FILE,
+                          config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def config_from_dict(value: Any, source: str) -> ml_collections.ConfigDict:
+  """A config saved as JSON (lists become tuples again); `ConfigError` naming `source` if it is none."""
+  missing = [k for k in SAVED_CONFIG_KEYS if not isinstance(value, Mapping) or k not in value]
+  if missing:
+    what = f"a JSON {type(value).__name__}" if not isinstance(value, Mapping) else f"no {', '.join(missing)}"
+    raise ConfigError(f"{source} is not a resnet_jax config ({what})")
+  return _tuples(ml_collections.ConfigDict(dict(value)))
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The config a `train` run saved in its workdir (lists become tuples again)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: is {workdir} the --workdir of a `resnet-jax train` run?")
+  """The config a `train` run saved in its workdir (lists become tuples again).
 
-  return _tuples(ml_collections.ConfigDict(json.loads(path.read_text())))
+  Raises FileNotFoundError when there is none and `ConfigError` naming the file and the
+  way out when it is damaged.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  try:
+    text = workdir_io.read_text(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} the --workdir of a `resnet-jax train` "
+                            "run?") from None
+  way_out = (f"restore it, or run `resnet-jax train` with the run's --config and --workdir {workdir} once to "
+             "write it again (its checkpoints record the config and refuse another)")
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise ConfigError(f"{path} is damaged ({type(e).__name__}: {e}); {way_out}") from None
+  try:
+    return config_from_dict(value, str(path))
+  except ConfigError as e:
+    raise ConfigError(f"{e}; {way_out}") from None
 
 
 def with_local_data_dir(config: ml_collections.ConfigDict, data_dir: str | os.PathLike | None = None

@@ -246,13 +246,13 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
 
 
 def _start_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Path], labels: Sequence[str],
-                stack: contextlib.ExitStack) -> tuple[List[Run], List[Progress]]:
+                config_spec: Optional[str], stack: contextlib.ExitStack) -> tuple[List[Run], List[Progress]]:
   """Opens each run's session and restores (or initialises) it; packed runs share one pipeline."""
   pipe = exps[0].pipeline
   iterators = pipe.train_iterators([exp.config.seed for exp in exps])
   runs, progresses = [], []
   for exp, workdir, label, train_iter in zip(exps, workdirs, labels, iterators):
-    session = stack.enter_context(TrainingSession(exp, workdir, label))
+    session = stack.enter_context(TrainingSession(exp, workdir, label, config_spec))
     progresses.append(session.restore_or_initialize(train_iter))
     runs.append(Run(exp, session, train_iter))
   return runs, progresses
@@ -265,7 +265,7 @@ def _train_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Pat
   deadline = None if time_limit is None else time.monotonic() + float(time_limit)
   results: Dict[int, Dict[str, Any]] = {}
   with contextlib.ExitStack() as stack:
-    runs, progresses = _start_runs(exps, workdirs, labels, stack)
+    runs, progresses = _start_runs(exps, workdirs, labels, config_spec, stack)
     active = []
     for i, (run, progress) in enumerate(zip(runs, progresses)):
       if progress.step >= run.exp.total_steps:

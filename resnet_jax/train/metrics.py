@@ -1,43 +1,101 @@
 """Metric writers: JSONL, TensorBoard event files (tensorboardX, no TensorFlow) and the console.
 
-Only process 0 writes; the other processes get a writer that does nothing.
+Only process 0 writes; the other processes get a writer that does nothing. The JSON-lines
+files go through `workdir_io` (never through links; a line cut short by a crash is
+skipped by the readers, and new records start on a fresh line).
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 import pathlib
 import platform
 import re
 import sys
 import time
-from typing import Dict, Mapping, Optional, TextIO
+from typing import Callable, Dict, Mapping, Optional, TextIO
 
 import jax
-from tensorboardX import SummaryWriter
+from tensorboardX import summary as tb_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
 from resnet_jax.runtime import provenance
 from resnet_jax.runtime.allocator import ACTIVE_ENV
+from resnet_jax.train import workdir_io
 
 METRICS_FILE = "metrics.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_FLUSH_SECS = 120  # as tensorboardX's SummaryWriter
+# tensorboardX warns for each NaN/Inf scalar; a diverged run is reported once, by the loop.
+logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+
+
+class TensorBoardWriter:
+  """Scalars into a TensorBoard event file, written by the calling thread.
+
+  tensorboardX's `SummaryWriter` writes from a thread of its own, whose errors (a full
+  disk) end in tracebacks at exit that no caller can catch; this writes the same event
+  file format synchronously (a few records per log line), so every failure reaches the
+  caller as one `WorkdirWriteError`.
+  """
+
+  def __init__(self, directory: pathlib.Path):
+    self.directory = directory
+    try:
+      directory.mkdir(parents=True, exist_ok=True)
+      self._events = EventsWriter(str(directory / "events"))
+    except OSError as e:
+      raise workdir_io.WorkdirWriteError(f"cannot write TensorBoard events in {directory}: {e.strerror}") from None
+    self._last_flush = time.monotonic()
+
+  def _guard(self, action: Callable[[], object]) -> None:
+    try:
+      action()
+    except OSError as e:
+      raise workdir_io.WorkdirWriteError(
+          f"cannot write TensorBoard events in {self.directory}: {e.strerror or e}") from None
+
+  def add_scalars(self, step: int, scalars: Mapping[str, float], prefix: str) -> None:
+    now = time.time()
+    for k, v in scalars.items():
+      event = event_pb2.Event(wall_time=now, step=int(step), summary=tb_summary.scalar(f"{prefix}/{k}", float(v)))
+      self._guard(lambda event=event: self._events.write_event(event))
+    if time.monotonic() - self._last_flush > TENSORBOARD_FLUSH_SECS:
+      self.flush()
+
+  def flush(self) -> None:
+    self._guard(self._events.flush)
+    self._last_flush = time.monotonic()
+
+  def close(self) -> None:
+    self._guard(self._events.close)
 
 
 class MetricWriter:
-  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`."""
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`.
+
+  `console` receives the printed lines (stdout by default), including the report of a
+  metrics file whose last line a crash cut short.
+  """
 
   def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None,
                console: Optional[TextIO] = None, prefix: str = ""):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.console = console
     self.prefix = prefix  # e.g. "[seed3] ": which of several runs a console line is about
-    self._jsonl = None
-    self._tb = None
+    self._jsonl: Optional[workdir_io.JsonlAppender] = None
+    self._tb: Optional[TensorBoardWriter] = None
     if self.enabled:
       workdir = pathlib.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = open(workdir / METRICS_FILE, "a", encoding="utf-8")
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      self._jsonl = workdir_io.JsonlAppender(workdir / METRICS_FILE, log=self.print)
+      try:
+        self._tb = TensorBoardWriter(workdir / TENSORBOARD_DIR)
+      except BaseException:
+        self._jsonl.close()
+        raise
 
   def write(self, step: int, scalars: Mapping[str, float], kind: str) -> None:
     """One record: `{"step", "kind" ("train" | "eval"), "time", **scalars}`."""
@@ -45,11 +103,9 @@ class MetricWriter:
       return
     record = {"step": int(step), "kind": kind, "time": time.time(),
               **{k: float(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(record)
     if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+      self._tb.add_scalars(step, scalars, kind)
 
   def print(self, line: str) -> None:
     if self.enabled:
@@ -60,10 +116,14 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
+    """Closes both files (the JSONL file even when the TensorBoard one fails to flush)."""
+    jsonl, tb, self._jsonl, self._tb = self._jsonl, self._tb, None, None
+    try:
+      if tb is not None:
+        tb.close()
+    finally:
+      if jsonl is not None:
+        jsonl.close()
 
 
 class SessionLog:
@@ -84,8 +144,7 @@ class SessionLog:
   def _append(self, record: Dict) -> None:
     if self.enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+      workdir_io.append_jsonl(self.path, record)
 
   def start(self, step: int, resumed_from: Optional[str] = None) -> None:
     self._start_time, self._start_step, self.started = time.time(), int(step), True
@@ -106,25 +165,24 @@ class SessionLog:
                   "images_per_sec": steps * images_per_step / wall if wall > 0 else 0.0})
 
 
-def read_sessions(workdir: str | pathlib.Path) -> list[Dict]:
-  """All records of `workdir/sessions.jsonl`, in order."""
-  path = pathlib.Path(workdir) / SESSIONS_FILE
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_sessions(workdir: str | pathlib.Path, log: Optional[Callable[[str], None]] = logging.warning
+                  ) -> list[Dict]:
+  """All records of `workdir/sessions.jsonl`, in order; lines cut short by a crash are
+  skipped (and reported through `log`)."""
+  return workdir_io.read_jsonl(pathlib.Path(workdir) / SESSIONS_FILE, log)
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[Dict[str, float]]:
-  """All records of `workdir/metrics.jsonl`, in order."""
-  path = pathlib.Path(workdir) / METRICS_FILE
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_metrics(workdir: str | pathlib.Path, log: Optional[Callable[[str], None]] = logging.warning
+                 ) -> list[Dict[str, float]]:
+  """All records of `workdir/metrics.jsonl`, in order; lines cut short by a crash are
+  skipped (and reported through `log`)."""
+  return workdir_io.read_jsonl(pathlib.Path(workdir) / METRICS_FILE, log)
 
 
-def last_record(workdir: str | pathlib.Path, kind: str) -> Dict[str, float]:
+def last_record(workdir: str | pathlib.Path, kind: str, log: Optional[Callable[[str], None]] = logging.warning
+                ) -> Dict[str, float]:
   """The scalars of the last record of `kind` ("train" | "eval"), without step, kind and time."""
-  records = [r for r in read_metrics(workdir) if r.get("kind") == kind]
+  records = [r for r in read_metrics(workdir, log) if r.get("kind") == kind]
   return {k: v for k, v in records[-1].items() if k not in ("step", "kind", "time")} if records else {}
 
 

@@ -52,3 +52,22 @@ def stopped_line(cause: str, step: int, directory: Any) -> str:
   """A run stopped before its end: `cause` is the signal's name ("SIGTERM", "SIGINT") or `TIME_LIMIT`."""
   what = {"SIGINT": "interrupted (Ctrl-C)", TIME_LIMIT: "time limit reached"}.get(cause, "preempted")
   return f"{what}: saved step {step} to {directory}; run the same command again to resume"
+
+
+def diverged_advice(workdir: Any, checkpoint_dir: Any, good_step: Any, config_spec: Any = None) -> str:
+  """What to do after a NaN/Inf: the command that continues with a lower learning rate.
+
+  A workdir with checkpoints resumes only with its recipe, so a lower rate starts a new
+  run from the last good checkpoint's weights (`init_from`); without a checkpoint the same
+  workdir takes the new rate.
+  """
+  config = f"--config {config_spec}" if config_spec else "--config CONFIG"
+  if good_step is None:
+    return (f"No checkpoint was saved before it: run again in this workdir with a lower rate, "
+            f"`resnet-jax train {config} --workdir {workdir} --config.optimizer.learning_rate=LOWER` (or add "
+            "--config.schedule.warmup_length=N), with the run's other --config flags")
+  return (f"last good checkpoint: {checkpoint_dir}/{good_step} (step {good_step}). This workdir resumes only "
+          "with its recipe; to go on with a lower rate, start a new run from that checkpoint's weights: "
+          f"`resnet-jax train {config} --workdir NEW_DIR --config.init_from={workdir}:{good_step} "
+          "--config.optimizer.learning_rate=LOWER` (or add --config.schedule.warmup_length=N), with the run's "
+          "other --config flags")

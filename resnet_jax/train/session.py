@@ -44,22 +44,25 @@ class Progress:
 
 
 class TrainingSession:
-  """See the module docstring; `exp` is the built (validated) experiment."""
+  """See the module docstring; `exp` is the built (validated) experiment, `config_spec` the
+  `--config` value (named in the advice after a NaN)."""
 
-  def __init__(self, exp: build.Experiment, workdir: pathlib.Path, label: str = ""):
+  def __init__(self, exp: build.Experiment, workdir: pathlib.Path, label: str = "",
+               config_spec: Optional[str] = None):
     config = exp.config
-    self.exp, self.workdir = exp, workdir
+    self.exp, self.workdir, self.config_spec = exp, workdir, config_spec
     self.is_chief = jax.process_index() == 0
     workdir_lib.check_format(workdir, write=self.is_chief)
     self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
-    self.meta = ckpt_lib.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
-                                     self.abstract_state)
+    self.meta = {**ckpt_lib.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
+                                        self.abstract_state),
+                 ckpt_lib.CONFIG_KEY: config_lib.to_json_value(config)}  # the recipe a resume must keep
     self.checkpointer = ckpt_lib.Checkpointer(workdir / load_lib.CHECKPOINT_DIR, keep=config.keep_checkpoints,
                                               keep_best=config.keep_best_checkpoints,
                                               async_save=config.async_checkpoints)
     try:  # Orbax's threads keep a process alive until the checkpointer is closed
       if self.checkpointer.latest_step() is not None:
-        workdir_lib.check_resumable(config, workdir)
+        workdir_lib.check_resumable(config, workdir, self.checkpointer.saved_config())
       self.writer = metrics_lib.MetricWriter(workdir, prefix=label)
     except BaseException:
       self.checkpointer.close()
@@ -106,11 +109,8 @@ class TrainingSession:
     bad = int(jax.device_get(sums["first_nonfinite_step"]))
     if bad >= 0:
       good = self.checkpointer.latest_step()
-      where = (f"last good checkpoint: {self.checkpointer.directory / str(good)} (step {good})"
-               if good is not None else "no checkpoint was saved before it")
-      raise NonFiniteLossError(
-          f"training loss or gradient is NaN/Inf at step {bad + 1}; stopped. {where}. "
-          "Lower optimizer.learning_rate or add schedule.warmup_length.")
+      advice = report.diverged_advice(self.workdir, self.checkpointer.directory, good, self.config_spec)
+      raise NonFiniteLossError(f"training loss or gradient is NaN/Inf at step {bad + 1}; stopped. {advice}")
 
   def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
     """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
@@ -131,7 +131,7 @@ class TrainingSession:
     self._finished = True
 
   def last_record(self, kind: str) -> Metrics:
-    return metrics_lib.last_record(self.workdir, kind)
+    return metrics_lib.last_record(self.workdir, kind, log=self.writer.print)
 
   # -- end ---------------------------------------------------------------------------
   def __enter__(self) -> "TrainingSession":
@@ -153,16 +153,21 @@ class TrainingSession:
     self._close((self.stopped or "finished") if error is None else _end_reason(error))
 
   def _close(self, reason: str) -> None:
+    """Records the end, then closes; after an error, cleanup errors (a full disk fails them
+    all) are dropped so that the error in flight is the one reported."""
     self._closed = True
+    ended_well = reason in ("finished", "preempted", "time limit")
     step = self.progress.step if self.progress is not None else 0
-    self.sessions.end(step, int(self.exp.config.global_batch_size), reason)
-    try:
-      self.checkpointer.close()
-    except ckpt_lib.CheckpointWriteError:
-      if reason in ("finished", "preempted"):  # else the error in flight says more
-        raise
-    finally:
-      self.writer.close()
+    closing = (lambda: self.sessions.end(step, int(self.exp.config.global_batch_size), reason),
+               self.checkpointer.close, self.writer.close)
+    first_error = None
+    for close in closing:
+      try:
+        close()
+      except Exception as e:  # pylint: disable=broad-except
+        first_error = first_error or e
+    if ended_well and first_error is not None:
+      raise first_error
 
 
 def _end_reason(error: BaseException) -> str:

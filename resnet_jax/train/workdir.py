@@ -11,7 +11,11 @@
   from the config it was trained with, ignoring `OPERATIONAL_FIELDS` (logging, checkpoint
   and evaluation cadence, data location, input threads: they do not change what is
   trained). A resumed run with a changed recipe is refused; `init_from` starts a new
-  run from its weights instead.
+  run from its weights instead. The reference is the config the newest checkpoint records;
+  `workdir/config.json` is a copy (checkpoints of earlier versions are compared with it).
+
+Every file here is read and written through `workdir_io` (never through a link; whole
+files replaced atomically), whose `WorkdirError`s are this module's too.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import ml_collections
 
 from resnet_jax import __version__
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import workdir_io
+from resnet_jax.train.workdir_io import NotAFileError, WorkdirError, WorkdirWriteError  # noqa: F401  (re-exported)
 
 FORMAT = 1
 FORMAT_FILE = "workdir.json"
@@ -41,10 +47,6 @@ OPERATIONAL_FIELDS = frozenset({
     "data.data_dir", "data.num_workers", "data.num_threads", "data.prefetch_batches",
     "data.eval_split", "data.placement", "data.jpeg_decoder", "init_from",
 })
-
-
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used by this run; the message says why and what to do."""
 
 
 class WorkdirBusyError(WorkdirError):
@@ -63,26 +65,23 @@ class Lock:
     self._fd: Optional[int] = None
 
   def acquire(self) -> "Lock":
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(self.path)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
       os.close(fd)
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise
-      try:
-        holder = json.loads(self.path.read_text() or "{}")
-      except (OSError, ValueError):
-        holder = {}
-      who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
-             if holder else "another process")
+        raise WorkdirError(f"cannot lock {self.path}: {e.strerror}") from None
       raise WorkdirBusyError(
-          f"workdir {self.path.parent} is in use by another training process ({who}); wait for it "
-          "to finish or stop it (SIGTERM saves a checkpoint), or train in another --workdir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
-                             "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode())
+          f"workdir {self.path.parent} is in use by another training process ({_holder(self.path)}); wait "
+          "for it to finish or stop it (SIGTERM saves a checkpoint), or train in another --workdir") from None
+    try:  # who holds it, for the message of a second process (written in place: the lock is this inode)
+      os.ftruncate(fd, 0)
+      os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                               "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode())
+    except OSError as e:
+      os.close(fd)
+      raise workdir_io.WorkdirWriteError(f"cannot write {self.path}: {e.strerror}") from None
     self._fd = fd
     return self
 
@@ -99,6 +98,31 @@ class Lock:
     self.release()
 
 
+def _open_lock_file(path: pathlib.Path) -> int:
+  """The lock file's descriptor, creating the workdir and the file (never through a link)."""
+  workdir = path.parent
+  if workdir.exists() and not workdir.is_dir():
+    raise WorkdirError(f"--workdir {workdir} is a file, not a directory; give a directory (it is created "
+                       "when missing)")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir_io.open_file(path, os.O_RDWR | os.O_CREAT)
+  except OSError as e:
+    raise WorkdirError(f"cannot create {e.filename or path}: {e.strerror}; the --workdir must be a directory "
+                       "this user can write (not on a read-only filesystem)") from None
+
+
+def _holder(path: pathlib.Path) -> str:
+  """The process holding the lock, as the lock file records it."""
+  try:
+    holder = json.loads(workdir_io.read_text(path) or "{}")
+  except (OSError, ValueError, WorkdirError):
+    holder = {}
+  if not isinstance(holder, dict) or not holder:
+    return "another process"
+  return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+
+
 def lock(workdir: str | pathlib.Path) -> Lock:
   """Takes the workdir's lock or raises `WorkdirBusyError` naming the holder."""
   return Lock(workdir).acquire()
@@ -111,22 +135,24 @@ def check_format(workdir: str | pathlib.Path, write: bool = False) -> None:
   with `write`, stamped.
   """
   path = pathlib.Path(workdir) / FORMAT_FILE
-  if path.is_file():
-    try:
-      info = json.loads(path.read_text())
-      found = int(info["format"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {e}); it should hold "
-                         f'{{"format": {FORMAT}, ...}}') from None
-    if found != FORMAT:
-      raise WorkdirError(
-          f"workdir {path.parent} was written by resnet_jax {info.get('resnet_jax', '?')} in workdir "
-          f"format {found}; this is resnet_jax {__version__}, format {FORMAT}: continue it with "
-          f"resnet_jax {info.get('resnet_jax', 'of that format')}, or train in a new --workdir")
+  try:
+    text = workdir_io.read_text(path)
+  except FileNotFoundError:
+    if write:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      workdir_io.write_json(path, {"format": FORMAT, "resnet_jax": __version__})
     return
-  if write:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": FORMAT, "resnet_jax": __version__}) + "\n")
+  try:
+    info = json.loads(text)
+    found = int(info["format"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {e}); it should hold "
+                       f'{{"format": {FORMAT}, ...}}') from None
+  if found != FORMAT:
+    raise WorkdirError(
+        f"workdir {path.parent} was written by resnet_jax {info.get('resnet_jax', '?')} in workdir "
+        f"format {found}; this is resnet_jax {__version__}, format {FORMAT}: continue it with "
+        f"resnet_jax {info.get('resnet_jax', 'of that format')}, or train in a new --workdir")
 
 
 def _flat(value: Any, prefix: str = "") -> Dict[str, Any]:
@@ -168,12 +194,19 @@ def describe_changes(changes: List[Tuple[str, Any, Any]], limit: int = 3) -> str
   return text
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-  """Refuses to resume a run's checkpoints with a changed recipe (see `config_changes`)."""
-  try:
-    saved = config_lib.load_config(workdir)
-  except FileNotFoundError:
-    return
+def check_resumable(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                    saved: Optional[Mapping[str, Any]] = None) -> None:
+  """Refuses to resume a run's checkpoints with a changed recipe (see `config_changes`).
+
+  `saved` is the config its newest checkpoint records, the recipe's reference (`config.json`
+  is a copy, which may be missing or damaged). Checkpoints of versions that did not record
+  it (None) are compared with `config.json` when it exists.
+  """
+  if saved is None:
+    try:
+      saved = config_lib.load_config(workdir)
+    except FileNotFoundError:
+      return
   changes = config_changes(saved, config)
   if config.schedule.name != "cosine" and saved.get("schedule", {}).get("name") == config.schedule.name:
     # Only the cosine schedule depends on the training length: a step or constant run may be

@@ -1,0 +1,259 @@
+"""A workdir's small files, read and written one safe way: never through links, whole files
+atomically, JSON lines tolerant of a crash mid-write, content checked by digests.
+
+Besides its checkpoints (Orbax's), a training workdir holds `config.json`, `workdir.json`,
+`metrics.jsonl`, `sessions.jsonl`, `.lock` and, in a study, `result.json`. Every access to
+them goes through this module, so each promise holds for all of them:
+
+* No links: a file is opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a FIFO cannot block
+  the opener); a symbolic link, directory or device where a file is expected is refused
+  in one line (`NotAFileError`) instead of having its target truncated.
+* Whole files are replaced atomically (`write_atomic`: a temporary file beside it, fsync,
+  rename): a reader, or the next run after a crash, sees the old content or the new one.
+* JSON lines are appended one record per write (`JsonlAppender`); a file whose last line
+  a crash cut short is continued on a fresh line, and readers (`read_jsonl`) skip the
+  lines that are not complete records and report them.
+* `sha256_hex`/`json_digest` are the one way digests are made (checkpoint checksums).
+
+Failures are `WorkdirError`s with one-line messages naming the file. Paths are local
+(`os.PathLike`); cloud workdirs (`gs://`, issue 26) get their implementation here too.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import stat
+from typing import Any, Callable, Dict, List, Optional
+
+Log = Callable[[str], None]
+
+_NO_LINKS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used by this run; the message says why and what to do."""
+
+
+class NotAFileError(WorkdirError):
+  """A link, directory or device is where the workdir keeps a regular file."""
+
+
+class WorkdirWriteError(WorkdirError):
+  """A workdir file could not be written (disk full, read-only, permissions)."""
+
+
+def _what_is(path: pathlib.Path) -> str:
+  """What `path` is when it is not a regular file, in words."""
+  try:
+    mode = os.lstat(path).st_mode
+  except OSError:
+    return "not a regular file"
+  if stat.S_ISLNK(mode):
+    return f"a symbolic link (to {os.readlink(path)})"
+  if stat.S_ISDIR(mode):
+    return "a directory"
+  if stat.S_ISFIFO(mode):
+    return "a FIFO"
+  if stat.S_ISSOCK(mode):
+    return "a socket"
+  return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def not_a_file(path: str | os.PathLike) -> NotAFileError:
+  path = pathlib.Path(path)
+  return NotAFileError(f"{path} is {_what_is(path)}, where the workdir keeps a regular file; resnet_jax "
+                       "never reads or writes workdir files through links: remove it, or use another --workdir")
+
+
+def _reason(error: OSError) -> str:
+  return error.strerror or type(error).__name__
+
+
+def open_file(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+  """`os.open` of a regular file, never through a link; the file descriptor.
+
+  Raises `NotAFileError` for a link, directory, FIFO or device, and the `OSError` of the
+  open otherwise (FileNotFoundError for a missing file without `O_CREAT`).
+  """
+  try:
+    fd = os.open(path, flags | _NO_LINKS, mode)
+  except OSError as e:
+    if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+      raise not_a_file(path) from None
+    raise
+  if not stat.S_ISREG(os.fstat(fd).st_mode):
+    os.close(fd)
+    raise not_a_file(path)
+  return fd
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+  """The content of a regular file; FileNotFoundError when there is none."""
+  try:
+    fd = open_file(path, os.O_RDONLY)
+  except FileNotFoundError:
+    raise
+  except OSError as e:  # permissions, I/O errors
+    raise WorkdirError(f"cannot read {path}: {_reason(e)}") from None
+  try:
+    with os.fdopen(fd, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise WorkdirError(f"cannot read {path}: {_reason(e)}") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+  return read_bytes(path).decode("utf-8", errors="replace")
+
+
+def refuse_non_file(path: str | os.PathLike) -> None:
+  """Raises `NotAFileError` if something other than a regular file is at `path`."""
+  try:
+    mode = os.lstat(path).st_mode
+  except FileNotFoundError:
+    return
+  if not stat.S_ISREG(mode):
+    raise not_a_file(path)
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+  """Makes a rename in `directory` durable; some filesystems cannot, which only costs durability."""
+  try:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Replaces `path` with `data` atomically (temporary file, fsync, rename).
+
+  A link at `path` is refused (`NotAFileError`), never followed; the rename replaces a
+  directory entry, so even a link created meanwhile is replaced, not written through.
+  Failures raise `WorkdirWriteError` and leave the old file as it was.
+  """
+  path = pathlib.Path(path)
+  refuse_non_file(path)
+  payload = data.encode("utf-8") if isinstance(data, str) else data
+  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+  try:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+      _write_all(fd, payload)
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    os.replace(temporary, path)
+  except OSError as e:
+    try:
+      os.unlink(temporary)
+    except OSError:
+      pass
+    raise WorkdirWriteError(f"cannot write {path}: {_reason(e)}") from None
+  _fsync_directory(path.parent)
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: Optional[int] = None) -> None:
+  write_atomic(path, json.dumps(value, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+  view = memoryview(payload)
+  while view:
+    view = view[os.write(fd, view):]
+
+
+class JsonlAppender:
+  """Appends JSON records, one line each, to a `.jsonl` file (created when missing).
+
+  Each record is one `write` to a file opened with `O_APPEND`, so a crash leaves at most
+  its last line incomplete; opening a file whose last line is incomplete reports it
+  through `log` and starts on a fresh line, so that line stays the only damage.
+  """
+
+  def __init__(self, path: str | os.PathLike, log: Optional[Log] = None):
+    self.path = pathlib.Path(path)
+    try:
+      self._fd: Optional[int] = open_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    except OSError as e:
+      raise WorkdirWriteError(f"cannot write {self.path}: {_reason(e)}") from None
+    try:
+      size = os.fstat(self._fd).st_size
+      if size and os.pread(self._fd, 1, size - 1) != b"\n":
+        self._write(b"\n")
+        if log is not None:
+          log(f"{self.path}: its last line was cut short (a crash while writing it); it is kept, "
+              "and new records start on a fresh line")
+    except BaseException:
+      self.close()
+      raise
+
+  def _write(self, payload: bytes) -> None:
+    try:
+      _write_all(self._fd, payload)
+    except OSError as e:
+      raise WorkdirWriteError(f"cannot write {self.path}: {_reason(e)}") from None
+
+  def append(self, record: Dict[str, Any]) -> None:
+    self._write((json.dumps(record) + "\n").encode("utf-8"))
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
+def append_jsonl(path: str | os.PathLike, record: Dict[str, Any], log: Optional[Log] = None) -> None:
+  """One record appended to `path` (see `JsonlAppender`)."""
+  appender = JsonlAppender(path, log)
+  try:
+    appender.append(record)
+  finally:
+    appender.close()
+
+
+def read_jsonl(path: str | os.PathLike, log: Optional[Log] = None) -> List[Dict[str, Any]]:
+  """The records of a `.jsonl` file in order ([] when it does not exist).
+
+  Lines that are not a complete JSON object (a write cut short by a crash) are skipped
+  and reported through `log` in one line.
+  """
+  path = pathlib.Path(path)
+  try:
+    text = read_text(path)
+  except FileNotFoundError:
+    return []
+  records, torn = [], []
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+    else:
+      torn.append(number)
+  if torn and log is not None:
+    log(f"{path}: skipped {len(torn)} line(s) that are not complete records, cut short by a crash "
+        f"(line {', '.join(map(str, torn[:5]))}{', ...' if len(torn) > 5 else ''})")
+  return records
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def json_digest(value: Any) -> str:
+  """The digest of a JSON value, independent of key order and of tuple vs list."""
+  return sha256_hex(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8"))
