@@ -63,6 +63,7 @@ def test_a_run_records_its_preprocessing_and_is_read_with_another_data_dir(data_
   np.testing.assert_allclose(net(batch["image"]), want, rtol=1e-5, atol=1e-5)
 
   # The data moved (another machine): the recorded data dir is gone; --data-dir or $TFDS_DATA_DIR finds it.
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
   moved = tmp_path / "moved"
   local.rename(moved)
   with pytest.raises(FileNotFoundError, match=r"not prepared in .*tfds.*; or read a prepared copy elsewhere: "

@@ -19,10 +19,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
 import support
 
 from resnet_jax import cli
 from resnet_jax import train as rt
+from resnet_jax.data import cifar
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import load as load_lib
@@ -389,11 +391,18 @@ def test_prepare_refuses_a_cifar_file_cut_at_a_record_boundary(tmp_path, capsys)
   from resnet_jax.data import testing as data_testing  # pylint: disable=g-import-not-at-top
   source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=10000, num_test=10000, seed=0)
   batch = source / "data_batch_3.bin"
-  batch.write_bytes(batch.read_bytes()[:5000 * 3073])  # 5,000 whole records
+  whole = batch.read_bytes()
+  batch.write_bytes(whole[:5000 * 3073])  # 5,000 whole records
   assert cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp_path / "tfds")]) == 2
   line = _one_line(capsys.readouterr().err)
   assert f"{batch} holds 5,000 records, the official file 10,000" in line and "--allow-partial" in line
   assert not (tmp_path / "tfds" / "cifar10" / "3.0.2").exists()
+  # A test file of fewer records is a held-out subset (../shared/data has the first 1,000): accepted.
+  batch.write_bytes(whole)
+  test_batch = source / "test_batch.bin"
+  test_batch.write_bytes(test_batch.read_bytes()[:1000 * 3073])
+  files = cifar.read_files("cifar10", source)
+  assert len(files.splits["train"].images) == 50000 and len(files.splits["test"].images) == 1000
 
 
 def test_prepare_prints_the_counts_and_prepares_a_subset_when_asked(tmp_path, capsys):
@@ -402,7 +411,9 @@ def test_prepare_prints_the_counts_and_prepares_a_subset_when_asked(tmp_path, ca
   argv = ["prepare", "cifar10", "--source", str(source), "--data-dir", str(tmp_path / "tfds")]
   assert cli.main(argv) == 2 and "data_batch_1.bin holds 4 records" in capsys.readouterr().err
   assert cli.main([*argv, "--allow-partial"]) == 0
-  assert capsys.readouterr().out.strip().endswith("(20 train, 6 test images)")
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out[-2].endswith("(20 train, 6 test images)")
+  assert out[-1] == "note: the test split holds 6 of the official 10,000 images; evaluations on it report error on those"
 
 
 def test_prepare_into_a_full_disk_is_one_line_and_removes_the_partial_files(data_dir, tmp_path, mounts, capsys):
@@ -430,11 +441,13 @@ def test_an_absurd_eval_batch_is_bounded_by_the_split(data_dir, tmp_path):
 
 def test_the_nan_message_gives_a_command_that_works(data_dir, tmp_path, capsys):
   workdir = tmp_path / "nan"
-  argv = _train_argv(workdir, data_dir, num_steps=20, checkpoint_every_steps=2, **{"optimizer.learning_rate": 100.0})
-  assert cli.main(argv) == 1  # diverges at step 12
+  # lr 1000 diverges at step 6; the weights of step 4 are large but finite (lr 100 reaches 1e11
+  # by its last checkpoint, where float32 activations overflow at any rate).
+  argv = _train_argv(workdir, data_dir, num_steps=20, checkpoint_every_steps=2, **{"optimizer.learning_rate": 1000.0})
+  assert cli.main(argv) == 1
   line = _one_line(capsys.readouterr().err)
   advised = line[line.index("`resnet-jax train ") + 1:line.rindex("`")].split()
-  assert advised[:3] == ["resnet-jax", "train", "--config"] and f"--config.init_from={workdir}:10" in advised
+  assert advised[:3] == ["resnet-jax", "train", "--config"] and f"--config.init_from={workdir}:4" in advised
   new_dir = tmp_path / "lower"
   advised = [str(new_dir) if a == "NEW_DIR" else a.replace("LOWER", "0.01") for a in advised[1:]]
   assert cli.main([*advised, *_flags(data_dir, num_steps=3)]) == 0

@@ -20,8 +20,8 @@ def parser() -> ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", default=None, help="checkpoint step, 'latest' (default) or 'best' (lowest eval error)")
   p.add_argument("--split", default=None, help="TFDS split (default: the run's data.eval_split)")
-  p.add_argument("--data-dir", default=None, help="TFDS data dir of the dataset (default: $TFDS_DATA_DIR, else "
-                 "the run's data.data_dir)")
+  p.add_argument("--data-dir", default=None, help="TFDS data dir of the dataset (default: the run's data.data_dir "
+                 "where it exists here, else $TFDS_DATA_DIR)")
   p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   return p
 

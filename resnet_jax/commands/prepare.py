@@ -7,6 +7,7 @@ from typing import Sequence
 from resnet_jax.commands import ArgumentParser
 
 import resnet_jax.data as rjd
+from resnet_jax.data import cifar
 from resnet_jax.data.prepare import split_sizes
 
 
@@ -28,6 +29,11 @@ def main(argv: Sequence[str]) -> int:
   except OSError as e:  # a full disk, a read-only data dir: not a usage error
     print(f"resnet-jax prepare: {e}", file=sys.stderr)
     return 1
-  sizes = ", ".join(f"{n:,} {split}" for split, n in sorted(split_sizes(path).items(), reverse=True))
-  print(f"prepared {args.name} in {path} ({sizes} images)")
+  sizes = split_sizes(path)
+  listed = ", ".join(f"{n:,} {split}" for split, n in sorted(sizes.items(), reverse=True))
+  print(f"prepared {args.name} in {path} ({listed} images)")
+  official = cifar.SPLIT_SIZES.get("test") if args.name in cifar.OFFICIAL_RECORDS else None
+  if official and sizes.get("test", official) < official:
+    print(f"note: the test split holds {sizes['test']:,} of the official {official:,} images; "
+          "evaluations on it report error on those")
   return 0

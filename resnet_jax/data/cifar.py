@@ -62,7 +62,9 @@ LABEL_KEYS = {"cifar10": ("label",), "cifar100": ("coarse_label", "label")}
 NUM_CLASSES = {"label": {"cifar10": 10, "cifar100": 100}, "coarse_label": {"cifar100": 20}}
 SPLIT_SIZES = {"train": 50000, "test": 10000}
 # Records in each official file: a file cut at a record boundary reads as valid, only
-# fewer images (`read_files` checks the counts unless asked to prepare a subset).
+# fewer images. `read_files` checks the training files (unless asked to prepare a subset);
+# a shorter test file is accepted (a held-out subset, e.g. the first 1,000 test images) and
+# its count is printed by `prepare` and in every evaluation line.
 OFFICIAL_RECORDS = {"cifar10": {"train": 10000, "test": 10000}, "cifar100": {"train": 50000, "test": 10000}}
 DOWNLOAD_TIMEOUT_S = 30
 OFFICIAL_URLS = {
@@ -214,8 +216,9 @@ def _check_official_count(name: str, split: str, path: pathlib.Path, count: int)
 def read_files(name: str, folder: str | pathlib.Path, allow_partial: bool = False) -> CifarFiles:
   """Reads every split of an official CIFAR folder (binary or python layout).
 
-  Each file must hold its official number of records (`OFFICIAL_RECORDS`) unless
-  `allow_partial` (a subset, e.g. for tests).
+  Each training file must hold its official number of records (`OFFICIAL_RECORDS`) unless
+  `allow_partial` (a subset, e.g. for tests); a test file may hold fewer (a subset of the
+  held-out images, whose count every evaluation reports), never more.
   """
   folder = pathlib.Path(folder).expanduser()
   found = _folder_layout(name, folder)
@@ -237,8 +240,9 @@ def read_files(name: str, folder: str | pathlib.Path, allow_partial: bool = Fals
         raise ValueError(f"corrupt {name} {split} record {bad[0]} in {folder}: {key} "
                          f"{labels[bad[0], i]} is not below {NUM_CLASSES[key][name]}")
     splits[split] = CifarSplit(images, {k: labels[:, i] for i, k in enumerate(keys)})
-  for split, path, count in counts if not allow_partial else ():
-    _check_official_count(name, split, path, count)
+  for split, path, count in counts:
+    if count > OFFICIAL_RECORDS[name][split] or (split == "train" and not allow_partial):
+      _check_official_count(name, split, path, count)
   return CifarFiles(_label_names(name, layout, folder), splits)
 
 

@@ -385,7 +385,11 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 def with_local_data_dir(config: ml_collections.ConfigDict, data_dir: str | os.PathLike | None = None
                         ) -> ml_collections.ConfigDict:
   """A run's saved config, to read its data on this machine: `data.data_dir` becomes
-  `data_dir`, else $TFDS_DATA_DIR when set; else it stays as recorded (a path of the machine
-  that trained, or None: ~/tensorflow_datasets)."""
+  `data_dir` when given; else it stays as recorded where that folder exists here; else
+  $TFDS_DATA_DIR when set (the run was trained on another machine); else as recorded (None:
+  TFDS's default)."""
+  recorded = config.data.data_dir
+  if not data_dir and (recorded is None or os.path.isdir(os.path.expanduser(str(recorded)))):
+    return config
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
   return apply_overrides(config, {"data.data_dir": str(data_dir)}) if data_dir else config

@@ -152,7 +152,8 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, spli
   example of a split.
 
   The split is the run's `data.eval_split` unless `split` is given; the dataset is read
-  from `data_dir`, else $TFDS_DATA_DIR, else where the run read it.
+  from `data_dir`, else where the run read it if that folder exists here, else
+  $TFDS_DATA_DIR (`config.with_local_data_dir`).
   """
   workdir = pathlib.Path(workdir).absolute()
   config = config_lib.with_local_data_dir(config_lib.load_config(workdir), data_dir)

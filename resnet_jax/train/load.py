@@ -153,7 +153,7 @@ def load_network(workdir: str | pathlib.Path, step: Optional[int | str] = None,
   `step`: as `load_variables` (`"latest"` by default, `"best"`, or a number). The
   preprocessing is the one the run recorded (`WORKDIR/preprocessing.json`: for CIFAR the
   train split's mean image); a run from before it was recorded has it computed from its
-  dataset (found in `data_dir`, else $TFDS_DATA_DIR, else where it trained), which `log`
+  dataset (found in `data_dir`, else where it trained, else $TFDS_DATA_DIR), which `log`
   reports: `record_preprocessing(WORKDIR)` stores it once.
 
   >>> net = rj.train.load_network("runs/cifar10_resnet20", step="best")
