@@ -10,6 +10,7 @@ each tensor's sum and norm, and the loss are compared.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import pathlib
 import zlib
@@ -79,26 +80,36 @@ def _entries(ours, key: str, path: str, seed: int):
   return flat[helpers.sample_indices(seed, path, flat.size)], REFERENCE[f"{key}/sample"].astype(np.float64)
 
 
+@functools.lru_cache(maxsize=None)
+def _program(name: str, dtype):
+  """The paper config's optimiser, model, initial state and compiled train step in `dtype`,
+  built once per network and dtype: every iteration of a network runs the same program
+  (the step, hence the learning rate, is part of the state)."""
+  config_name, overrides = CONFIGS[name]
+  config = configs.load(config_name, {**overrides, "seed": 0})
+  mesh = rt.create_mesh(jax.devices()[:1])
+  schedule, tx = rt.build.optimizer(config, STEPS_PER_EPOCH, rt.num_train_steps(config, STEPS_PER_EPOCH))
+  model = rt.build.model(config, 10).clone(dtype=dtype, param_dtype=dtype)
+  state = rt.create_train_state(model, tx, mesh, (32, 32, 3), 0)
+  train_step = rt.make_train_step(model, tx, config, mesh, lambda x, rng, train: x, 10)
+  return schedule, tx, mesh, state, train_step
+
+
 def _our_step(name: str, step: int, dtype):
   """Our train step of the paper config, from the seeded state, in `dtype` (float64: x64 mode)."""
   prefix = f"{name}/{step}"
-  config_name, overrides = CONFIGS[name]
-  config = configs.load(config_name, {**overrides, "seed": 0})
   seed = zlib.crc32(prefix.encode())
-  mesh = rt.create_mesh(jax.devices()[:1])
-  schedule, tx = rt.build.optimizer(config, STEPS_PER_EPOCH, rt.num_train_steps(config, STEPS_PER_EPOCH))
+  schedule, tx, mesh, state, train_step = _program(name, dtype)
   assert float(schedule(step)) == pytest.approx(float(REFERENCE[f"{prefix}/lr"]), rel=1e-6)
-  model = rt.build.model(config, 10).clone(dtype=dtype, param_dtype=dtype)
-  state = rt.create_train_state(model, tx, mesh, (32, 32, 3), 0)
   params = _rebuild(state.params, "params", seed)
   state = state.replace(step=jnp.asarray(step, state.step.dtype), params=params,
                         batch_stats=_rebuild(state.batch_stats, "batch_stats", seed),
                         opt_state=_with_momentum_and_count(tx.init(params), _rebuild(state.params, "momentum", seed),
                                                            step))
+  state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)  # the step may donate it
   # The inputs exactly as the reference computed them (numpy's x / 255 and XLA's differ in
   # the last bit: XLA multiplies by 1/255); `augment.normalize` is tested on its own.
   images = (REFERENCE["images"].astype(np.float32) / 255.0) - REFERENCE["pixel_mean"]
-  train_step = rt.make_train_step(model, tx, config, mesh, lambda x, rng, train: x, 10)
   batch = {"image": jnp.asarray(images), "label": jnp.asarray(REFERENCE["labels"])}
   new, sums = train_step(state, rt.new_metrics(rt.zero_train_metrics, mesh), batch)
   new = jax.device_get(new)
