@@ -24,11 +24,14 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Two pytest workers (pytest-xdist), one file each at a time: most of a test's time is XLA
+# compiling on one core. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # jemalloc makes CPU training 25-40 % faster: installed here where apt-get may (root or
 # password-less sudo); otherwise one line says how much slower and the command that fixes it.

@@ -1,5 +1,6 @@
 """`resnet-jax bench`: the report's contents, the minimal reference network, one-line errors."""
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,9 @@ def test_breakdown_times_the_step_without_each_extra(capsys):
   extras = {"step -ghost BN", "step -unbiased var", "step -augment", "step -NaN guard", "step -metrics"}
   assert set(r["results"]) == {"step K=1", "minimal flax", "without extras"} | extras
   assert set(r["breakdown"]) == extras | {"without extras"}
-  assert all(-1.0 < x["cost_of_step"] < 1.0 for x in r["breakdown"].values())
+  # 1 - t(without) / t(full): below 1 for any positive time; its size is the benchmark's to
+  # report (two steps on a loaded machine are noise), not the test's.
+  assert all(math.isfinite(x["cost_of_step"]) and x["cost_of_step"] < 1.0 for x in r["breakdown"].values())
   assert "without extras / minimal flax" in r["ratios"] and "what the engine's extras cost" in out
 
 
