@@ -332,7 +332,7 @@ def parse_init_from(spec: str) -> tuple:
     if not step.isdigit():
       raise ConfigError(f"init_from={spec!r}: the step after ':' must be a number, 'latest' or 'best'")
     step = int(step)
-  if not (pathlib.Path(path) / CONFIG_FILE).is_file():
+  if not (workdir_io.as_path(path) / CONFIG_FILE).is_file():
     raise ConfigError(f"init_from={spec!r}: {path} is not the --workdir of a `resnet-jax train` run "
                       f"(no {CONFIG_FILE})")
   return path, step
@@ -345,7 +345,7 @@ def to_json_value(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
   """Writes `workdir/config.json` atomically (a copy: each checkpoint records the config too)."""
-  workdir_io.write_atomic(pathlib.Path(workdir) / CONFIG_FILE,
+  workdir_io.write_atomic(workdir_io.as_path(workdir) / CONFIG_FILE,
                           config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
@@ -364,7 +364,7 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   Raises FileNotFoundError when there is none and `ConfigError` naming the file and the
   way out when it is damaged.
   """
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = workdir_io.as_path(workdir) / CONFIG_FILE
   try:
     text = workdir_io.read_text(path)
   except FileNotFoundError:

@@ -31,6 +31,7 @@ from resnet_jax.train import config as config_lib
 from resnet_jax.train import load as load_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import packing
+from resnet_jax.train import workdir_io
 from resnet_jax.train.step import Batch, Metrics, Preprocess, new_metrics
 
 TEN_CROP_PREFIX = "ten_crop_"
@@ -154,7 +155,7 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, spli
   The split is the run's `data.eval_split` unless `split` is given; the dataset is read
   from `data_dir`, else $TFDS_DATA_DIR, else where the run read it.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = workdir_io.as_path(workdir)
   config = config_lib.with_local_data_dir(config_lib.load_config(workdir), data_dir)
   if split:
     config.data.eval_split = split
