@@ -94,7 +94,7 @@ class Study:
     self.base = base
     self.variants = {k: dict(v) for k, v in variants.items()}
     self.seeds = tuple(int(s) for s in seeds)
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = workdir_io.as_path(workdir)
     self.overrides = overrides if callable(overrides) else dict(overrides or {})
     self.paper = dict(paper or {})
     self.error_label = error_label
@@ -187,7 +187,7 @@ class Study:
             f"{what} (trained -> requested). Use another study workdir, or on_change='rerun' to move the "
             "old runs aside and train them again")
       aside = run.workdir.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-      run.workdir.rename(aside)
+      workdir_io.move_tree(run.workdir, aside)
       log(f"{what}; moved it to {aside} and training it again")
     if run.finished:
       log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import Pipeline
+from resnet_jax.runtime import object_store
 from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import load as load_lib
@@ -155,6 +156,7 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, spli
   The split is the run's `data.eval_split` unless `split` is given; the dataset is read
   from `data_dir`, else $TFDS_DATA_DIR, else where the run read it.
   """
+  object_store.check_reachable(workdir)
   workdir = workdir_io.as_path(workdir)
   config = config_lib.with_local_data_dir(config_lib.load_config(workdir), data_dir)
   if split:

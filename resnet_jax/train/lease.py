@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from resnet_jax.train import object_store
+from resnet_jax.runtime import object_store
 from resnet_jax.train.workdir_io import WorkdirError
 
 LEASE_SECONDS = 120.0

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from resnet_jax import models
 from resnet_jax.data import preprocessing as preprocessing_lib
+from resnet_jax.runtime import object_store
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
@@ -99,6 +100,7 @@ def restore_variables(workdir: str | pathlib.Path, step: Optional[int | str] = N
                       config: Optional[ml_collections.ConfigDict] = None,
                       log: Callable[[str], None] = logging.warning) -> Tuple[models.ResNet, Variables, int]:
   """`load_variables`, and the step it restored (for `"best"`, `log` says which and why)."""
+  object_store.check_reachable(workdir)
   workdir = workdir_io.as_path(workdir)
   workdir_lib.check_format(workdir)
   config = config_lib.load_config(workdir) if config is None else config

@@ -37,8 +37,8 @@ import stat
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from resnet_jax.train import object_store
-from resnet_jax.train.object_store import is_url  # noqa: F401  (re-exported)
+from resnet_jax.runtime import object_store
+from resnet_jax.runtime.object_store import is_url  # noqa: F401  (re-exported)
 
 Log = Callable[[str], None]
 # GCS sustains about one update per second of one object; a metrics file is rewritten at most

@@ -1,0 +1,225 @@
+"""gs:// workdirs and data dirs against a real GCS API server on 127.0.0.1 (issue 26).
+
+The server is fake-gcs-server (`gcs_emulator.py`), reached through the clients' emulator
+settings; one server, one prepared dataset and one trained run are shared by the module.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import support
+
+from resnet_jax import cli
+from resnet_jax import study as study_lib
+from resnet_jax import train as rt
+from resnet_jax.data import testing as data_testing
+from resnet_jax.runtime import object_store
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import lease as lease_lib
+from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train import workdir_io
+from gcs_emulator import GcsEmulator
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py:smoke")
+BUCKET = "runs"
+DATA = f"gs://{BUCKET}/tensorflow_datasets"
+# The SIGTERM run: one record per step, a checkpoint every 7 (the preempted one in between).
+STEPS = {"num_steps": 60, "log_every_steps": 1, "checkpoint_every_steps": 7}
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  server = GcsEmulator().start()
+  if server is None:
+    pytest.skip(f"no GCS API server on this machine: {server_reason()}")
+  saved = dict(os.environ)
+  os.environ.update(server.env)
+  os.environ[rt_cache_env()] = str(tmp_path_factory.mktemp("prepare_cache"))
+  server.create_bucket(BUCKET)
+  yield server
+  server.stop()
+  os.environ.clear()
+  os.environ.update(saved)
+
+
+def server_reason() -> str:
+  server = GcsEmulator()
+  server.start()
+  server.stop()
+  return server.why_not
+
+
+def rt_cache_env() -> str:
+  from resnet_jax.data import remote  # pylint: disable=import-outside-toplevel
+  return remote.CACHE_ENV
+
+
+def _config(**overrides):
+  return support.smoke_config(DATA, **overrides)
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
+      (state.params, state.batch_stats, state.opt_state, state.step)))]
+
+
+@pytest.fixture(scope="module")
+def gs_data(gcs, tmp_path_factory, capsys_module=None):
+  """The tiny CIFAR-10 prepared by `resnet-jax prepare` into gs://; reads then start from an
+  empty local cache, so the training runs below read the dataset from the bucket."""
+  source = data_testing.write_cifar10_binary(tmp_path_factory.mktemp("cifar_src"), num_train_per_batch=64,
+                                             num_test=50, seed=0)
+  code = cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", DATA, "--allow-partial"])
+  assert code == 0
+  os.environ[rt_cache_env()] = str(tmp_path_factory.mktemp("read_cache"))
+  return DATA
+
+
+def test_prepare_writes_the_dataset_into_the_bucket(gs_data, capsys):
+  files = {p.name for p in object_store.as_path(f"{gs_data}/cifar10/3.0.2").iterdir()}
+  assert {"dataset_info.json", "cifar10-train.array_record-00000-of-00001",
+          "cifar10-test.array_record-00000-of-00001"} <= files
+  assert cli.main(["prepare", "cifar10", "--source", "/nonexistent", "--data-dir", gs_data]) == 0
+  assert f"prepared cifar10 in {gs_data}/cifar10/3.0.2 (320 train, 50 test images)" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def straight(gs_data):
+  """The reference: the SIGTERM run's schedule trained without a stop, in a gs:// workdir."""
+  workdir = f"gs://{BUCKET}/straight"
+  return workdir, rt.train(_config(**STEPS), workdir)
+
+
+def test_train_sigterm_resume_is_bit_exact_then_eval_and_load_variables(straight, gs_data, capsys):
+  reference_dir, reference = straight
+  workdir = f"gs://{BUCKET}/preempted"
+  flags = [f"--config.{k}={v}" for k, v in {**support.TINY_SPLITS, **STEPS, "eval_batch_size": 20,
+                                             "data.data_dir": gs_data}.items()]
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  proc = subprocess.Popen([sys.executable, "-m", "resnet_jax.cli", "train", "--config", SMOKE,
+                           "--workdir", workdir, *flags],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if metrics_lib.read_metrics(workdir):  # the first record is written at once, later ones every few s
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted: saved step" in out, out
+  saved = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", create=False).latest_step()
+  assert 1 <= saved < STEPS["num_steps"]
+  assert not object_store.as_path(f"{workdir}/.lock").exists()  # the lease is released
+
+  resumed = rt.train(_config(**STEPS), workdir)
+  assert resumed["step"] == STEPS["num_steps"]
+  for a, b in zip(_leaves(reference["state"]), _leaves(resumed["state"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Every record once: the preempted session's, then the resumed one's from its checkpoint on.
+  records = metrics_lib.read_metrics(workdir)
+  train_steps = [r["step"] for r in records if r["kind"] == "train"]
+  assert train_steps == list(range(1, STEPS["num_steps"] + 1)) or (
+      sorted(set(train_steps)) == list(range(1, STEPS["num_steps"] + 1))
+      and train_steps[train_steps.index(saved + 1, 0):] == list(range(saved + 1, STEPS["num_steps"] + 1)))
+  assert metrics_lib.latest_per_step(records, "eval") .keys() == metrics_lib.latest_per_step(
+      metrics_lib.read_metrics(reference_dir), "eval").keys()
+  sessions = metrics_lib.read_sessions(workdir)
+  assert [(r["event"], r["step"]) for r in sessions] == [
+      ("start", 0), ("end", saved), ("start", saved), ("end", STEPS["num_steps"])]
+  tensorboard = list(object_store.as_path(f"{workdir}/tensorboard").iterdir())
+  assert len(tensorboard) == 2 and all(p.stat().length > 0 for p in tensorboard)
+
+  # eval (the CLI) and load_variables read the gs:// run.
+  capsys.readouterr()
+  assert cli.main(["eval", "--workdir", workdir, "--json"]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["step"] == STEPS["num_steps"] and result["num_examples"] == 50
+  _, variables = rt.load_variables(workdir)
+  for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(resumed["state"].params)),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_second_trainer_on_a_gs_workdir_is_refused_naming_the_holder(gs_data, capsys):
+  workdir = f"gs://{BUCKET}/busy"
+  with lease_lib.Lease(workdir):
+    code = cli.main(["train", "--config", SMOKE, "--workdir", workdir,
+                     *[f"--config.{k}={v}" for k, v in {**support.TINY_SPLITS, "data.data_dir": gs_data}.items()]])
+    err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert f"workdir {workdir} is in use by another training process (pid {os.getpid()} on " in err
+  assert not object_store.as_path(f"{workdir}/.lock").exists()
+
+
+def test_a_stale_lease_is_taken_over_with_a_notice(straight, capsys):
+  workdir = f"gs://{BUCKET}/stale"
+  dead = {"host": "pod-worker-7", "pid": 4242, "started": "2026-01-01T00:00:00", "renewed": time.time() - 900,
+          "lease_seconds": 120, "token": "dead"}
+  assert object_store.write_object(f"{workdir}/.lock", json.dumps(dead).encode(), if_generation=0)
+  capsys.readouterr()
+  assert rt.train(_config(num_steps=2), workdir)["step"] == 2
+  lines = [line for line in capsys.readouterr().out.splitlines() if "lease" in line]
+  assert len(lines) == 1 and lines[0].startswith(
+      f"took over the lease of workdir {workdir} from pid 4242 on pod-worker-7, since 2026-01-01T00:00:00 "
+      "(not renewed for 9"), lines
+
+
+def test_the_lease_is_renewed_and_a_holder_that_lost_it_says_so(gcs):
+  workdir = f"gs://{BUCKET}/renewed"
+  logged = []
+  holder = lease_lib.Lease(workdir, lease_seconds=0.4, log=logged.append).acquire()
+  try:
+    first, generation = object_store.read_object(holder.url)
+    time.sleep(0.5)
+    later, renewed_generation = object_store.read_object(holder.url)
+    assert renewed_generation != generation
+    assert json.loads(later)["renewed"] > json.loads(first)["renewed"]
+    # A second process whose view of the holder is stale (older than the lease) takes it over;
+    # the first learns it at its next renewal.
+    time.sleep(0.2)
+    object_store.write_object(holder.url, b'{"host": "other", "pid": 1}', if_generation=holder._generation)  # pylint: disable=protected-access
+    time.sleep(0.3)
+    assert holder.lost and "taken over by pid 1 on other" in logged[-1]
+  finally:
+    holder.release()
+  assert object_store.read_object(holder.url)[0] == b'{"host": "other", "pid": 1}'  # not deleted by the loser
+
+
+def test_compare_on_gs(gs_data, capsys):
+  workdir = f"gs://{BUCKET}/study"
+  study = study_lib.compare("cifar10_resnet20:smoke", {"a": {}, "b": {"optimizer.momentum": 0.0}}, workdir=workdir,
+                            overrides={**support.TINY_SPLITS, "data.data_dir": gs_data, "num_steps": 2,
+                                       "eval_batch_size": 20}, pack=False)
+  results = [r.result() for r in study.runs]
+  assert [r["step"] if "step" in r else r.get("final_step") for r in results] and all(results)
+  assert all(object_store.as_path(f"{workdir}/{v}/seed0/result.json").is_file() for v in ("a", "b"))
+  again = study_lib.compare("cifar10_resnet20:smoke", {"a": {}, "b": {"optimizer.momentum": 0.0}}, workdir=workdir,
+                            overrides={**support.TINY_SPLITS, "data.data_dir": gs_data, "num_steps": 2,
+                                       "eval_batch_size": 20}, pack=False)
+  assert "finished earlier" in capsys.readouterr().out or all(r.finished for r in again.runs)
+
+
+@pytest.mark.parametrize("what", ["bucket", "server"])
+def test_a_missing_bucket_or_a_server_down_is_one_line(gcs, data_dir, capsys, monkeypatch, what):
+  if what == "server":
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{GcsEmulator().port}")  # nothing listens
+    workdir, expected = f"gs://{BUCKET}/down", "does not answer"
+  else:
+    workdir, expected = "gs://no-such-bucket/run", "bucket gs://no-such-bucket does not exist"
+  local_data = str(data_dir)
+  for argv in (["train", "--config", SMOKE, "--workdir", workdir,
+                *[f"--config.{k}={v}" for k, v in {**support.TINY_SPLITS, "data.data_dir": local_data}.items()]],
+               ["eval", "--workdir", workdir],
+               ["prepare", "cifar10", "--source", "/nonexistent", "--data-dir", workdir]):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and expected in err and workdir in err, (argv, err)
