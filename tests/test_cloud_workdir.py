@@ -124,14 +124,13 @@ def test_train_sigterm_resume_is_bit_exact_then_eval_and_load_variables(straight
   assert resumed["step"] == STEPS["num_steps"]
   for a, b in zip(_leaves(reference["state"]), _leaves(resumed["state"]), strict=True):
     np.testing.assert_array_equal(a, b)
-  # Every record once: the preempted session's, then the resumed one's from its checkpoint on.
+  # Every record once: the preempted session's up to its checkpoint, then the resumed one's.
   records = metrics_lib.read_metrics(workdir)
-  train_steps = [r["step"] for r in records if r["kind"] == "train"]
-  assert train_steps == list(range(1, STEPS["num_steps"] + 1)) or (
-      sorted(set(train_steps)) == list(range(1, STEPS["num_steps"] + 1))
-      and train_steps[train_steps.index(saved + 1, 0):] == list(range(saved + 1, STEPS["num_steps"] + 1)))
-  assert metrics_lib.latest_per_step(records, "eval") .keys() == metrics_lib.latest_per_step(
-      metrics_lib.read_metrics(reference_dir), "eval").keys()
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, STEPS["num_steps"] + 1))
+  reference_records = metrics_lib.read_metrics(reference_dir)
+  for kind in ("train", "eval"):
+    assert ({s: r.get("loss") for s, r in metrics_lib.latest_per_step(records, kind).items()}
+            == {s: r.get("loss") for s, r in metrics_lib.latest_per_step(reference_records, kind).items()})
   sessions = metrics_lib.read_sessions(workdir)
   assert [(r["event"], r["step"]) for r in sessions] == [
       ("start", 0), ("end", saved), ("start", saved), ("end", STEPS["num_steps"])]
@@ -194,18 +193,23 @@ def test_the_lease_is_renewed_and_a_holder_that_lost_it_says_so(gcs):
   assert object_store.read_object(holder.url)[0] == b'{"host": "other", "pid": 1}'  # not deleted by the loser
 
 
-def test_compare_on_gs(gs_data, capsys):
+def test_compare_on_gs_resumes_finished_runs_and_moves_changed_ones_aside(gs_data, capsys):
   workdir = f"gs://{BUCKET}/study"
-  study = study_lib.compare("cifar10_resnet20:smoke", {"a": {}, "b": {"optimizer.momentum": 0.0}}, workdir=workdir,
-                            overrides={**support.TINY_SPLITS, "data.data_dir": gs_data, "num_steps": 2,
-                                       "eval_batch_size": 20}, pack=False)
-  results = [r.result() for r in study.runs]
-  assert [r["step"] if "step" in r else r.get("final_step") for r in results] and all(results)
-  assert all(object_store.as_path(f"{workdir}/{v}/seed0/result.json").is_file() for v in ("a", "b"))
-  again = study_lib.compare("cifar10_resnet20:smoke", {"a": {}, "b": {"optimizer.momentum": 0.0}}, workdir=workdir,
-                            overrides={**support.TINY_SPLITS, "data.data_dir": gs_data, "num_steps": 2,
-                                       "eval_batch_size": 20}, pack=False)
-  assert "finished earlier" in capsys.readouterr().out or all(r.finished for r in again.runs)
+  variants = {"a": {}, "b": {"optimizer.momentum": 0.0}}
+  overrides = {**support.TINY_SPLITS, "data.data_dir": gs_data, "num_steps": 2, "eval_batch_size": 20}
+  study = study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides=overrides, pack=False)
+  assert [r.result()["step"] for r in study.runs] == [2, 2]
+  capsys.readouterr()
+  study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides=overrides, pack=False)
+  assert capsys.readouterr().out.count("finished earlier: gs://runs/study/") == 2
+  with pytest.raises(study_lib.StudyConfigChangedError, match=r"num_steps: 2 -> 3"):
+    study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides={**overrides, "num_steps": 3},
+                      pack=False)
+  again = study_lib.compare("cifar10_resnet20:smoke", {"a": {}}, workdir=workdir,
+                            overrides={**overrides, "num_steps": 3}, pack=False, on_change="rerun")
+  assert again.runs[0].result()["step"] == 3
+  aside = [p for p in object_store.as_path(f"{workdir}/a").iterdir() if ".replaced-" in p.name]
+  assert len(aside) == 1 and json.loads((aside[0] / "result.json").read_text())["step"] == 2
 
 
 @pytest.mark.parametrize("what", ["bucket", "server"])

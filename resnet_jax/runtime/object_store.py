@@ -56,8 +56,10 @@ def bucket_of(url: Any) -> str:
 def _filesystem(url: Any):
   """`(fsspec filesystem, path without scheme)` of `url`."""
   import fsspec  # pylint: disable=import-outside-toplevel
-  fs, path = fsspec.core.url_to_fs(str(url))
-  return fs, path
+  try:
+    return fsspec.core.url_to_fs(str(url))
+  except ImportError as e:  # fsspec names the package its protocol needs
+    raise StorageError(f"cannot use {url}: {e}; gs:// needs gcsfs: pip install 'resnet-jax[gcs]'") from None
 
 
 def endpoint(url: Any) -> str:
@@ -124,6 +126,16 @@ def check_reachable(url: Any) -> None:
                        f"(gcloud storage buckets create gs://{bucket}) or fix the path") from None
   except Exception as e:  # pylint: disable=broad-except  (gcsfs raises HttpError, OSError, auth errors)
     raise storage_error(url, e) from None
+
+
+def move_prefix(source: Any, target: Any) -> None:
+  """Moves every object under `source` to `target` (copies, then deletes the originals)."""
+  fs, source_path = _filesystem(source)
+  _, target_path = _filesystem(target)
+  try:
+    fs.mv(source_path, target_path, recursive=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise storage_error(source, e, "move") from None
 
 
 def _gcs_filesystem(url: Any):

@@ -75,19 +75,12 @@ def make_dirs(path: str | os.PathLike) -> None:
 
 
 def move_tree(source, target) -> None:
-  """Moves a directory (on an object store: every object under the prefix)."""
+  """Moves a directory (on an object store: every object under the prefix, copied then deleted)."""
   if is_url(source):
-    source.rename(target) if not source.is_dir() else _move_prefix(source, target)
+    object_store.move_prefix(source, target)
     return
   target.parent.mkdir(parents=True, exist_ok=True)
   shutil.move(str(source), str(target))
-
-
-def _move_prefix(source, target) -> None:
-  for root, _, files in list(source.walk()):
-    for name in files:
-      (target / (root / name).relative_to(source)).write_bytes((root / name).read_bytes())
-  source.rmtree()
 
 
 def _what_is(path: pathlib.Path) -> str:
