@@ -6,9 +6,11 @@ settings; one server, one prepared dataset and one trained run are shared by the
 import json
 import os
 import pathlib
+import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -210,6 +212,42 @@ def test_compare_on_gs_resumes_finished_runs_and_moves_changed_ones_aside(gs_dat
   assert again.runs[0].result()["step"] == 3
   aside = [p for p in object_store.as_path(f"{workdir}/a").iterdir() if ".replaced-" in p.name]
   assert len(aside) == 1 and json.loads((aside[0] / "result.json").read_text())["step"] == 2
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(gcs):
+  workdir = f"gs://{BUCKET}/same-host"
+  gone = subprocess.Popen([sys.executable, "-c", "pass"])
+  gone.wait()
+  holder = {"host": platform.node(), "pid": gone.pid, "started": "2026-01-01T00:00:00", "renewed": time.time()}
+  object_store.write_object(f"{workdir}/.lock", json.dumps(holder).encode(), if_generation=0)
+  logged = []
+  with lease_lib.Lease(workdir, log=logged.append):
+    assert json.loads(object_store.read_object(f"{workdir}/.lock")[0])["pid"] == os.getpid()
+  assert logged == [f"took over the lease of workdir {workdir} from pid {gone.pid} on {platform.node()}, "
+                    "since 2026-01-01T00:00:00 (its process is gone)"]
+
+
+def test_a_trainer_whose_lease_was_taken_over_stops_without_saving(gs_data, monkeypatch):
+  monkeypatch.setattr(lease_lib, "LEASE_SECONDS", 0.4)  # renewed every 0.1 s
+  workdir = f"gs://{BUCKET}/taken"
+  url = f"{workdir}/.lock"
+
+  def take_over():  # what a trainer on another host does once it judges the lease stale
+    while True:
+      content, generation = object_store.read_object(url)
+      if content and json.loads(content)["pid"] == os.getpid() and object_store.write_object(
+          url, json.dumps({"host": "pod-worker-3", "pid": 7, "started": "2026-01-01T00:00:00"}).encode(), if_generation=generation):
+        return
+      time.sleep(0.02)
+
+  thief = threading.Thread(target=take_over, daemon=True)
+  thief.start()
+  with pytest.raises(lease_lib.WorkdirBusyError, match=rf"^the lease {url} was taken over by pid 7 on "
+                     "pod-worker-3, since 2026-01-01T00:00:00; stopped without saving a checkpoint beside it$"):
+    rt.train(_config(num_steps=400, checkpoint_every_steps=5, log_every_steps=100), workdir)
+  thief.join(timeout=10)
+  assert json.loads(object_store.read_object(url)[0])["pid"] == 7  # the new holder's lease stays
+  assert not object_store.as_path(f"{workdir}/checkpoints/5").exists()
 
 
 @pytest.mark.parametrize("what", ["bucket", "server"])

@@ -10,7 +10,10 @@ workdir is the object `workdir/.lock`:
   last wrote); a holder dead for longer than its lease (no renewal since) is stale, and the
   next trainer takes it over with a write conditional on the stale generation, saying so in
   one line; a dead holder on the same host (its pid gone) is taken over at once;
-* releasing deletes it (conditional on our generation).
+* releasing deletes it (conditional on our generation);
+* a holder that finds at a renewal that another process took the lease over (it was stalled
+  past its lease) says so, and `check(workdir)`, called before each checkpoint, stops it
+  without saving beside the new holder.
 
 Staleness compares the holder's renewal time with this host's clock: hosts of one pod keep
 NTP time, far closer than a lease.
@@ -30,6 +33,7 @@ from resnet_jax.runtime import object_store
 from resnet_jax.train.workdir_io import WorkdirError
 
 LEASE_SECONDS = 120.0
+_HELD: Dict[str, "Lease"] = {}  # workdir -> the lease this process holds on it
 
 
 class WorkdirBusyError(WorkdirError):
@@ -69,11 +73,11 @@ def _parse(content: Optional[bytes]) -> Dict:
 class Lease:
   """The lease on `workdir/.lock` (module docstring); `acquire`, `release`, a context manager."""
 
-  def __init__(self, workdir: str, lease_seconds: float = LEASE_SECONDS,
+  def __init__(self, workdir: str, lease_seconds: Optional[float] = None,
                log: Callable[[str], None] = lambda line: print(line, flush=True)):
     self.workdir = str(workdir).rstrip("/")
     self.url = f"{self.workdir}/.lock"
-    self.lease_seconds = float(lease_seconds)
+    self.lease_seconds = float(LEASE_SECONDS if lease_seconds is None else lease_seconds)
     self.log = log
     self.lost = ""  # why the lease was lost while held (another process took it over)
     self._holder = {"host": platform.node(), "pid": os.getpid(), "token": secrets.token_hex(8),
@@ -116,6 +120,7 @@ class Lease:
     else:
       raise WorkdirError(f"cannot take the lease {self.url}: it keeps changing; run again")
     self._generation = generation
+    _HELD[self.workdir] = self
     self._thread = threading.Thread(target=self._renew, name="workdir-lease", daemon=True)
     self._thread.start()
     return self
@@ -135,6 +140,7 @@ class Lease:
       self._generation = generation
 
   def release(self) -> None:
+    _HELD.pop(self.workdir, None)
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
@@ -148,3 +154,10 @@ class Lease:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def check(workdir) -> None:
+  """Raises `WorkdirBusyError` if this process held `workdir`'s lease and lost it."""
+  lease = _HELD.get(str(workdir).rstrip("/"))
+  if lease is not None and lease.lost:
+    raise WorkdirBusyError(f"{lease.lost}; stopped without saving a checkpoint beside it")
