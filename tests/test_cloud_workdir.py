@@ -21,12 +21,12 @@ import support
 from resnet_jax import cli
 from resnet_jax import study as study_lib
 from resnet_jax import train as rt
+from resnet_jax.data import remote
 from resnet_jax.data import testing as data_testing
 from resnet_jax.runtime import object_store
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import workdir_io
 from gcs_emulator import GcsEmulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,29 +39,17 @@ STEPS = {"num_steps": 60, "log_every_steps": 1, "checkpoint_every_steps": 7}
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-  server = GcsEmulator().start()
-  if server is None:
-    pytest.skip(f"no GCS API server on this machine: {server_reason()}")
+  server = GcsEmulator()
+  if server.start() is None:
+    pytest.skip(f"no GCS API server on this machine: {server.why_not}")
   saved = dict(os.environ)
   os.environ.update(server.env)
-  os.environ[rt_cache_env()] = str(tmp_path_factory.mktemp("prepare_cache"))
+  os.environ[remote.CACHE_ENV] = str(tmp_path_factory.mktemp("prepare_cache"))
   server.create_bucket(BUCKET)
   yield server
   server.stop()
   os.environ.clear()
   os.environ.update(saved)
-
-
-def server_reason() -> str:
-  server = GcsEmulator()
-  server.start()
-  server.stop()
-  return server.why_not
-
-
-def rt_cache_env() -> str:
-  from resnet_jax.data import remote  # pylint: disable=import-outside-toplevel
-  return remote.CACHE_ENV
 
 
 def _config(**overrides):
@@ -74,14 +62,14 @@ def _leaves(state):
 
 
 @pytest.fixture(scope="module")
-def gs_data(gcs, tmp_path_factory, capsys_module=None):
+def gs_data(gcs, tmp_path_factory):
   """The tiny CIFAR-10 prepared by `resnet-jax prepare` into gs://; reads then start from an
   empty local cache, so the training runs below read the dataset from the bucket."""
   source = data_testing.write_cifar10_binary(tmp_path_factory.mktemp("cifar_src"), num_train_per_batch=64,
                                              num_test=50, seed=0)
   code = cli.main(["prepare", "cifar10", "--source", str(source), "--data-dir", DATA, "--allow-partial"])
   assert code == 0
-  os.environ[rt_cache_env()] = str(tmp_path_factory.mktemp("read_cache"))
+  os.environ[remote.CACHE_ENV] = str(tmp_path_factory.mktemp("read_cache"))
   return DATA
 
 

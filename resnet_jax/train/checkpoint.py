@@ -38,7 +38,6 @@ import errno
 import hashlib
 import logging
 import pathlib
-import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
