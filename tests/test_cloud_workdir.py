@@ -27,6 +27,7 @@ from resnet_jax.runtime import object_store
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train import workdir_io
 from gcs_emulator import GcsEmulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -236,6 +237,24 @@ def test_a_trainer_whose_lease_was_taken_over_stops_without_saving(gs_data, monk
   thief.join(timeout=10)
   assert json.loads(object_store.read_object(url)[0])["pid"] == 7  # the new holder's lease stays
   assert not object_store.as_path(f"{workdir}/checkpoints/5").exists()
+
+
+def test_jsonl_on_an_object_is_rewritten_whole_and_keeps_every_record_once(gcs):
+  url = f"gs://{BUCKET}/jsonl/metrics.jsonl"
+  object_store.as_path(url).write_bytes(b'{"step": 1}\n{"step": 2, "lo')  # a copy cut short
+  logged = []
+  appender = workdir_io.open_jsonl(url, log=logged.append)
+  appender.append({"step": 3})  # the first record is written at once
+  appender.append({"step": 4})  # the next ones at most every OBJECT_REWRITE_SECONDS ...
+  assert [r["step"] for r in workdir_io.read_jsonl(url)] == [1, 3]
+  appender.flush()  # ... or when flushed (before each checkpoint)
+  assert [r["step"] for r in workdir_io.read_jsonl(url, log=logged.append)] == [1, 3, 4]
+  appender.close()
+  workdir_io.append_jsonl(url, {"step": 5})  # a resumed run continues the same records
+  assert [r["step"] for r in workdir_io.read_jsonl(url)] == [1, 3, 4, 5]
+  assert logged == [f"{url}: its last line was cut short (a crash while writing it); it is kept, and new "
+                    "records start on a fresh line",
+                    f"{url}: skipped 1 line(s) that are not complete records, cut short by a crash (line 2)"]
 
 
 @pytest.mark.parametrize("what", ["bucket", "server"])

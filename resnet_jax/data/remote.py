@@ -5,7 +5,7 @@ read from a local copy, made once per host (`stage`) in `$RESNET_JAX_DATA_CACHE`
 `~/.cache/resnet_jax/datasets`), and `prepare` into a bucket prepares in that cache and
 uploads (`upload`). Both copy `dataset_info.json` last: it marks a complete dataset (TFDS's
 own convention), so a copy cut short is never taken for one. A local copy whose files differ
-in size from the bucket's is fetched again.
+from the bucket's (its `dataset_info.json`, or a file's size) is fetched again.
 """
 from __future__ import annotations
 
@@ -32,25 +32,26 @@ def _files(directory) -> list:
 
 def _copy(source, target: pathlib.Path) -> None:
   """Copies one object to a local file through a temporary name: a copy cut short is never the file."""
-  partial = target.with_name(f".{target.name}.partial")
+  partial = target.with_name(f".{target.name}.partial-{os.getpid()}")  # processes of one host stage at once
   partial.write_bytes(source.read_bytes())
   partial.replace(target)
 
 
 def stage(dataset_url) -> pathlib.Path:
-  """A local copy of the prepared dataset directory `dataset_url` (`data_dir/name/version`)."""
+  """A local copy of the prepared dataset directory `dataset_url` (`data_dir/name/version`):
+  fetched again when its `dataset_info.json` differs from the bucket's (prepared anew), else
+  each file whose size differs."""
   source = object_store.as_path(dataset_url)
   local = cache_dir(dataset_url)
   try:
-    if not (source / _MARKER).is_file():
-      raise FileNotFoundError(str(source / _MARKER))
-    names = _files(source)
+    info = (source / _MARKER).read_bytes()
+    same = (local / _MARKER).is_file() and (local / _MARKER).read_bytes() == info
     local.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    if not same:  # no complete copy until every file is fetched
+      (local / _MARKER).unlink(missing_ok=True)
+    for name in _files(source):
       target = local / name
-      if not target.is_file() or target.stat().st_size != (source / name).stat().length:
-        if name == _MARKER:
-          target.unlink(missing_ok=True)
+      if not same or not target.is_file() or target.stat().st_size != (source / name).stat().length:
         _copy(source / name, target)
   except FileNotFoundError:
     raise

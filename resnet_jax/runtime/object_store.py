@@ -71,13 +71,11 @@ def endpoint(url: Any) -> str:
 
 
 def _code(error: BaseException) -> Optional[int]:
+  """The HTTP status of a gcsfs failure (HttpError.code; gcsfs raises 403 as "Forbidden: ...")."""
   code = getattr(error, "code", None)
   if isinstance(code, int):
     return code
-  text = str(error)
-  if text.startswith("Forbidden"):
-    return 403
-  return None
+  return 403 if str(error).startswith("Forbidden") else None
 
 
 def storage_error(url: Any, error: BaseException, doing: str = "use") -> StorageError:
@@ -92,8 +90,6 @@ def storage_error(url: Any, error: BaseException, doing: str = "use") -> Storage
   elif code == 403:
     why = (f"permission denied: the account needs read and write access to objects of bucket {bucket} "
            "(e.g. roles/storage.objectAdmin)")
-  elif isinstance(error, FileNotFoundError) and not str(url).rstrip("/").endswith(bucket):
-    why = "not found"
   elif isinstance(error, (ConnectionError, TimeoutError)) or "connect" in first.lower():
     why = f"the storage server {endpoint(url)} does not answer ({first}); check the network, or STORAGE_EMULATOR_HOST"
   else:
@@ -117,10 +113,10 @@ def check_reachable(url: Any) -> None:
   if not is_url(url) or scheme(url) != "gs":
     return
   _probe_server(url)
-  fs, _ = _filesystem(url)
-  bucket = bucket_of(url)
-  try:
-    fs.call("GET", "b/{}", bucket, json_out=True)
+  fs, path = _filesystem(url)
+  bucket, _, prefix = path.partition("/")
+  try:  # listing needs only storage.objects.list, which any role that trains in the bucket has
+    fs.call("GET", "b/{}/o", bucket, maxResults=1, prefix=prefix, json_out=True)
   except FileNotFoundError:
     raise StorageError(f"cannot use {url}: bucket gs://{bucket} does not exist; create it "
                        f"(gcloud storage buckets create gs://{bucket}) or fix the path") from None
