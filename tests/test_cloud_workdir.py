@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 import support
+from gcsfs import retry as gcsfs_retry
 
 from resnet_jax import cli
 from resnet_jax import study as study_lib
@@ -138,6 +139,8 @@ def test_train_sigterm_resume_is_bit_exact_then_eval_and_load_variables(straight
   for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(resumed["state"].params)),
                   strict=True):
     np.testing.assert_array_equal(a, b)
+  net = rt.load_network(workdir)  # with the preprocessing.json the run recorded in the bucket
+  assert net.step == STEPS["num_steps"] and net(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 10)
 
 
 @pytest.mark.multidevice
@@ -284,6 +287,18 @@ def test_jsonl_on_an_object_is_rewritten_whole_and_keeps_every_record_once(gcs):
   assert logged == [f"{url}: its last line was cut short (a crash while writing it); it is kept, and new "
                     "records start on a fresh line",
                     f"{url}: skipped 1 line(s) that are not complete records, cut short by a crash (line 2)"]
+
+
+@pytest.mark.parametrize("error, advice", [
+    (gcsfs_retry.HttpError({"code": 401, "message": "Anonymous caller does not have storage.objects.list access"}),
+     "no valid credentials: run `gcloud auth application-default login`"),
+    (OSError("Forbidden: b/runs/o\nsa@p.iam does not have storage.objects.create access"),  # gcsfs's 403
+     "permission denied: the account needs read and write access to objects of bucket runs"),
+])
+def test_refused_credentials_are_one_line_with_what_to_do(error, advice):
+  # gcsfs's own exceptions for the HTTP statuses a real bucket answers (an emulator lets everyone in)
+  message = str(object_store.storage_error("gs://runs/r50", error, "write"))
+  assert message.startswith(f"cannot write gs://runs/r50: {advice}") and "\n" not in message
 
 
 @pytest.mark.parametrize("what", ["bucket", "server"])
