@@ -17,7 +17,6 @@ import jax
 import numpy as np
 import pytest
 import support
-from gcsfs import retry as gcsfs_retry
 
 from resnet_jax import cli
 from resnet_jax import study as study_lib
@@ -289,14 +288,17 @@ def test_jsonl_on_an_object_is_rewritten_whole_and_keeps_every_record_once(gcs):
                     f"{url}: skipped 1 line(s) that are not complete records, cut short by a crash (line 2)"]
 
 
-@pytest.mark.parametrize("error, advice", [
-    (gcsfs_retry.HttpError({"code": 401, "message": "Anonymous caller does not have storage.objects.list access"}),
-     "no valid credentials: run `gcloud auth application-default login`"),
-    (OSError("Forbidden: b/runs/o\nsa@p.iam does not have storage.objects.create access"),  # gcsfs's 403
-     "permission denied: the account needs read and write access to objects of bucket runs"),
+@pytest.mark.parametrize("status, advice", [
+    (401, "no valid credentials: run `gcloud auth application-default login`"),
+    (403, "permission denied: the account needs read and write access to objects of bucket runs"),
 ])
-def test_refused_credentials_are_one_line_with_what_to_do(error, advice):
-  # gcsfs's own exceptions for the HTTP statuses a real bucket answers (an emulator lets everyone in)
+def test_refused_credentials_are_one_line_with_what_to_do(gcs, status, advice):
+  # gcsfs's own exceptions for the statuses a real bucket answers (an emulator lets everyone in);
+  # gcsfs is imported after `gcs` set the emulator's settings, which gcsfs reads at import
+  from gcsfs import retry  # pylint: disable=import-outside-toplevel
+  error = {401: retry.HttpError({"code": 401, "message": "Anonymous caller does not have storage.objects.list "
+                                                        "access to the Google Cloud Storage bucket."}),
+           403: OSError("Forbidden: b/runs/o\nsa@p.iam does not have storage.objects.create access")}[status]
   message = str(object_store.storage_error("gs://runs/r50", error, "write"))
   assert message.startswith(f"cannot write gs://runs/r50: {advice}") and "\n" not in message
 

@@ -128,8 +128,9 @@ def move_prefix(source: Any, target: Any) -> None:
   """Moves every object under `source` to `target` (copies, then deletes the originals)."""
   fs, source_path = _filesystem(source)
   _, target_path = _filesystem(target)
-  try:
-    fs.mv(source_path, target_path, recursive=True)
+  try:  # copy, then delete (gcsfs's `mv` first tries a move API that not every server has)
+    fs.copy(source_path, target_path, recursive=True)
+    fs.rm(source_path, recursive=True)
   except Exception as e:  # pylint: disable=broad-except
     raise storage_error(source, e, "move") from None
 
