@@ -36,7 +36,7 @@ SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py:smoke")
 BUCKET = "runs"
 DATA = f"gs://{BUCKET}/tensorflow_datasets"
 # The SIGTERM run: one record per step, a checkpoint every 7 (the preempted one in between).
-STEPS = {"num_steps": 60, "log_every_steps": 1, "checkpoint_every_steps": 7}
+STEPS = {"num_steps": 100, "log_every_steps": 1, "checkpoint_every_steps": 7}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def straight(gs_data):
   return workdir, rt.train(_config(**STEPS), workdir)
 
 
-def test_train_sigterm_resume_is_bit_exact_then_eval_and_load_variables(straight, gs_data, capsys):
+def test_train_second_trainer_refused_sigterm_resume_bit_exact_then_eval_and_load(straight, gs_data, capsys):
   reference_dir, reference = straight
   workdir = f"gs://{BUCKET}/preempted"
   flags = [f"--config.{k}={v}" for k, v in {**support.TINY_SPLITS, **STEPS, "eval_batch_size": 20,
@@ -104,9 +104,15 @@ def test_train_sigterm_resume_is_bit_exact_then_eval_and_load_variables(straight
     if metrics_lib.read_metrics(workdir):  # the first record is written at once, later ones every few s
       break
     time.sleep(0.05)
+  # A second trainer on the same workdir meanwhile: refused in one line naming the first.
+  capsys.readouterr()
+  second = cli.main(["train", "--config", SMOKE, "--workdir", workdir, *flags])
+  refusal = capsys.readouterr().err.strip()
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=240)
-  assert proc.returncode == 0, err[-3000:]
+  assert second == 2 and len(refusal.splitlines()) == 1, refusal
+  assert f"workdir {workdir} is in use by another training process (pid {proc.pid} on " in refusal
+  assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
   assert "preempted: saved step" in out, out
   saved = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", create=False).latest_step()
   assert 1 <= saved < STEPS["num_steps"]
