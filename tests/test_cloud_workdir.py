@@ -36,7 +36,7 @@ SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py:smoke")
 BUCKET = "runs"
 DATA = f"gs://{BUCKET}/tensorflow_datasets"
 # The SIGTERM run: one record per step, a checkpoint every 7 (the preempted one in between).
-STEPS = {"num_steps": 100, "log_every_steps": 1, "checkpoint_every_steps": 7}
+STEPS = {"num_steps": 60, "log_every_steps": 1, "checkpoint_every_steps": 7}
 
 
 @pytest.fixture(scope="module")
