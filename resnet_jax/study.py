@@ -15,6 +15,7 @@ moved aside to ``<run>.replaced-<time>`` and trained anew).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
 import statistics
@@ -283,10 +284,12 @@ class Study:
     if title:
       fig.suptitle(title)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    path = workdir_io.as_path(path)
+    workdir_io.make_dirs(path.parent)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    workdir_io.write_atomic(path, image.getvalue())
     return path
 
 

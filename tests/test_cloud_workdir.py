@@ -227,6 +227,8 @@ def test_compare_on_gs_resumes_finished_runs_and_moves_changed_ones_aside(gs_dat
   overrides = {**support.TINY_SPLITS, "data.data_dir": gs_data, "num_steps": 2, "eval_batch_size": 20}
   study = study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides=overrides, pack=False)
   assert [r.result()["step"] for r in study.runs] == [2, 2]
+  figure = study.plot(f"{workdir}/figure.png")  # the experiments' figure, written into the bucket
+  assert str(figure) == f"{workdir}/figure.png" and figure.read_bytes().startswith(b"\x89PNG")
   capsys.readouterr()
   study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides=overrides, pack=False)
   assert capsys.readouterr().out.count("finished earlier: gs://runs/study/") == 2
