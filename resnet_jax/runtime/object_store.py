@@ -161,6 +161,8 @@ def write_object(url: Any, data: bytes, if_generation: int) -> Optional[int]:
   generation, or None when the precondition failed (another writer got there first)."""
   fs, path = _gcs_filesystem(url)
   bucket, key = path.split("/", 1)
+  # A multipart upload as gcsfs makes them, through gcsfs's authenticated client; gcsfs itself
+  # offers only create-if-absent (mode="create"), not a match on another generation.
   body = (b'--==0==\nContent-Type: application/json; charset=UTF-8\n\n'
           + json.dumps({"name": key}).encode() + b"\n--==0==\nContent-Type: application/octet-stream\n\n"
           + data + b"\n--==0==--")
