@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import os
-import pathlib
 import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -28,6 +27,7 @@ from resnet_jax.runtime.provenance import device_description, git_commit
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train import workdir_io
 
 # The papers' CIFAR schedule is in iterations; splits of the two error protocols
 # of ../shared/data/README.md (and of the paper's §4.2 45k/5k split).
@@ -138,8 +138,8 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
     protocol = f"{args.protocol} ({splits[2]})"
   else:
     protocol = splits[2]
-  workdir = pathlib.Path(args.workdir)
-  results_dir = pathlib.Path(args.results) if args.results else workdir
+  workdir = workdir_io.as_path(args.workdir)
+  results_dir = workdir_io.as_path(args.results) if args.results else workdir
   bad = [kv for kv in args.set if "=" not in kv]
   if bad:
     raise ValueError(f"--set {bad[0]!r} is not KEY=VALUE, e.g. --set global_batch_size=256")
@@ -173,7 +173,7 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
     raise ValueError(f"--only {args.only} matches no variant of this experiment")
   if cifar:
     prepare_data(args, data_dir)
-  results_dir.mkdir(parents=True, exist_ok=True)
+  workdir_io.make_dirs(results_dir)
   tables, records = [], []
   pack = {"on": True, "off": False}.get(getattr(args, "pack", "auto"), "auto")
   limit = getattr(args, "time_limit", None)
@@ -193,12 +193,12 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
             f"- seeds: {args.seeds}", f"- commit: {git_commit()}",
             f"- device: {device_description()}", *[f"- {n}" for n in notes], ""]
   text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
-  (results_dir / "table.md").write_text(text)
+  workdir_io.write_atomic(results_dir / "table.md", text)
   summary = {"experiment": experiment, "title": title, "budget": budget,
              "protocol": protocol,
              "error_label": splits[2], "seeds": args.seeds, "wall_time_s": time.time() - start,
              "commit": git_commit(), "device": device_description(), "runs": records}
-  (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+  workdir_io.write_atomic(results_dir / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
   print(f"\nwrote {results_dir / 'table.md'} and {results_dir / 'results.json'}", flush=True)
   return summary
 
@@ -211,6 +211,6 @@ def main_guard(fn) -> None:
   except (ValueError, FileNotFoundError, workdir_lib.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
-  except (ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError) as e:
+  except (ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError, OSError) as e:  # OSError: storage
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None

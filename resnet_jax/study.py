@@ -15,6 +15,7 @@ moved aside to ``<run>.replaced-<time>`` and trained anew).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
 import statistics
@@ -94,7 +95,7 @@ class Study:
     self.base = base
     self.variants = {k: dict(v) for k, v in variants.items()}
     self.seeds = tuple(int(s) for s in seeds)
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = workdir_io.as_path(workdir)
     self.overrides = overrides if callable(overrides) else dict(overrides or {})
     self.paper = dict(paper or {})
     self.error_label = error_label
@@ -187,7 +188,7 @@ class Study:
             f"{what} (trained -> requested). Use another study workdir, or on_change='rerun' to move the "
             "old runs aside and train them again")
       aside = run.workdir.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-      run.workdir.rename(aside)
+      workdir_io.move_tree(run.workdir, aside)
       log(f"{what}; moved it to {aside} and training it again")
     if run.finished:
       log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")
@@ -283,10 +284,12 @@ class Study:
     if title:
       fig.suptitle(title)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    path = workdir_io.as_path(path)
+    workdir_io.make_dirs(path.parent)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    workdir_io.write_atomic(path, image.getvalue())
     return path
 
 

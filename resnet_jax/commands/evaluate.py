@@ -44,6 +44,9 @@ def main(argv: Sequence[str]) -> int:
   except (ckpt_lib.CheckpointMismatchError, ckpt_lib.UnreadableCheckpointError, config_lib.ConfigError,
           workdir_lib.WorkdirError, FileNotFoundError, ValueError) as e:
     return _error(str(e))
+  except OSError as e:  # storage that fails (a bucket's server down, no credentials): not a usage error
+    print(f"{PROG}: {e}", file=sys.stderr)
+    return 1
   if args.json:
     print(json.dumps(result, sort_keys=True))
   else:

@@ -9,11 +9,15 @@ import tensorflow_datasets as tfds
 
 from resnet_jax.data import registry
 from resnet_jax.data.tfds_source import TfdsSource
+from resnet_jax.runtime import object_store
 
 
 def resolve_data_dir(data_dir: Optional[str | os.PathLike]) -> pathlib.Path:
-  """TFDS's convention: the argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  """TFDS's convention: the argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (an
+  object-store URL, e.g. gs://bucket/tensorflow_datasets, as an `etils.epath.Path`)."""
   path = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  if object_store.is_url(path):
+    return object_store.as_path(path)
   return pathlib.Path(path).expanduser().absolute()
 
 

@@ -115,10 +115,9 @@ class Preprocessing:
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     """Writes `directory/preprocessing.json` (atomically: a reader never sees half a file)."""
-    path = pathlib.Path(directory) / FILE
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(self.to_dict()) + "\n")
-    partial.replace(path)
+    from resnet_jax.train import workdir_io  # pylint: disable=import-outside-toplevel
+    path = workdir_io.as_path(directory) / FILE
+    workdir_io.write_atomic(path, json.dumps(self.to_dict()) + "\n")
     return path
 
 
@@ -129,11 +128,14 @@ def _shortest(values: np.ndarray) -> list:
 
 def load(directory: str | pathlib.Path) -> Optional[Preprocessing]:
   """The `Preprocessing` recorded in `directory/preprocessing.json`; None when there is none."""
-  path = pathlib.Path(directory) / FILE
-  if not path.is_file():
+  from resnet_jax.train import workdir_io  # pylint: disable=import-outside-toplevel
+  path = workdir_io.as_path(directory) / FILE
+  try:
+    text = workdir_io.read_text(path)
+  except FileNotFoundError:
     return None
   try:
-    return Preprocessing.from_dict(json.loads(path.read_text()))
+    return Preprocessing.from_dict(json.loads(text))
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and record it again "
                      "with rj.train.record_preprocessing(WORKDIR)") from None

@@ -18,7 +18,9 @@ from typing import Optional
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
+from resnet_jax.data import remote
 from resnet_jax.data.source import DatasetSource
+from resnet_jax.runtime import object_store
 
 
 def _num_records(path: pathlib.Path) -> int:
@@ -87,6 +89,8 @@ class TfdsSource(DatasetSource):
     name, path = self.name, self.dataset_dir(data_dir)
     if not (path / "dataset_info.json").is_file():
       return None
+    if object_store.is_url(path):  # its shards are checked in the local copy that is read
+      return path
     builder = tfds.builder_from_directory(str(path))
     formats = {f.value for f in builder.info.available_file_formats()}
     if "array_record" not in formats:
@@ -109,6 +113,11 @@ class TfdsSource(DatasetSource):
   def open_split(self, split: str, data_dir: pathlib.Path, decode_images: bool = True):
     """`tfds.builder(name).as_data_source(split)`, with errors that say how to prepare."""
     name = self.name
+    if object_store.is_url(data_dir):
+      object_store.check_reachable(data_dir)
+      if self.check_prepared(data_dir) is None:
+        raise FileNotFoundError(f"{name} is not prepared in {data_dir}; run `{self.prepare_command(data_dir)}`")
+      data_dir = remote.stage(self.dataset_dir(data_dir)).parents[1]
     self.check_prepared(data_dir)  # a present but unusable dataset raises here
     builder = tfds.builder(name, data_dir=str(data_dir))
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
@@ -130,10 +139,15 @@ class TfdsSource(DatasetSource):
     A full disk (or an unwritable data dir) is a `DataWriteError` in one line; TFDS has
     removed the partial files by then.
     """
+    object_store.check_reachable(data_dir)
     done = self.check_prepared(data_dir)
     if done is not None:
       logging.info("%s is already prepared in %s", self.name, done)
       return done
+    if object_store.is_url(data_dir):  # ArrayRecord writes local files: prepared in the cache, uploaded
+      local = self.prepare(source, remote.cache_dir(data_dir), allow_partial)
+      remote.upload(local, self.dataset_dir(data_dir))
+      return self.dataset_dir(data_dir)
     downloads = data_dir / "downloads"
     source = None if source is None else pathlib.Path(source).expanduser().absolute()
     builder = self.builder(source, data_dir, downloads, allow_partial)

@@ -5,6 +5,7 @@
 * `cpu_conv`: convolution gradients that XLA:CPU runs with Eigen inside `lax.scan`.
 * `cpu_compile`: XLA:CPU options for the train step (elementwise ops in YNNPACK).
 * `cpu_notice`: the one line a CPU-only training run prints about its expected duration.
+* `object_store`: `gs://` paths (workdirs, datasets): one-line errors, generation preconditions.
 
 Nothing here changes what is computed; each module decides how fast it runs, or says so.
 """

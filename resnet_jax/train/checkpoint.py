@@ -38,7 +38,6 @@ import errno
 import hashlib
 import logging
 import pathlib
-import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -294,7 +293,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, keep: int = 3, keep_best: int = 1,
                async_save: bool = True, create: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = workdir_io.as_path(directory)
     if not create and not self.directory.is_dir():
       raise FileNotFoundError(f"no checkpoint directory {self.directory}: is {self.directory.parent} "
                               "the --workdir of a `resnet-jax train` run?")
@@ -407,8 +406,7 @@ class Checkpointer:
   def _set_aside(self, step: int) -> pathlib.Path:
     """Moves an unreadable step out of Orbax's view, keeping its files for inspection."""
     target = self.directory.parent / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(self.directory / str(step)), str(target))
+    workdir_io.move_tree(self.directory / str(step), target)
     self.manager.reload()
     return target
 

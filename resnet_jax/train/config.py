@@ -22,6 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import models
+from resnet_jax.runtime import object_store
 from resnet_jax.train import workdir_io
 
 CONFIG_FILE = "config.json"
@@ -332,7 +333,7 @@ def parse_init_from(spec: str) -> tuple:
     if not step.isdigit():
       raise ConfigError(f"init_from={spec!r}: the step after ':' must be a number, 'latest' or 'best'")
     step = int(step)
-  if not (pathlib.Path(path) / CONFIG_FILE).is_file():
+  if not (workdir_io.as_path(path) / CONFIG_FILE).is_file():
     raise ConfigError(f"init_from={spec!r}: {path} is not the --workdir of a `resnet-jax train` run "
                       f"(no {CONFIG_FILE})")
   return path, step
@@ -345,7 +346,7 @@ def to_json_value(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
   """Writes `workdir/config.json` atomically (a copy: each checkpoint records the config too)."""
-  workdir_io.write_atomic(pathlib.Path(workdir) / CONFIG_FILE,
+  workdir_io.write_atomic(workdir_io.as_path(workdir) / CONFIG_FILE,
                           config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
@@ -364,7 +365,7 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   Raises FileNotFoundError when there is none and `ConfigError` naming the file and the
   way out when it is damaged.
   """
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = workdir_io.as_path(workdir) / CONFIG_FILE
   try:
     text = workdir_io.read_text(path)
   except FileNotFoundError:
@@ -385,11 +386,12 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 def with_local_data_dir(config: ml_collections.ConfigDict, data_dir: str | os.PathLike | None = None
                         ) -> ml_collections.ConfigDict:
   """A run's saved config, to read its data on this machine: `data.data_dir` becomes
-  `data_dir` when given; else it stays as recorded where that folder exists here; else
-  $TFDS_DATA_DIR when set (the run was trained on another machine); else as recorded (None:
-  TFDS's default)."""
+  `data_dir` when given; else it stays as recorded where that folder exists here (a bucket's
+  URL is the same everywhere); else $TFDS_DATA_DIR when set (the run was trained on another
+  machine); else as recorded (None: TFDS's default)."""
   recorded = config.data.data_dir
-  if not data_dir and (recorded is None or os.path.isdir(os.path.expanduser(str(recorded)))):
+  here = recorded is None or object_store.is_url(recorded) or os.path.isdir(os.path.expanduser(str(recorded)))
+  if not data_dir and here:
     return config
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
   return apply_overrides(config, {"data.data_dir": str(data_dir)}) if data_dir else config

@@ -26,11 +26,13 @@ from jax.sharding import Mesh
 
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import Pipeline
+from resnet_jax.runtime import object_store
 from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import load as load_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import packing
+from resnet_jax.train import workdir_io
 from resnet_jax.train.step import Batch, Metrics, Preprocess, new_metrics
 
 TEN_CROP_PREFIX = "ten_crop_"
@@ -155,7 +157,8 @@ def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, spli
   from `data_dir`, else where the run read it if that folder exists here, else
   $TFDS_DATA_DIR (`config.with_local_data_dir`).
   """
-  workdir = pathlib.Path(workdir).absolute()
+  object_store.check_reachable(workdir)
+  workdir = workdir_io.as_path(workdir)
   config = config_lib.with_local_data_dir(config_lib.load_config(workdir), data_dir)
   if split:
     config.data.eval_split = split

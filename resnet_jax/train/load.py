@@ -17,12 +17,14 @@ from jax.sharding import Mesh
 
 from resnet_jax import models
 from resnet_jax.data import preprocessing as preprocessing_lib
+from resnet_jax.runtime import object_store
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train import workdir_io
 from resnet_jax.train.trained import TrainedNetwork
 
 CHECKPOINT_DIR = "checkpoints"
@@ -98,7 +100,8 @@ def restore_variables(workdir: str | pathlib.Path, step: Optional[int | str] = N
                       config: Optional[ml_collections.ConfigDict] = None,
                       log: Callable[[str], None] = logging.warning) -> Tuple[models.ResNet, Variables, int]:
   """`load_variables`, and the step it restored (for `"best"`, `log` says which and why)."""
-  workdir = pathlib.Path(workdir).absolute()
+  object_store.check_reachable(workdir)
+  workdir = workdir_io.as_path(workdir)
   workdir_lib.check_format(workdir)
   config = config_lib.load_config(workdir) if config is None else config
   checkpointer = ckpt_lib.Checkpointer(workdir / CHECKPOINT_DIR, keep=config.keep_checkpoints,
@@ -159,7 +162,7 @@ def load_network(workdir: str | pathlib.Path, step: Optional[int | str] = None,
   >>> net = rj.train.load_network("runs/cifar10_resnet20", step="best")
   >>> logits = net(images_uint8)                 # = net.model.apply(net.variables, net.preprocessing(images_uint8))
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = workdir_io.as_path(workdir)
   config = config_lib.load_config(workdir)
   model, variables, found = restore_variables(workdir, step, config, log)
   recorded = preprocessing_lib.load(workdir)
@@ -185,7 +188,7 @@ def record_preprocessing(workdir: str | pathlib.Path, data_dir: Optional[str | p
                          ) -> pathlib.Path:
   """Computes a run's eval-time preprocessing from its dataset and stores it in the workdir
   (`preprocessing.json`), for a run trained before runs recorded it. Returns the file."""
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = workdir_io.as_path(workdir)
   return _dataset_preprocessing(workdir, data_dir).save(workdir)
 
 

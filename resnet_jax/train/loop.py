@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 
 from resnet_jax import models
 from resnet_jax.runtime import cpu_notice
+from resnet_jax.runtime import object_store
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
 from resnet_jax.train import mesh as mesh_lib
@@ -40,6 +41,7 @@ from resnet_jax.train import packing
 from resnet_jax.train import report
 from resnet_jax.train import step as step_lib
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train import workdir_io
 from resnet_jax.train.preemption import Preemption
 from resnet_jax.train.group import Group, RateWindow, Run, check_runs, fetch, stack
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession  # noqa: F401  (re-exported)
@@ -320,7 +322,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   config in the commands of the CPU-only notice (`cpu_notice`). Raises `NonFiniteLossError`
   if the loss or a gradient becomes NaN/Inf.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  object_store.check_reachable(workdir)  # a missing bucket fails before the data is opened
+  workdir = workdir_io.as_path(workdir)
   exp = build.experiment(config, mesh)  # validates the config: everything below trusts it
   with _locked([workdir]):
     result = _train_runs([exp], [workdir], packed=False, labels=[""], time_limit=time_limit,
@@ -343,7 +346,9 @@ def train_packed(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequenc
   if len(configs) != len(workdirs):
     raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
   packing.check_packable(configs)
-  workdirs = [pathlib.Path(w).absolute() for w in workdirs]
+  for workdir in workdirs:
+    object_store.check_reachable(workdir)
+  workdirs = [workdir_io.as_path(w) for w in workdirs]
   labels = list(labels) if labels is not None else [f"[{w.name}] " for w in workdirs]
   first = build.experiment(configs[0], mesh)
   exps = [first] + [build.experiment(c, first.mesh, first.pipeline) for c in configs[1:]]

@@ -11,7 +11,9 @@ import os
 import pathlib
 import platform
 import re
+import shutil
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, Mapping, Optional, TextIO
 
@@ -39,13 +41,18 @@ class TensorBoardWriter:
   disk) end in tracebacks at exit that no caller can catch; this writes the same event
   file format synchronously (a few records per log line), so every failure reaches the
   caller as one `WorkdirWriteError`.
+
+  Into an object-store directory (tensorboardX cannot append to an object), the events are
+  written to a local file that each `flush` and `close` upload whole, where TensorBoard on
+  `gs://` reads them.
   """
 
-  def __init__(self, directory: pathlib.Path):
+  def __init__(self, directory):
     self.directory = directory
+    self._local = pathlib.Path(tempfile.mkdtemp(prefix="resnet_jax_tb_")) if workdir_io.is_url(directory) else None
     try:
-      directory.mkdir(parents=True, exist_ok=True)
-      self._events = EventsWriter(str(directory / "events"))
+      workdir_io.make_dirs(directory)
+      self._events = EventsWriter(str((self._local or directory) / "events"))
     except OSError as e:
       raise workdir_io.WorkdirWriteError(f"cannot write TensorBoard events in {directory}: {e.strerror}") from None
     self._last_flush = time.monotonic()
@@ -65,12 +72,23 @@ class TensorBoardWriter:
     if time.monotonic() - self._last_flush > TENSORBOARD_FLUSH_SECS:
       self.flush()
 
+  def _upload(self) -> None:
+    if self._local is not None:
+      for file in self._local.iterdir():
+        workdir_io.write_atomic(self.directory / file.name, file.read_bytes())
+
   def flush(self) -> None:
     self._guard(self._events.flush)
+    self._upload()
     self._last_flush = time.monotonic()
 
   def close(self) -> None:
     self._guard(self._events.close)
+    try:
+      self._upload()
+    finally:
+      if self._local is not None:
+        shutil.rmtree(self._local, ignore_errors=True)
 
 
 class MetricWriter:
@@ -85,12 +103,12 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.console = console
     self.prefix = prefix  # e.g. "[seed3] ": which of several runs a console line is about
-    self._jsonl: Optional[workdir_io.JsonlAppender] = None
+    self._jsonl = None  # a workdir_io appender
     self._tb: Optional[TensorBoardWriter] = None
     if self.enabled:
-      workdir = pathlib.Path(workdir)
-      workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = workdir_io.JsonlAppender(workdir / METRICS_FILE, log=self.print)
+      workdir = workdir_io.as_path(workdir)
+      workdir_io.make_dirs(workdir)
+      self._jsonl = workdir_io.open_jsonl(workdir / METRICS_FILE, log=self.print)
       try:
         self._tb = TensorBoardWriter(workdir / TENSORBOARD_DIR)
       except BaseException:
@@ -112,6 +130,10 @@ class MetricWriter:
       print(self.prefix + line, file=self.console or sys.stdout, flush=True)
 
   def flush(self) -> None:
+    """Writes what is pending (on an object store, `metrics.jsonl` is rewritten at most every
+    few seconds): called before each checkpoint, so that a resume finds every record up to it."""
+    if self._jsonl is not None:
+      self._jsonl.flush()
     if self._tb is not None:
       self._tb.flush()
 
@@ -136,14 +158,14 @@ class SessionLog:
 
   def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = pathlib.Path(workdir) / SESSIONS_FILE
+    self.path = workdir_io.as_path(workdir) / SESSIONS_FILE
     self._start_time = time.time()
     self._start_step = 0
     self.started = False
 
   def _append(self, record: Dict) -> None:
     if self.enabled:
-      self.path.parent.mkdir(parents=True, exist_ok=True)
+      workdir_io.make_dirs(self.path.parent)
       workdir_io.append_jsonl(self.path, record)
 
   def start(self, step: int, resumed_from: Optional[str] = None) -> None:
@@ -169,14 +191,14 @@ def read_sessions(workdir: str | pathlib.Path, log: Optional[Callable[[str], Non
                   ) -> list[Dict]:
   """All records of `workdir/sessions.jsonl`, in order; lines cut short by a crash are
   skipped (and reported through `log`)."""
-  return workdir_io.read_jsonl(pathlib.Path(workdir) / SESSIONS_FILE, log)
+  return workdir_io.read_jsonl(workdir_io.as_path(workdir) / SESSIONS_FILE, log)
 
 
 def read_metrics(workdir: str | pathlib.Path, log: Optional[Callable[[str], None]] = logging.warning
                  ) -> list[Dict[str, float]]:
   """All records of `workdir/metrics.jsonl`, in order; lines cut short by a crash are
   skipped (and reported through `log`)."""
-  return workdir_io.read_jsonl(pathlib.Path(workdir) / METRICS_FILE, log)
+  return workdir_io.read_jsonl(workdir_io.as_path(workdir) / METRICS_FILE, log)
 
 
 def last_record(workdir: str | pathlib.Path, kind: str, log: Optional[Callable[[str], None]] = logging.warning

@@ -19,6 +19,7 @@ import jax
 from resnet_jax.train import build
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import load as load_lib
 from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import metrics as metrics_lib
@@ -115,6 +116,8 @@ class TrainingSession:
   def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
     """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
     self.check_finite(progress.sums)
+    lease_lib.check(self.workdir)  # a gs:// workdir whose lease another process took over
+    self.writer.flush()  # every record up to the checkpoint is written before it
     self.checkpointer.save(progress.step, progress.state, progress.sums, train_iter.get_state(), self.meta,
                            eval_metrics)
 

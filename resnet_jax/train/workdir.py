@@ -3,7 +3,8 @@
 * `lock(workdir)`: an exclusive `flock` on `workdir/.lock`, held for the life of the
   training process (the kernel releases it when the process dies, even on `kill -9`),
   so a second `resnet-jax train` on the same workdir refuses instead of interleaving
-  checkpoints with the first.
+  checkpoints with the first. A `gs://` workdir has no `flock`: its lock is a lease
+  object (`resnet_jax.train.lease`) with the same refusal.
 * `check_format(workdir)`: `workdir/workdir.json` records the layout version
   (`FORMAT`) and the resnet_jax version that wrote it; another layout version is refused
   with the version to use.
@@ -32,7 +33,9 @@ import ml_collections
 
 from resnet_jax import __version__
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import workdir_io
+from resnet_jax.train.lease import WorkdirBusyError  # noqa: F401  (re-exported)
 from resnet_jax.train.workdir_io import NotAFileError, WorkdirError, WorkdirWriteError  # noqa: F401  (re-exported)
 
 FORMAT = 1
@@ -47,10 +50,6 @@ OPERATIONAL_FIELDS = frozenset({
     "data.data_dir", "data.num_workers", "data.num_threads", "data.prefetch_batches",
     "data.eval_split", "data.placement", "data.jpeg_decoder", "init_from",
 })
-
-
-class WorkdirBusyError(WorkdirError):
-  """Another process trains in the workdir."""
 
 
 class ConfigChangedError(WorkdirError):
@@ -72,9 +71,7 @@ class Lock:
       os.close(fd)
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise WorkdirError(f"cannot lock {self.path}: {e.strerror}") from None
-      raise WorkdirBusyError(
-          f"workdir {self.path.parent} is in use by another training process ({_holder(self.path)}); wait "
-          "for it to finish or stop it (SIGTERM saves a checkpoint), or train in another --workdir") from None
+      raise lease_lib.busy_error(str(self.path.parent), _holder(self.path)) from None
     try:  # who holds it, for the message of a second process (written in place: the lock is this inode)
       os.ftruncate(fd, 0)
       os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
@@ -112,19 +109,20 @@ def _open_lock_file(path: pathlib.Path) -> int:
                        "this user can write (not on a read-only filesystem)") from None
 
 
-def _holder(path: pathlib.Path) -> str:
+def _holder(path: pathlib.Path) -> Dict[str, Any]:
   """The process holding the lock, as the lock file records it."""
   try:
     holder = json.loads(workdir_io.read_text(path) or "{}")
   except (OSError, ValueError, WorkdirError):
     holder = {}
-  if not isinstance(holder, dict) or not holder:
-    return "another process"
-  return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+  return holder if isinstance(holder, dict) else {}
 
 
-def lock(workdir: str | pathlib.Path) -> Lock:
-  """Takes the workdir's lock or raises `WorkdirBusyError` naming the holder."""
+def lock(workdir: str | pathlib.Path) -> Lock | lease_lib.Lease:
+  """Takes the workdir's lock (a lease on an object store) or raises `WorkdirBusyError`
+  naming the holder."""
+  if workdir_io.is_url(workdir):
+    return lease_lib.Lease(str(workdir)).acquire()
   return Lock(workdir).acquire()
 
 
@@ -134,7 +132,7 @@ def check_format(workdir: str | pathlib.Path, write: bool = False) -> None:
   A workdir from before `workdir.json` existed (format 1, the first) is accepted and,
   with `write`, stamped.
   """
-  path = pathlib.Path(workdir) / FORMAT_FILE
+  path = workdir_io.as_path(workdir) / FORMAT_FILE
   try:
     text = workdir_io.read_text(path)
   except FileNotFoundError:
@@ -213,7 +211,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     # extended (or cut short) without changing any step already taken.
     changes = [c for c in changes if c[0] not in ("num_steps", "num_epochs")]
   if changes:
-    workdir = pathlib.Path(workdir)
+    workdir = workdir_io.as_path(workdir)
     raise ConfigChangedError(
         f"{workdir} holds checkpoints of a run with another config: "
         f"{describe_changes(changes)} (saved -> requested). Resume with the saved config "

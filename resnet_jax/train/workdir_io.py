@@ -15,8 +15,14 @@ them goes through this module, so each promise holds for all of them:
   lines that are not complete records and report them.
 * `sha256_hex`/`json_digest` are the one way digests are made (checkpoint checksums).
 
-Failures are `WorkdirError`s with one-line messages naming the file. Paths are local
-(`os.PathLike`); cloud workdirs (`gs://`, issue 26) get their implementation here too.
+Failures are `WorkdirError`s with one-line messages naming the file.
+
+A workdir may also be an object-store URL (`gs://bucket/runs/x`, issue 26): the same functions
+then read and write objects through `etils.epath` (`object_store`). An object is replaced
+whole by each upload, which is atomic as `write_atomic` promises; it has no links; and it
+cannot be appended to, so `open_jsonl` gives an `ObjectJsonlAppender` that keeps the records
+and rewrites the object (at most every `OBJECT_REWRITE_SECONDS`, and on `flush`/`close`),
+reading what the object held first, so that a resumed run keeps every earlier record once.
 """
 from __future__ import annotations
 
@@ -26,10 +32,18 @@ import json
 import os
 import pathlib
 import secrets
+import shutil
 import stat
+import time
 from typing import Any, Callable, Dict, List, Optional
 
+from resnet_jax.runtime import object_store
+from resnet_jax.runtime.object_store import is_url  # noqa: F401  (re-exported)
+
 Log = Callable[[str], None]
+# GCS sustains about one update per second of one object; a metrics file is rewritten at most
+# this often (and whenever the run saves a checkpoint or ends).
+OBJECT_REWRITE_SECONDS = 5.0
 
 _NO_LINKS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -44,6 +58,29 @@ class NotAFileError(WorkdirError):
 
 class WorkdirWriteError(WorkdirError):
   """A workdir file could not be written (disk full, read-only, permissions)."""
+
+
+def as_path(path: str | os.PathLike):
+  """A workdir path: an `etils.epath.Path` for an object-store URL (never made "absolute",
+  which would mangle it), else an absolute `pathlib.Path`."""
+  if is_url(path):
+    return object_store.as_path(path)
+  return pathlib.Path(path).absolute()
+
+
+def make_dirs(path: str | os.PathLike) -> None:
+  """Creates a local directory; an object store has none to create."""
+  if not is_url(path):
+    pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def move_tree(source, target) -> None:
+  """Moves a directory (on an object store: every object under the prefix, copied then deleted)."""
+  if is_url(source):
+    object_store.move_prefix(source, target)
+    return
+  target.parent.mkdir(parents=True, exist_ok=True)
+  shutil.move(str(source), str(target))
 
 
 def _what_is(path: pathlib.Path) -> str:
@@ -92,7 +129,14 @@ def open_file(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-  """The content of a regular file; FileNotFoundError when there is none."""
+  """The content of a regular file (or object); FileNotFoundError when there is none."""
+  if is_url(path):
+    try:
+      return object_store.as_path(path).read_bytes()
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (fsspec clients raise many kinds)
+      raise object_store.storage_error(path, e, "read") from None
   try:
     fd = open_file(path, os.O_RDONLY)
   except FileNotFoundError:
@@ -112,6 +156,8 @@ def read_text(path: str | os.PathLike) -> str:
 
 def refuse_non_file(path: str | os.PathLike) -> None:
   """Raises `NotAFileError` if something other than a regular file is at `path`."""
+  if is_url(path):
+    return
   try:
     mode = os.lstat(path).st_mode
   except FileNotFoundError:
@@ -139,8 +185,12 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
 
   A link at `path` is refused (`NotAFileError`), never followed; the rename replaces a
   directory entry, so even a link created meanwhile is replaced, not written through.
-  Failures raise `WorkdirWriteError` and leave the old file as it was.
+  Failures raise `WorkdirWriteError` and leave the old file as it was. An object is
+  uploaded whole, which replaces it atomically.
   """
+  if is_url(path):
+    _write_object(path, data.encode("utf-8") if isinstance(data, str) else data)
+    return
   path = pathlib.Path(path)
   refuse_non_file(path)
   payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -160,6 +210,13 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
       pass
     raise WorkdirWriteError(f"cannot write {path}: {_reason(e)}") from None
   _fsync_directory(path.parent)
+
+
+def _write_object(url: str | os.PathLike, payload: bytes) -> None:
+  try:
+    object_store.as_path(url).write_bytes(payload)
+  except Exception as e:  # pylint: disable=broad-except
+    raise WorkdirWriteError(str(object_store.storage_error(url, e, "write"))) from None
 
 
 def write_json(path: str | os.PathLike, value: Any, indent: Optional[int] = None) -> None:
@@ -206,15 +263,66 @@ class JsonlAppender:
   def append(self, record: Dict[str, Any]) -> None:
     self._write((json.dumps(record) + "\n").encode("utf-8"))
 
+  def flush(self) -> None:
+    """Nothing to do: each record is written when appended."""
+
   def close(self) -> None:
     if self._fd is not None:
       os.close(self._fd)
       self._fd = None
 
 
+def _continued(path: str | os.PathLike, content: bytes, log: Optional[Log]) -> bytes:
+  """`content` ending on a fresh line (reported through `log` when its last line was cut short)."""
+  if content and not content.endswith(b"\n"):
+    if log is not None:
+      log(f"{path}: its last line was cut short (a crash while writing it); it is kept, "
+          "and new records start on a fresh line")
+    return content + b"\n"
+  return content
+
+
+class ObjectJsonlAppender:
+  """`JsonlAppender` for an object store: the records are kept and the whole object rewritten
+  (module docstring); `flush` writes what is pending now."""
+
+  def __init__(self, path: str | os.PathLike, log: Optional[Log] = None,
+               min_interval: float = OBJECT_REWRITE_SECONDS):
+    self.path = str(path)
+    try:
+      content = read_bytes(self.path)
+    except FileNotFoundError:
+      content = b""
+    except OSError as e:
+      raise WorkdirWriteError(str(e)) from None
+    self._content = bytearray(_continued(self.path, content, log))
+    self._pending = len(self._content) != len(content)
+    self._min_interval = min_interval
+    self._written = -float("inf")
+
+  def append(self, record: Dict[str, Any]) -> None:
+    self._content += (json.dumps(record) + "\n").encode("utf-8")
+    self._pending = True
+    if time.monotonic() - self._written >= self._min_interval:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._pending:
+      _write_object(self.path, bytes(self._content))
+      self._pending, self._written = False, time.monotonic()
+
+  def close(self) -> None:
+    self.flush()
+
+
+def open_jsonl(path: str | os.PathLike, log: Optional[Log] = None) -> JsonlAppender | ObjectJsonlAppender:
+  """The appender of a `.jsonl` file: `JsonlAppender` locally, `ObjectJsonlAppender` on an object store."""
+  return ObjectJsonlAppender(path, log) if is_url(path) else JsonlAppender(path, log)
+
+
 def append_jsonl(path: str | os.PathLike, record: Dict[str, Any], log: Optional[Log] = None) -> None:
   """One record appended to `path` (see `JsonlAppender`)."""
-  appender = JsonlAppender(path, log)
+  appender = open_jsonl(path, log)
   try:
     appender.append(record)
   finally:
@@ -227,7 +335,7 @@ def read_jsonl(path: str | os.PathLike, log: Optional[Log] = None) -> List[Dict[
   Lines that are not a complete JSON object (a write cut short by a crash) are skipped
   and reported through `log` in one line.
   """
-  path = pathlib.Path(path)
+  path = path if is_url(path) else pathlib.Path(path)
   try:
     text = read_text(path)
   except FileNotFoundError:
