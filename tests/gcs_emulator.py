@@ -9,25 +9,20 @@ and GOOGLE_AUTH_TOKEN_FOR_TESTING (TensorStore, under Orbax).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from typing import Dict, Optional
 
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+import support
 
 
 class GcsEmulator:
 
   def __init__(self):
     self.process: Optional[subprocess.Popen] = None
-    self.port = _free_port()
+    self.port = support.free_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self.why_not = ""
 

@@ -1,7 +1,11 @@
 """Helpers shared by the test modules (fixtures are in conftest.py)."""
 from __future__ import annotations
 
+import json
 import pathlib
+import socket
+import subprocess
+from typing import Dict, List, Sequence
 
 import ml_collections
 
@@ -19,3 +23,28 @@ def smoke_config(data_dir: str | pathlib.Path, eval_batch_size: int = 20, **over
     section, _, field = key.rpartition(".")
     (config[section] if section else config)[field] = value
   return config
+
+
+def free_port() -> int:
+  """A TCP port free on 127.0.0.1 now (for a coordinator or a server the test starts)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(argvs: Sequence[Sequence[str]], env: Dict[str, str], cwd: pathlib.Path,
+                  timeout: float = 300) -> List[dict]:
+  """Runs one process per argv at once (e.g. the processes of one `jax.distributed` job);
+  each must exit 0 and print a JSON object as its last line, which is returned."""
+  procs = [subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for argv in argvs]
+  outs = []
+  for p in procs:
+    try:
+      out, err = p.communicate(timeout=timeout)
+    finally:
+      if p.poll() is None:
+        p.kill()
+    assert p.returncode == 0, err[-3000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+  return outs

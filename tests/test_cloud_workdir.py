@@ -29,7 +29,7 @@ from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import workdir_io
 from gcs_emulator import GcsEmulator
-from test_train_multiprocess import WORKER, _free_port
+from test_train_multiprocess import WORKER
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py:smoke")
@@ -152,21 +152,12 @@ def test_train_second_trainer_refused_sigterm_resume_bit_exact_then_eval_and_loa
 def test_two_processes_train_and_restore_one_gs_run(gs_data, tmp_path):
   """A pod in miniature: both processes read the gs:// dataset (each stages it on this host)
   and write their part of each checkpoint to the gs:// workdir; process 0 holds the lease."""
-  port, workdir = _free_port(), f"gs://{BUCKET}/two-processes"
+  port, workdir = support.free_port(), f"gs://{BUCKET}/two-processes"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
   env[remote.CACHE_ENV] = str(tmp_path / "cache")  # empty: the two processes stage it at once
   env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), gs_data, workdir], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      out, err = p.communicate(timeout=300)
-    finally:
-      if p.poll() is None:
-        p.kill()
-    assert p.returncode == 0, err[-3000:]
-    outs.append(json.loads(out.strip().splitlines()[-1]))
+  outs = support.run_processes([[sys.executable, "-c", WORKER, str(port), str(i), gs_data, workdir]
+                                for i in range(2)], env, ROOT)
   assert sorted(o["process"] for o in outs) == [0, 1] and {o["processes"] for o in outs} == {2}
   assert all(o["step"] == 2 and o["restored_step"] == 2 and o["num_examples"] == 50 for o in outs)
   assert outs[0]["restored_error"] == outs[1]["restored_error"] == outs[0]["train_eval_error"]

@@ -2,11 +2,10 @@
 import json
 import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import pytest
+import support
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,34 +30,18 @@ print(json.dumps({"process": jax.process_index(), "processes": jax.process_count
 '''
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.multidevice
 def test_two_processes_train_save_and_restore(tmp_path):
   from resnet_jax.data import testing as data_testing
   import resnet_jax.data as rjd
   source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=32, num_test=30, seed=2)
   rjd.prepare("cifar10", source=source, data_dir=tmp_path / "tfds", allow_partial=True)
-  port = _free_port()
+  port = support.free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
   env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), str(tmp_path / "tfds"),
-                             str(tmp_path / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      out, err = p.communicate(timeout=300)
-    finally:
-      if p.poll() is None:
-        p.kill()
-    assert p.returncode == 0, err[-3000:]
-    outs.append(json.loads(out.strip().splitlines()[-1]))
+  outs = support.run_processes([[sys.executable, "-c", WORKER, str(port), str(i), str(tmp_path / "tfds"),
+                                 str(tmp_path / "run")] for i in range(2)], env, ROOT)
   assert sorted(o["process"] for o in outs) == [0, 1]
   for o in outs:
     assert o["processes"] == 2 and o["devices"] == 2 and o["step"] == 2 and o["restored_step"] == 2
