@@ -101,6 +101,11 @@ def test_seeds_train_one_run_each_packed_and_a_time_limit_stops_them(data_dir, t
   for seed in (0, 1):
     saved = json.loads((tmp_path / "runs" / f"seed{seed}" / "config.json").read_text())
     assert saved["seed"] == seed
+  # One run stopped by the limit says how to continue once (no "0 of 1 runs finished").
+  one = [f if f != str(tmp_path / "runs") else str(tmp_path / "one") for f in flags[:flags.index("--seeds")]]
+  assert cli.main(one + ["--time-limit", "0s"]) == 0
+  out = capsys.readouterr().out
+  assert "time limit reached: saved step 1" in out and "runs finished" not in out
   assert cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path), "--time-limit", "ten minutes"]) == 2
   assert "--time-limit: time limit 'ten minutes' is not a duration" in capsys.readouterr().err
 

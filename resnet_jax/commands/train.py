@@ -170,8 +170,8 @@ def _report(args, config, results) -> int:
     elif result["eval"]:
       print(_final_line(result, config.data.eval_split, label), flush=True)
   finished = sum(1 for r in results if "error" not in r and not r.get("stopped") and r["eval"])
-  total = len(labels)
-  if finished < total and any(r.get("stopped") for r in results) or len(results) < total:
+  total = len(labels)  # one run stopped early already said how to continue ("saved step N ...")
+  if total > 1 and (finished < total and any(r.get("stopped") for r in results) or len(results) < total):
     print(f"{finished} of {total} runs finished; run the same command again to continue", flush=True)
   failed = [r["error"] for r in results if "error" in r]
   for error in failed:
