@@ -135,17 +135,19 @@ def move_prefix(source: Any, target: Any) -> None:
     raise storage_error(source, e, "move") from None
 
 
-def _gcs_filesystem(url: Any):
+def _gcs_object(url: Any) -> Tuple[Any, str, str, str]:
+  """`(gcsfs filesystem, path, bucket, key)` of a `gs://` object."""
   if scheme(url) != "gs":
     raise StorageError(f"{url}: the workdir lease needs generation preconditions, which resnet_jax "
                        "implements for gs:// only; train in a gs:// or local --workdir")
-  return _filesystem(url)
+  fs, path = _filesystem(url)
+  bucket, key = path.split("/", 1)
+  return fs, path, bucket, key
 
 
 def read_object(url: Any) -> Tuple[Optional[bytes], Optional[int]]:
   """`(content, generation)` of an object; `(None, None)` when there is none."""
-  fs, path = _gcs_filesystem(url)
-  bucket, key = path.split("/", 1)
+  fs, path, bucket, key = _gcs_object(url)
   try:  # content and generation from one response: no other write can come between them
     headers, data = fs.call("GET", "b/{}/o/{}", bucket, key, alt="media")
     generation = int({k.lower(): v for k, v in headers.items()}["x-goog-generation"])
@@ -159,8 +161,7 @@ def read_object(url: Any) -> Tuple[Optional[bytes], Optional[int]]:
 def write_object(url: Any, data: bytes, if_generation: int) -> Optional[int]:
   """Writes `url` only if its live generation is `if_generation` (0: only if absent); the new
   generation, or None when the precondition failed (another writer got there first)."""
-  fs, path = _gcs_filesystem(url)
-  bucket, key = path.split("/", 1)
+  fs, path, bucket, key = _gcs_object(url)
   # A multipart upload as gcsfs makes them, through gcsfs's authenticated client; gcsfs itself
   # offers only create-if-absent (mode="create"), not a match on another generation.
   body = (b'--==0==\nContent-Type: application/json; charset=UTF-8\n\n'
@@ -181,8 +182,7 @@ def write_object(url: Any, data: bytes, if_generation: int) -> Optional[int]:
 def delete_object(url: Any, if_generation: int) -> None:
   """Deletes `url` if its live generation is `if_generation` (GCS checks the precondition; the
   emulator of the tests does not); a missing object is no error."""
-  fs, path = _gcs_filesystem(url)
-  bucket, key = path.split("/", 1)
+  fs, path, bucket, key = _gcs_object(url)
   try:
     fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(int(if_generation)))
   except (FileNotFoundError, FileExistsError):

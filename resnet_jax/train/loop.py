@@ -291,9 +291,6 @@ def _train_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Pat
             if later not in results:
               runs[later].session.stopped = stopped
           break
-    for run in runs:
-      if run.error is None:
-        run.session.finish()
   return [results.get(i) or runs[i].result(progresses[i]) for i in range(len(runs))]
 
 

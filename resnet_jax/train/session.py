@@ -126,7 +126,7 @@ class TrainingSession:
     self.save(progress, train_iter)
     self.checkpointer.wait()
     self.writer.print(report.stopped_line(cause, progress.step, self.checkpointer.directory))
-    self.stopped = "time limit" if cause == report.TIME_LIMIT else "preempted"
+    self.stopped = report.TIME_LIMIT if cause == report.TIME_LIMIT else "preempted"
 
   def finish(self) -> None:
     """Waits for the last asynchronous save (its failure is an error of the run)."""
@@ -159,7 +159,7 @@ class TrainingSession:
     """Records the end, then closes; after an error, cleanup errors (a full disk fails them
     all) are dropped so that the error in flight is the one reported."""
     self._closed = True
-    ended_well = reason in ("finished", "preempted", "time limit")
+    ended_well = reason in ("finished", "preempted", report.TIME_LIMIT)
     step = self.progress.step if self.progress is not None else 0
     closing = (lambda: self.sessions.end(step, int(self.exp.config.global_batch_size), reason),
                self.checkpointer.close, self.writer.close)

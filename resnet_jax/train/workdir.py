@@ -137,7 +137,7 @@ def check_format(workdir: str | pathlib.Path, write: bool = False) -> None:
     text = workdir_io.read_text(path)
   except FileNotFoundError:
     if write:
-      path.parent.mkdir(parents=True, exist_ok=True)
+      workdir_io.make_dirs(path.parent)
       workdir_io.write_json(path, {"format": FORMAT, "resnet_jax": __version__})
     return
   try:

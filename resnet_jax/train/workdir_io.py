@@ -247,9 +247,7 @@ class JsonlAppender:
       size = os.fstat(self._fd).st_size
       if size and os.pread(self._fd, 1, size - 1) != b"\n":
         self._write(b"\n")
-        if log is not None:
-          log(f"{self.path}: its last line was cut short (a crash while writing it); it is kept, "
-              "and new records start on a fresh line")
+        _report_cut_short(self.path, log)
     except BaseException:
       self.close()
       raise
@@ -272,12 +270,16 @@ class JsonlAppender:
       self._fd = None
 
 
+def _report_cut_short(path: str | os.PathLike, log: Optional[Log]) -> None:
+  if log is not None:
+    log(f"{path}: its last line was cut short (a crash while writing it); it is kept, "
+        "and new records start on a fresh line")
+
+
 def _continued(path: str | os.PathLike, content: bytes, log: Optional[Log]) -> bytes:
   """`content` ending on a fresh line (reported through `log` when its last line was cut short)."""
   if content and not content.endswith(b"\n"):
-    if log is not None:
-      log(f"{path}: its last line was cut short (a crash while writing it); it is kept, "
-          "and new records start on a fresh line")
+    _report_cut_short(path, log)
     return content + b"\n"
   return content
 
