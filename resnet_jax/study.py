@@ -22,7 +22,6 @@ import statistics
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import jax
 import matplotlib
 import ml_collections
 
@@ -157,7 +156,7 @@ class Study:
     if pack not in (True, False, "auto"):
       raise ValueError(f"pack={pack!r} is not one of True, False, 'auto'")
     if pack == "auto":
-      pack = jax.default_backend() != "cpu"
+      pack = packing.packs_by_default()
     if not pack:
       return [[run] for run in runs]
     return [[runs[i] for i in group] for group in packing.groups([self.config_for(r) for r in runs])]

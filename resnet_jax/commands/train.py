@@ -9,13 +9,10 @@ the cluster (it does on Cloud TPU and SLURM).
 """
 from __future__ import annotations
 
-import pathlib
 import sys
 import textwrap
 import time
 from typing import List, Optional, Sequence, Tuple
-
-import jax
 
 from resnet_jax import configs
 from resnet_jax import models
@@ -26,7 +23,10 @@ from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train import packing
+from resnet_jax.train import report
 from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.train import workdir_io
 
 PROG = "resnet-jax train"
 PACK_CHOICES = ("auto", "on", "off")
@@ -138,8 +138,8 @@ def _train_seeds(args, config) -> list:
   """One run per `--seeds` seed in WORKDIR/seed<k>: packed in one program, or one after another."""
   seeds = list(args.seeds)
   configs = [config_lib.apply_overrides(config, {"seed": s}) for s in seeds]
-  workdirs = [pathlib.Path(args.workdir) / f"seed{s}" for s in seeds]
-  pack = args.pack == "on" or (args.pack == "auto" and jax.default_backend() != "cpu")
+  workdirs = [workdir_io.as_path(args.workdir) / f"seed{s}" for s in seeds]  # gs:// kept whole
+  pack = args.pack == "on" or (args.pack == "auto" and packing.packs_by_default())
   how = ("packed in one program" if pack else
          "one after another (--pack off)" if args.pack == "off" else "one after another (a CPU: packing buys nothing)")
   print(f"{len(seeds)} runs (seeds {' '.join(map(str, seeds))}) in {args.workdir}/seed<k>: {how}", flush=True)
@@ -165,7 +165,7 @@ def _report(args, config, results) -> int:
   for label, result in zip(labels, results):
     if "error" in result:
       continue
-    if result.get("stopped") == "time limit":
+    if result.get("stopped") == report.TIME_LIMIT:
       print(f"{label}stopped at step {result['step']} (time limit)", flush=True)
     elif result["eval"]:
       print(_final_line(result, config.data.eval_split, label), flush=True)

@@ -102,6 +102,12 @@ def over_runs(fn: Callable, mapping: str, in_axes: Sequence[Optional[int]]) -> C
   return mapped
 
 
+def packs_by_default() -> bool:
+  """Whether `pack="auto"` packs: on an accelerator; a CPU is compute-bound, so R runs packed
+  cost what R runs alone cost there."""
+  return jax.default_backend() != "cpu"
+
+
 def default_mapping(platform: str) -> str:
   """"map" on a CPU, "vmap" on an accelerator (see `over_runs`)."""
   return "map" if platform == "cpu" else "vmap"
