@@ -28,7 +28,9 @@ import ml_collections
 from resnet_jax import configs
 from resnet_jax.paper import PaperResult
 from resnet_jax.runtime.provenance import device_description, git_commit
+from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import load as load_lib
 from resnet_jax.train import loop
 from resnet_jax.train import metrics
 from resnet_jax.train import packing
@@ -60,8 +62,8 @@ class Run:
 
   def saved_step(self) -> Optional[int]:
     """The step of the run's newest checkpoint (None before its first)."""
-    steps = [int(p.name) for p in (self.workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
-    return max(steps) if steps else None
+    steps = ckpt_lib.finished_steps(self.workdir / load_lib.CHECKPOINT_DIR)
+    return steps[-1] if steps else None
 
   def curves(self) -> list[dict]:
     return metrics.read_metrics(self.workdir)

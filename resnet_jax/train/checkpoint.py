@@ -288,6 +288,15 @@ class _CheckpointManager(ocp.CheckpointManager):
       return None
 
 
+def finished_steps(directory) -> List[int]:
+  """Steps with a complete (renamed) checkpoint directory in `directory`, sorted ([] if none),
+  read from the listing alone (no Orbax manager)."""
+  directory = workdir_io.as_path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 class Checkpointer:
   """A thin layer over `orbax.checkpoint.CheckpointManager` for `workdir/checkpoints`."""
 
@@ -343,7 +352,7 @@ class Checkpointer:
     else:
       reason = one_line(error)
     try:
-      intact = sorted(self._finished_steps())
+      intact = finished_steps(self.directory)
     except OSError:
       intact = []
     what = f"checkpoint of step {step}" if step is not None else "a checkpoint"
@@ -353,10 +362,6 @@ class Checkpointer:
     err = CheckpointWriteError(f"could not write the {what} to {self.directory}: {reason}; {keep}")
     err.errno = os_error.errno if os_error is not None else errno.EIO
     return err
-
-  def _finished_steps(self) -> List[int]:
-    """Steps with a complete (renamed) checkpoint directory on disk."""
-    return [int(p.name) for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()]
 
   def save(self, step: int, state: Any, metric_sums: Any, data_state: Dict[str, Any],
            meta: Dict[str, Any], eval_metrics: Optional[Dict[str, float]] = None) -> bool:

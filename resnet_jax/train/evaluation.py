@@ -121,7 +121,7 @@ def start_evaluation(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, m
   """
   zeros = functools.partial(zero_eval_metrics, ten_crop=uses_ten_crop(pipe))
   if runs is not None:
-    zeros = functools.partial(lambda z: jax.tree.map(lambda x: jnp.stack([x] * runs), z()), zeros)
+    zeros = functools.partial(lambda z: packing.stack([z()] * runs), zeros)
   sums = new_metrics(zeros, mesh)
   for batch in pipe.eval_iterator():
     sums = eval_step(params, batch_stats, sums, batch)

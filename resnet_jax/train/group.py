@@ -21,6 +21,7 @@ from resnet_jax.data.train_iterator import PackedTrainIterator
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
 from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.train.packing import stack
 from resnet_jax.train import step as step_lib
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession
 
@@ -30,11 +31,6 @@ Metrics = Dict[str, Any]
 def fetch(tree: Any) -> Any:
   """`tree` on the host, as numpy arrays."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-def stack(trees: Sequence[Any]) -> Any:
-  """Trees of the same structure stacked on a new leading (run) axis."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 @dataclasses.dataclass

@@ -43,7 +43,8 @@ from resnet_jax.train import step as step_lib
 from resnet_jax.train import workdir as workdir_lib
 from resnet_jax.train import workdir_io
 from resnet_jax.train.preemption import Preemption
-from resnet_jax.train.group import Group, RateWindow, Run, check_runs, fetch, stack
+from resnet_jax.train.group import Group, RateWindow, Run, check_runs, fetch
+from resnet_jax.train.packing import stack
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession  # noqa: F401  (re-exported)
 
 Metrics = Dict[str, Any]

@@ -21,6 +21,7 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax.train import config as config_lib
@@ -100,6 +101,11 @@ def over_runs(fn: Callable, mapping: str, in_axes: Sequence[Optional[int]]) -> C
       return fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
     return jax.lax.map(one, tuple(per_run))
   return mapped
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Trees of the same structure stacked on a new leading (run) axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def packs_by_default() -> bool:
