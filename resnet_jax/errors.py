@@ -1,0 +1,30 @@
+"""The one base of every error resnet_jax raises on a documented fault.
+
+Each carries a one-line message that says what is wrong and what would be valid (or what to
+do), and the exit code a command ends with: `InputError` (2) for input the user can correct
+(a config value, a command-line argument, a network or dataset name), `Error` (1) for a
+fault of the run or of its storage (a full disk, an unreadable checkpoint, a diverged loss).
+`resnet_jax.cli` catches `Error` in one place for every command and prints its message.
+
+The classes keep a built-in base where callers catch one (`ConfigError` is a `ValueError`,
+`CheckpointWriteError` an `OSError`), so `except ValueError` still works.
+"""
+from __future__ import annotations
+
+
+class Error(Exception):
+  """A documented fault: the message is one line; a command exits with `exit_code`."""
+  exit_code = 1
+
+
+class InputError(Error, ValueError):
+  """Input the user can correct (a value, a name, an argument): a command exits 2."""
+  exit_code = 2
+
+
+def one_line(error: BaseException, limit: int = 240) -> str:
+  """`Type: first line of the message`, shortened: how a library's error (Orbax, TensorStore,
+  gcsfs: pages long) is named inside one of ours."""
+  text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
