@@ -42,8 +42,8 @@ def bench_cifar(data_dir: str, steps: int) -> None:
   print(f"cifar10: pipeline created ({pipe.num_train_examples:,} images decoded into memory) in "
         f"{time.perf_counter() - start:.1f} s")
   for placement in ("host", "device"):
-    it = rjd.TrainIterator(pipe) if placement == "host" else rjd.DeviceResidentTrainIterator(
-        pipe, *pipe.dataset.train_arrays())
+    it = rjd.TrainIterator(pipe.train_stream) if placement == "host" else rjd.DeviceResidentTrainIterator(
+        pipe.train_stream, *pipe.dataset.train_arrays())
     jax.block_until_ready(next(it))
     start = time.perf_counter()
     for _ in range(steps):

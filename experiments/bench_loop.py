@@ -34,9 +34,9 @@ import jax
 import resnet_jax as rj
 import resnet_jax.data as rjd
 from resnet_jax.data import testing as data_testing
+from resnet_jax.storage.workdir import Workdir
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
-from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 
@@ -110,11 +110,11 @@ def run_policy(config, workdir: pathlib.Path, parts: dict) -> dict:
   t0 = time.perf_counter()
   result = rj.train.train(config, workdir)
   total = time.perf_counter() - t0
-  wall = [s for s in metrics_lib.read_sessions(workdir) if s["event"] == "end"][-1]["wall_s"]
-  records = metrics_lib.read_metrics(workdir)
+  wall = [s for s in Workdir(workdir).read_sessions() if s["event"] == "end"][-1]["wall_s"]
+  records = Workdir(workdir).read_metrics()
   evals = sum(1 for r in records if r["kind"] == "eval")
   saves = len([p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()])
-  steps = int(result["step"])
+  steps = int(result.step)
   expected = (steps * parts["step_s"] + evals * parts["eval_s"] + parts["step_compile_s"] + parts["eval_compile_s"])
   return {"wall_s": wall, "startup_s": total - wall, "steps": steps, "evals": evals, "checkpoints_kept": saves, "expected_s": expected,
           "overhead_s": wall - expected, "overhead_of_steps": (wall - expected) / (steps * parts["step_s"])}

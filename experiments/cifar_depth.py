@@ -9,7 +9,7 @@ The plain nets get worse with depth (the degradation problem); the ResNets get b
 from __future__ import annotations
 
 from resnet_jax import paper
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 
 PLAIN = (20, 32, 44, 56)
 RESNET = (20, 32, 44, 56, 110)
@@ -28,9 +28,9 @@ def main() -> None:
   if args.smoke and not args.depths:
     plains, resnets = (20, 56), (20, 56)
   groups = [
-      Group("plain", "cifar10_plain20", {f"plain{d}": {"config": f"cifar10_plain{d}"} for d in plains},
+      Comparison("plain", "cifar10_plain20", {f"plain{d}": {"config": f"cifar10_plain{d}"} for d in plains},
             {f"plain{d}": paper.CIFAR10_DEPTH[f"cifar_plain{d}"] for d in plains}),
-      Group("resnet", "cifar10_resnet20", {f"resnet{d}": {"config": f"cifar10_resnet{d}"} for d in resnets},
+      Comparison("resnet", "cifar10_resnet20", {f"resnet{d}": {"config": f"cifar10_resnet{d}"} for d in resnets},
             {f"resnet{d}": paper.CIFAR10_DEPTH[f"cifar_resnet{d}"] for d in resnets}),
   ]
   run("cifar_depth", groups, args, "CIFAR-10 plain vs ResNet (He et al. 2015, Table 6 / Fig. 6)",

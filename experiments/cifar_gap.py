@@ -24,7 +24,7 @@ of half a point.
 from __future__ import annotations
 
 from resnet_jax import paper
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 
 VARIANTS = {
     "baseline": {"bn.mode": "global"},
@@ -51,7 +51,7 @@ def main() -> None:
     if args.only is None:
       args.only = ["baseline", "bn_per_gpu_64", "no_decay_bn", "train_50k", "train_45k"]
   reference = paper.CIFAR10_DEPTH.get(args.model.replace("cifar10_", "cifar_"))
-  run("cifar_gap", [Group("gap", args.model, variants, {k: reference for k in variants})], args,
+  run("cifar_gap", [Comparison("gap", args.model, variants, {k: reference for k in variants})], args,
       f"Closing the gap to the paper: {args.model} on CIFAR-10",
       notes=["every variant is compared with the paper's test error of the same network "
              "(He et al. 2015, Table 6)"])

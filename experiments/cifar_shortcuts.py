@@ -11,7 +11,7 @@ reference.
 """
 from __future__ import annotations
 
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
   p.add_argument("--model", default="cifar10_resnet32", help="base config (a CIFAR ResNet)")
   args = p.parse_args()
   variants = {f"option_{o}": {"model.shortcut": o} for o in ("A", "B", "C")}
-  run("cifar_shortcuts", [Group("shortcuts", args.model, variants, {})], args,
+  run("cifar_shortcuts", [Comparison("shortcuts", args.model, variants, {})], args,
       "Shortcut options A/B/C on CIFAR-10 (He et al. 2015, Table 3 analogue)",
       notes=["paper reference (ImageNet ResNet-34, 10-crop top-1): A 25.03, B 24.52, C 24.19"])
 

@@ -8,7 +8,7 @@ The paper reports the median of 5 runs; "fail" means above 20 % error.
 from __future__ import annotations
 
 from resnet_jax import paper
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 
 OPTIONS = "model.shortcut_options"
 VARIANTS = {
@@ -32,7 +32,7 @@ def main() -> None:
   args = p.parse_args()
   if args.smoke and args.only is None:
     args.only = list(SMOKE)
-  run("identity_shortcuts", [Group("shortcuts", args.model, VARIANTS, paper.IDENTITY_SHORTCUTS)], args,
+  run("identity_shortcuts", [Comparison("shortcuts", args.model, VARIANTS, paper.IDENTITY_SHORTCUTS)], args,
       "Shortcut variants on ResNet-110, CIFAR-10 (He et al. 2016, Table 1)",
       notes=["paper: median of 5 runs on the 10k test set; shortcuts where dimensions change are option A "
              "(`model.shortcut_options.downsample`)"])

@@ -21,7 +21,7 @@ from resnet_jax import configs
 from resnet_jax import models
 from resnet_jax import paper
 from resnet_jax import train
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 
 TRAIN_IMAGES = rjd.dataset_info("imagenet2012").num_train_examples
 # Reference: the Flax ImageNet example's ResNet-50 train step, bf16, batch 256, on one H100
@@ -34,7 +34,7 @@ TEN_CROP = {"overrides": {"data.ten_crop": True}, "metric": "ten_crop_error",
 SINGLE_CROP = {"metric_label": "single 224 centre crop of the 256 resize"}
 
 TABLES = {
-    "2": Group("table2", "imagenet_resnet18", {
+    "2": Comparison("table2", "imagenet_resnet18", {
         "plain18": {"config": "imagenet_plain18"},
         "resnet18_A": {"config": "imagenet_resnet18", "model.shortcut": "A"},
         "plain34": {"config": "imagenet_plain34"},
@@ -43,7 +43,7 @@ TABLES = {
         "resnet18_A": paper.IMAGENET[("resnet18", "10-crop")],
         "plain34": paper.IMAGENET[("plain34", "10-crop")],
         "resnet34_A": paper.IMAGENET[("resnet34_A", "10-crop")]}, **TEN_CROP),
-    "3": Group("table3", "imagenet_resnet34", {
+    "3": Comparison("table3", "imagenet_resnet34", {
         "resnet34_A": {"model.shortcut": "A"},
         "resnet34_B": {"model.shortcut": "B"},
         "resnet34_C": {"model.shortcut": "C"},
@@ -58,7 +58,7 @@ TABLES = {
         "resnet152": paper.IMAGENET[("resnet152", "10-crop")]}, **TEN_CROP),
     # Xie et al. 2017 Table 3: the ResNet baselines trained with the ResNeXt recipe
     # (fb.resnet.torch's pipeline, 100 epochs) and the stride on the 3×3, single crop.
-    "resnext": Group("resnext", "imagenet_resnext50_32x4d", {
+    "resnext": Comparison("resnext", "imagenet_resnext50_32x4d", {
         "resnet50": {"model.name": "resnet50", "model.stride_on": "conv3x3"},
         "resnext50_32x4d": {},
         "resnet101": {"config": "imagenet_resnext101_32x4d", "model.name": "resnet101",

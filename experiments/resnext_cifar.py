@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from resnet_jax import paper
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 
 # Xie et al. 2017, Table 2: bottleneck width d for each cardinality C at ~constant complexity.
 CARDINALITY_WIDTH = ((1, 64), (2, 40), (4, 24), (8, 14), (32, 4))
@@ -32,7 +32,7 @@ def main() -> None:
     groups = []
     for dataset in (["cifar10"] if args.smoke else args.datasets):
       nets = ("resnext29_8x64d",) if args.smoke else ("resnext29_8x64d", "resnext29_16x64d")
-      groups.append(Group(dataset, f"{dataset}_resnext29_8x64d",
+      groups.append(Comparison(dataset, f"{dataset}_resnext29_8x64d",
                           {n: {"config": f"{dataset}_{n}"} for n in nets},
                           {n: paper.RESNEXT_CIFAR[(dataset, n)] for n in nets}))
     run("resnext_table7", groups, args, "ResNeXt-29 on CIFAR (Xie et al. 2017, Table 7)",
@@ -47,7 +47,7 @@ def main() -> None:
       fields.update({"model.stage_widths": (64 // k, 128 // k, 256 // k), "model.stem_width": 64 // k,
                      "model.bottleneck_width": max(1, d // k)})
     variants[f"{c}x{d}d"] = fields
-  run("resnext_cardinality", [Group("cardinality", "cifar10_resnext29_8x64d", variants, {})], args,
+  run("resnext_cardinality", [Comparison("cardinality", "cifar10_resnext29_8x64d", variants, {})], args,
       "Cardinality vs width on CIFAR-10 at reduced scale (Xie et al. 2017, Tables 2-3)",
       notes=[f"widths divided by {k}; ImageNet ResNeXt-50 top-1 for the same C×d (Table 3): "
              + ", ".join(f"{c}×{d}d {IMAGENET_TABLE3[c]}" for c, d in CARDINALITY_WIDTH)])

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from resnet_jax import paper
-from resnet_jax.reproduce import Group, main_guard, parser, run
+from resnet_jax.reproduce import Comparison, main_guard, parser, run
 from resnet_jax.models import UNIT_ORDERS
 
 
@@ -23,7 +23,7 @@ def main() -> None:
   args = p.parse_args()
   if args.table == 2:
     groups = [
-        Group(net, config, {order: {"model.unit_order": order} for order in UNIT_ORDERS},
+        Comparison(net, config, {order: {"model.unit_order": order} for order in UNIT_ORDERS},
               {order: paper.UNIT_ORDERS[(model, order)] for order in UNIT_ORDERS})
         for net, config, model in (("resnet110", "cifar10_resnet110", "cifar_resnet110"),
                                    ("resnet164", "cifar10_preact_resnet164", "cifar_preact_resnet164"))]
@@ -34,7 +34,7 @@ def main() -> None:
       for depth in ((164,) if args.smoke else (164, 1001)):
         model = f"cifar_preact_resnet{depth}"
         orders = ("original", "full_preact")
-        groups.append(Group(f"{dataset}_resnet{depth}", f"{dataset}_preact_resnet{depth}",
+        groups.append(Comparison(f"{dataset}_resnet{depth}", f"{dataset}_preact_resnet{depth}",
                             {o: {"model.unit_order": o} for o in orders},
                             {o: paper.PREACT[(dataset, model, o)] for o in orders}))
     title = "Original vs pre-activation units (He et al. 2016, Table 3)"

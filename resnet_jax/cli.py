@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from resnet_jax.commands import UsageError
+from resnet_jax import errors
 from resnet_jax.runtime import allocator
 
 USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
@@ -47,6 +47,15 @@ def _error(command: str, message: str) -> int:
   return 2
 
 
+def _fault(command: str, error: errors.Error) -> int:
+  """The one place a command's documented fault becomes its message and exit code: "error:"
+  before input the user can correct (exit 2), the message alone for a fault of the run (1)."""
+  if error.exit_code == 2:
+    return _error(command, str(error))
+  print(f"resnet-jax {command}: {error}", file=sys.stderr)
+  return error.exit_code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The `resnet-jax` program; `argv` None means the command line (sys.argv).
 
@@ -68,14 +77,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if from_command_line and argv[0] in _ALLOCATOR_COMMANDS and not asks_help:
     try:
       note = allocator.reexec_if_useful(argv)
-    except allocator.AllocatorError as e:
-      return _error(argv[0], str(e))
+    except errors.Error as e:
+      return _fault(argv[0], e)
     if note and argv[0] in ("train", "bench"):
       print(note, flush=True)
   try:
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-  except UsageError as e:
-    return _error(argv[0], str(e))
+  except errors.Error as e:
+    return _fault(argv[0], e)
+  except OSError as e:  # the filesystem failed outside resnet_jax's own files (the data, a cache)
+    print(f"resnet-jax {argv[0]}: {e}", file=sys.stderr)
+    return 1
   except KeyboardInterrupt:  # Ctrl-C before training started, or a second Ctrl-C
     print(f"resnet-jax {argv[0]}: interrupted", file=sys.stderr)
     return 130

@@ -28,3 +28,8 @@ def one_line(error: BaseException, limit: int = 240) -> str:
   text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
   text = f"{type(error).__name__}: {text}" if text else type(error).__name__
   return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class MissingError(Error, FileNotFoundError):
+  """A file, checkpoint or dataset that is not there (the message says how to make it): exits 2."""
+  exit_code = 2

@@ -39,6 +39,7 @@ import numpy as np
 from packaging.version import Version
 from safetensors.numpy import load_file as load_safetensors
 
+from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax.data.preprocessing import Preprocessing
 from resnet_jax.models import layers
@@ -62,7 +63,7 @@ class SuspiciousWeightsWarning(UserWarning):
   """A weights file holds NaN/Inf values, or integer tensors where weights are floats."""
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.InputError):
   """A state dict does not match the network it is converted to or from."""
 
 
@@ -72,7 +73,7 @@ def our_name(name: str) -> str:
   if name in TORCHVISION:
     return name
   if name not in _OURS:
-    raise ValueError(f"no torchvision equivalent for {name!r}; supported: {', '.join(TORCHVISION)}")
+    raise errors.InputError(f"no torchvision equivalent for {name!r}; supported: {', '.join(TORCHVISION)}")
   ours = _OURS[name]
   warnings.warn(f"{name!r} is torchvision's name of our {ours!r} (the bottleneck's stride on the 3×3); "
                 f"rj.models.create({name!r}) is He et al.'s network (stride on the first 1×1), which computes "
@@ -231,7 +232,7 @@ def to_torchvision(variables: Mapping[str, Any] | TrainedNetwork, name: Optional
     model, name, variables = variables.model, variables.name, variables.variables
   else:
     if name is None:
-      raise ValueError("to_torchvision(variables, name): name the network, e.g. 'resnet50_v1_5'")
+      raise errors.InputError("to_torchvision(variables, name): name the network, e.g. 'resnet50_v1_5'")
     name = our_name(name)
     params = variables["params"]
     num_classes = int(np.shape(params["head"]["kernel"])[1]) if "head" in params else 0
@@ -267,7 +268,7 @@ def read(path: str | pathlib.Path) -> Dict[str, Any]:
     state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
     state_dict = state_dict.get("state_dict", state_dict) if isinstance(state_dict, dict) else state_dict
   else:
-    raise ValueError(f"unknown checkpoint format {path.suffix!r} of {path}; valid: .safetensors, .npz, .pth, .pt")
+    raise errors.InputError(f"unknown checkpoint format {path.suffix!r} of {path}; valid: .safetensors, .npz, .pth, .pt")
   state_dict = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}  # DataParallel prefixes
   _warn_suspicious(path, state_dict)
   return state_dict

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from resnet_jax import errors
+
 
 # How a paper reports a result over several runs (He et al. 2015 Table 6: "best (mean±std)";
 # He et al. 2016: "median of 5 runs", Table 4 "median (mean±std)"; Xie et al. 2017: "average").
@@ -28,7 +30,7 @@ class PaperResult:
 
   def __post_init__(self):
     if self.statistic not in STATISTICS:
-      raise ValueError(f"statistic={self.statistic!r} is not one of {STATISTICS}")
+      raise errors.InputError(f"statistic={self.statistic!r} is not one of {STATISTICS}")
 
   def text(self) -> str:
     """The figure as the paper prints it: "6.43 (6.61±0.16), best (mean±std) of 5 runs"."""

@@ -1,7 +1,7 @@
 """The command line and reporting shared by the paper-reproduction scripts (`experiments/*.py`).
 
 Public so that a user's own reproduction script gets the same flags, protocols and
-outputs: build `Group`s of variants and call `run(...)` (see `experiments/cifar_depth.py`).
+outputs: build `Comparison`s of variants and call `run(...)` (see `experiments/cifar_depth.py`).
 
 Every script takes ``--workdir`` (runs resume there; finished runs are not redone),
 ``--smoke`` (the configs' tiny ``:smoke`` variants, a few steps on CPU), ``--steps`` /
@@ -19,15 +19,14 @@ import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
 
+from resnet_jax import errors
 import resnet_jax as rj
 import resnet_jax.data as rjd
 from resnet_jax import study as study_lib
 from resnet_jax.paper import PaperResult
 from resnet_jax.runtime.provenance import device_description, git_commit
-from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import workdir as workdir_lib
-from resnet_jax.train import workdir_io
+from resnet_jax.storage import files as files_lib
+from resnet_jax.train import report
 
 # The papers' CIFAR schedule is in iterations; splits of the two error protocols
 # of ../shared/data/README.md (and of the paper's §4.2 45k/5k split).
@@ -42,7 +41,7 @@ SMOKE_PROTOCOLS = {
 
 
 @dataclasses.dataclass
-class Group:
+class Comparison:
   """One study of an experiment: variants of one base config, with the paper's numbers.
 
   `overrides` apply to every variant of the group (e.g. `{"data.ten_crop": True}`);
@@ -123,9 +122,52 @@ def prepare_data(args, data_dir: Optional[str]) -> None:
     rjd.prepare("cifar10", args.cifar10_source, data_dir, allow_partial=args.smoke)
 
 
-def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Sequence[str] = (),
+def _studies(groups: Sequence[Comparison], args, splits: tuple[str, str, str], data_dir: Optional[str]) -> list:
+  """`(comparison, base config name, study)` of every comparison with variants left by `--only`.
+
+  Every study is built first: a bad variant or `--set` key fails before any data or training.
+  """
+  bad = [kv for kv in args.set if "=" not in kv]
+  if bad:
+    raise errors.InputError(f"--set {bad[0]!r} is not KEY=VALUE, e.g. --set global_batch_size=256")
+  # Strings: parsed like `resnet-jax train --config.KEY=VALUE` (resnet_jax.configs.apply_overrides).
+  extra = dict(kv.split("=", 1) for kv in args.set)
+  suffix = ":smoke" if args.smoke else ""
+  workdir = files_lib.as_path(args.workdir)
+  studies = []
+  for group in groups:
+    variants = {k: v for k, v in group.variants.items() if args.only is None or k in args.only}
+    if not variants:
+      continue
+    variants = {k: ({**v, study_lib.CONFIG_KEY: v[study_lib.CONFIG_KEY] + suffix} if study_lib.CONFIG_KEY in v else v)
+                for k, v in variants.items()}
+
+    def overrides(base_config, group=group):
+      out = {"data.train_split": splits[0], "data.eval_split": splits[1], **budget_overrides(base_config, args),
+             **group.overrides, **extra}
+      if data_dir:
+        out["data.data_dir"] = data_dir
+      return out
+
+    label = f"{splits[2]}, {group.metric_label}" if group.metric_label else splits[2]
+    studies.append((group, group.base + suffix, rj.compare(
+        base=group.base + suffix, variants=variants, seeds=args.seeds, workdir=workdir / group.name,
+        overrides=overrides, paper=group.paper, error_label=label, metric=group.metric, run=False,
+        on_change="rerun" if getattr(args, "rerun_changed", False) else "error")))
+  if not studies:
+    raise errors.InputError(f"--only {args.only} matches no variant of this experiment")
+  return studies
+
+
+def _budget(args) -> str:
+  return ("smoke (tiny networks, a few steps)" if args.smoke else
+          f"reduced: --steps {args.steps}" if args.steps else
+          f"reduced: --scale {args.scale}" if args.scale else "the paper's full schedule")
+
+
+def run(experiment: str, groups: Sequence[Comparison], args, title: str, notes: Sequence[str] = (),
         splits: Optional[tuple[str, str, str]] = None, data_dir: Optional[str] = None) -> dict:
-  """Runs every group, prints and writes the table, figure and results file.
+  """Runs every comparison, prints and writes the table, figure and results file.
 
   `splits` (train split, eval split, label) and `data_dir` replace the CIFAR
   protocols and data preparation (the ImageNet script passes its own).
@@ -138,79 +180,43 @@ def run(experiment: str, groups: Sequence[Group], args, title: str, notes: Seque
     protocol = f"{args.protocol} ({splits[2]})"
   else:
     protocol = splits[2]
-  workdir = workdir_io.as_path(args.workdir)
-  results_dir = workdir_io.as_path(args.results) if args.results else workdir
-  bad = [kv for kv in args.set if "=" not in kv]
-  if bad:
-    raise ValueError(f"--set {bad[0]!r} is not KEY=VALUE, e.g. --set global_batch_size=256")
-  # Strings: parsed like `resnet-jax train --config.KEY=VALUE` (resnet_jax.configs.apply_overrides).
-  extra = dict(kv.split("=", 1) for kv in args.set)
-  # Build every study first: a bad variant or --set key fails before any data or training.
-  studies = []
-  for group in groups:
-    variants = {k: v for k, v in group.variants.items() if args.only is None or k in args.only}
-    if not variants:
-      continue
-    suffix = ":smoke" if args.smoke else ""
-    base = group.base + suffix
-    variants = {k: ({**v, study_lib.CONFIG_KEY: v[study_lib.CONFIG_KEY] + suffix} if study_lib.CONFIG_KEY in v else v)
-                for k, v in variants.items()}
-
-    def overrides(base_config, group=group):
-      out = {"data.train_split": splits[0], "data.eval_split": splits[1], **budget_overrides(base_config, args),
-             **group.overrides, **extra}
-      if data_dir:
-        out["data.data_dir"] = data_dir
-      return out
-
-    label = f"{splits[2]}, {group.metric_label}" if group.metric_label else splits[2]
-    studies.append((group, base, rj.compare(base=base, variants=variants, seeds=args.seeds,
-                                            workdir=workdir / group.name, overrides=overrides,
-                                            paper=group.paper, error_label=label, metric=group.metric,
-                                            run=False,
-                                            on_change="rerun" if getattr(args, "rerun_changed", False) else "error")))
-  if not studies:
-    raise ValueError(f"--only {args.only} matches no variant of this experiment")
+  results_dir = files_lib.as_path(args.results or args.workdir)
+  results_files = files_lib.files_for(results_dir)
+  studies = _studies(groups, args, splits, data_dir)
   if cifar:
     prepare_data(args, data_dir)
-  workdir_io.make_dirs(results_dir)
+  results_files.make_dirs(results_dir)
   tables, records = [], []
   pack = {"on": True, "off": False}.get(getattr(args, "pack", "auto"), "auto")
   limit = getattr(args, "time_limit", None)
-  deadline = None if limit is None else time.monotonic() + metrics_lib.parse_duration(limit)
+  deadline = None if limit is None else time.monotonic() + report.parse_duration(limit)
   for group, base, study in studies:
-    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-    study.run(pack=pack, time_limit=left)
+    study.run(pack=pack, time_limit=None if deadline is None else max(deadline - time.monotonic(), 0.0))
     table = study.table()
     tables.append(f"### {group.name} ({base})\n\n{table}")
     figure = study.plot(results_dir / f"{experiment}_{group.name}.png", title=f"{title}: {group.name}")
     records.extend(study.results())
     print(f"\n### {group.name} ({base})\n\n{table}\n\nfigure: {figure}", flush=True)
-  budget = ("smoke (tiny networks, a few steps)" if args.smoke else
-            f"reduced: --steps {args.steps}" if args.steps else
-            f"reduced: --scale {args.scale}" if args.scale else "the paper's full schedule")
-  header = [f"# {title}", "", f"- budget: {budget}", f"- protocol: {protocol}",
+  header = [f"# {title}", "", f"- budget: {_budget(args)}", f"- protocol: {protocol}",
             f"- seeds: {args.seeds}", f"- commit: {git_commit()}",
             f"- device: {device_description()}", *[f"- {n}" for n in notes], ""]
-  text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
-  workdir_io.write_atomic(results_dir / "table.md", text)
-  summary = {"experiment": experiment, "title": title, "budget": budget,
-             "protocol": protocol,
+  results_files.write_atomic(results_dir / "table.md", "\n".join(header) + "\n" + "\n\n".join(tables) + "\n")
+  summary = {"experiment": experiment, "title": title, "budget": _budget(args), "protocol": protocol,
              "error_label": splits[2], "seeds": args.seeds, "wall_time_s": time.time() - start,
              "commit": git_commit(), "device": device_description(), "runs": records}
-  workdir_io.write_atomic(results_dir / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+  results_files.write_json(results_dir / "results.json", summary, indent=2)
   print(f"\nwrote {results_dir / 'table.md'} and {results_dir / 'results.json'}", flush=True)
   return summary
 
 
 def main_guard(fn) -> None:
-  """Runs an experiment's `main`: user errors (bad flags, changed settings, busy or damaged
-  workdirs, a full disk) end in one line on stderr, not a traceback."""
+  """Runs an experiment's `main`: its documented faults (bad flags, changed settings, busy or
+  damaged workdirs, a full disk) end in one line on stderr with their exit code, not a traceback."""
   try:
     fn()
-  except (ValueError, FileNotFoundError, workdir_lib.WorkdirError) as e:
+  except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
-  except (ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError, OSError) as e:  # OSError: storage
+    raise SystemExit(e.exit_code) from None
+  except OSError as e:  # storage outside resnet_jax's own files
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None

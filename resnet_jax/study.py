@@ -25,57 +25,54 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import matplotlib
 import ml_collections
 
+from resnet_jax import errors
 from resnet_jax import configs
 from resnet_jax.paper import PaperResult
 from resnet_jax.runtime.provenance import device_description, git_commit
-from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.storage import files as files_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import ConfigChangedError, Workdir, config_changes, describe_changes
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import load as load_lib
 from resnet_jax.train import loop
-from resnet_jax.train import metrics
 from resnet_jax.train import packing
-from resnet_jax.train import workdir as workdir_lib
-from resnet_jax.train import workdir_io
+from resnet_jax.train import report
 
-RESULT_FILE = "result.json"
+RESULT_FILE = Workdir.RESULT
 ON_CHANGE = ("error", "rerun")
 # A variant may train from another config: {"resnet110": {"config": "cifar10_resnet110"}}.
 CONFIG_KEY = "config"
 
 
 @dataclasses.dataclass
-class Run:
+class StudyRun:
+  """One (variant, seed) of a study and its workdir."""
   variant: str
   seed: int
-  workdir: pathlib.Path
+  workdir: Workdir
 
   @property
-  def result_path(self) -> pathlib.Path:
+  def result_path(self):
     return self.workdir / RESULT_FILE
 
   @property
   def finished(self) -> bool:
-    return self.result_path.is_file()
+    return self.workdir.has(RESULT_FILE)
 
   def result(self) -> Optional[dict]:
-    return json.loads(workdir_io.read_text(self.result_path)) if self.finished else None
+    return self.workdir.read_json(RESULT_FILE) if self.finished else None
 
   def saved_step(self) -> Optional[int]:
     """The step of the run's newest checkpoint (None before its first)."""
-    steps = ckpt_lib.finished_steps(self.workdir / load_lib.CHECKPOINT_DIR)
+    steps = self.workdir.saved_steps()
     return steps[-1] if steps else None
 
   def curves(self) -> list[dict]:
-    return metrics.read_metrics(self.workdir)
+    return self.workdir.read_metrics()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (0 for a single run)."""
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-class StudyConfigChangedError(ValueError):
-  """A study was run again with settings other than those its runs were trained with."""
 
 
 class Study:
@@ -87,16 +84,16 @@ class Study:
                paper: Optional[Mapping[str, PaperResult | float | None]] = None,
                error_label: str = "test error", metric: str = "error", on_change: str = "error"):
     if on_change not in ON_CHANGE:
-      raise ValueError(f"on_change={on_change!r} is not one of {ON_CHANGE}")
+      raise errors.InputError(f"on_change={on_change!r} is not one of {ON_CHANGE}")
     self.on_change = on_change
     if not variants:
-      raise ValueError("compare needs at least one variant, e.g. {'identity': {}}")
+      raise errors.InputError("compare needs at least one variant, e.g. {'identity': {}}")
     if not seeds:
-      raise ValueError("compare needs at least one seed")
+      raise errors.InputError("compare needs at least one seed")
     self.base = base
     self.variants = {k: dict(v) for k, v in variants.items()}
     self.seeds = tuple(int(s) for s in seeds)
-    self.workdir = workdir_io.as_path(workdir)
+    self.workdir = files_lib.as_path(workdir)
     self.overrides = overrides if callable(overrides) else dict(overrides or {})
     self.paper = dict(paper or {})
     self.error_label = error_label
@@ -104,14 +101,14 @@ class Study:
     self.configs = {}
     for name, variant in self.variants.items():
       if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"variant name {name!r} must be usable as a folder name")
+        raise errors.InputError(f"variant name {name!r} must be usable as a folder name")
       variant = dict(variant)
       base_config = configs.load(variant.pop(CONFIG_KEY, base))
       common = self.overrides(base_config) if callable(self.overrides) else self.overrides
       self.configs[name] = configs.apply_overrides(base_config, {**common, **variant})
-    self.runs = [Run(v, s, self.workdir / v / f"seed{s}") for v in self.variants for s in self.seeds]
+    self.runs = [StudyRun(v, s, Workdir(self.workdir / v / f"seed{s}")) for v in self.variants for s in self.seeds]
 
-  def config_for(self, run: Run) -> ml_collections.ConfigDict:
+  def config_for(self, run: StudyRun) -> ml_collections.ConfigDict:
     return configs.apply_overrides(self.configs[run.variant], {"seed": run.seed})
 
   def run(self, train_fn: Optional[Callable[..., dict]] = None, log: Callable[[str], None] = print,
@@ -124,7 +121,7 @@ class Study:
     False trains every run alone. `time_limit` (seconds, or "10m"): at the limit every run
     in training saves and the call returns; running it again continues (`unfinished()`).
     """
-    deadline = None if time_limit is None else time.monotonic() + metrics.parse_duration(time_limit)
+    deadline = None if time_limit is None else time.monotonic() + report.parse_duration(time_limit)
     todo = [run for run in self.runs if not self._prepare(run, log)]
     groups = self.pack_groups(todo, pack) if train_fn is None else [[run] for run in todo]
     if any(len(g) > 1 for g in groups):
@@ -135,7 +132,7 @@ class Study:
       left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
       names = ", ".join(f"{r.variant} seed {r.seed}" for r in group)
       log(f"[{names}] training {'packed in one program ' if len(group) > 1 else ''}in "
-          f"{group[0].workdir.parent if len(group) > 1 else group[0].workdir}")
+          f"{group[0].workdir.path.parent if len(group) > 1 else group[0].workdir}")
       start = time.time()
       if len(group) > 1:
         outs = loop.train_packed([self.config_for(r) for r in group], [r.workdir for r in group], time_limit=left,
@@ -144,68 +141,68 @@ class Study:
         outs = [train_fn(self.config_for(group[0]), group[0].workdir, **({"time_limit": left} if left is not None else {}))]
       for run, out in zip(group, outs):
         self._record(run, out, time.time() - start, log)
-      if any(out.get("preempted") for out in outs):
+      if any(out.preempted for out in outs):
         raise KeyboardInterrupt(f"{group[0].workdir} was preempted; rerun the study to resume")
-      if any(out.get("stopped") for out in outs):
+      if any(out.stopped for out in outs):
         break
     finished = sum(r.finished for r in self.runs)
     if finished < len(self.runs):
       log(f"{finished} of {len(self.runs)} runs finished; run the same command again to continue")
     return self
 
-  def pack_groups(self, runs: Sequence[Run], pack: bool | str = "auto") -> list[list[Run]]:
+  def pack_groups(self, runs: Sequence[StudyRun], pack: bool | str = "auto") -> list[list[StudyRun]]:
     """`runs` in groups trained together: by `train.packing.groups`, or one by one."""
     if pack not in (True, False, "auto"):
-      raise ValueError(f"pack={pack!r} is not one of True, False, 'auto'")
+      raise errors.InputError(f"pack={pack!r} is not one of True, False, 'auto'")
     if pack == "auto":
       pack = packing.packs_by_default()
     if not pack:
       return [[run] for run in runs]
     return [[runs[i] for i in group] for group in packing.groups([self.config_for(r) for r in runs])]
 
-  def _record(self, run: Run, out: dict, wall_time: float, log: Callable[[str], None]) -> None:
+  def _record(self, run: StudyRun, out: loop.RunResult, wall_time: float, log: Callable[[str], None]) -> None:
     """Writes a finished run's result.json; reports a run that stopped early."""
-    if "error" in out:
-      log(f"[{run.variant} seed {run.seed}] stopped: {out['error']}")
+    if out.error is not None:
+      log(f"[{run.variant} seed {run.seed}] stopped: {out.error}")
       return
-    if out.get("stopped") or out.get("preempted"):
+    if out.stopped:
       return
     config = self.config_for(run)
     record = {
-        "base": self.base, "variant": run.variant, "seed": run.seed, "step": int(out["step"]),
-        "eval": out["eval"], "train": out["train"], "wall_time_s": wall_time,
+        "base": self.base, "variant": run.variant, "seed": run.seed, "step": int(out.step),
+        "eval": out.eval, "train": out.train, "wall_time_s": wall_time,
         "commit": git_commit(), "device": device_description(), "config": config.to_dict(),
     }
-    workdir_io.write_atomic(run.result_path, json.dumps(record, indent=2, default=str) + "\n")
+    run.workdir.write_text(RESULT_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
-  def _prepare(self, run: Run, log: Callable[[str], None]) -> bool:
+  def _prepare(self, run: StudyRun, log: Callable[[str], None]) -> bool:
     """Checks a run's workdir against its config (moving it aside if asked); True if finished."""
     config = self.config_for(run)
     changes = self._changes(run, config)
     if changes:
       what = f"[{run.variant} seed {run.seed}] {run.workdir} was trained with other settings: {changes}"
       if self.on_change == "error":
-        raise StudyConfigChangedError(
+        raise ConfigChangedError(
             f"{what} (trained -> requested). Use another study workdir, or on_change='rerun' to move the "
             "old runs aside and train them again")
-      aside = run.workdir.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-      workdir_io.move_tree(run.workdir, aside)
+      aside = Workdir(run.workdir.path.with_name(f"{run.workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+      run.workdir.move_to(aside)
       log(f"{what}; moved it to {aside} and training it again")
     if run.finished:
       log(f"[{run.variant} seed {run.seed}] finished earlier: {run.result_path}")
     return run.finished
 
-  def _changes(self, run: Run, config: ml_collections.ConfigDict) -> str:
+  def _changes(self, run: StudyRun, config: ml_collections.ConfigDict) -> str:
     """The fields in which `run`'s stored config differs from `config` ("" if none or no run)."""
     if run.finished:
       saved = run.result().get("config")
-    elif (run.workdir / config_lib.CONFIG_FILE).is_file() and any((run.workdir / "checkpoints").glob("[0-9]*")):
+    elif run.workdir.has(config_lib.CONFIG_FILE) and run.workdir.saved_steps():
       saved = config_lib.load_config(run.workdir)
     else:
       return ""
     if saved is None:
       return ""
-    return workdir_lib.describe_changes(workdir_lib.config_changes(saved, config))
+    return describe_changes(config_changes(saved, config))
 
   def results(self) -> list[dict]:
     return [r.result() for r in self.runs if r.finished]
@@ -227,7 +224,7 @@ class Study:
                       "unfinished": {r.seed: r.saved_step() for r in runs if not r.finished}}
     return out
 
-  def _final(self, run: Run) -> float:
+  def _final(self, run: StudyRun) -> float:
     evaluation = run.result()["eval"]
     if self.metric not in evaluation:
       raise KeyError(f"{run.result_path} has no eval metric {self.metric!r}; it has {sorted(evaluation)}")
@@ -269,7 +266,7 @@ class Study:
       for kind, key, ax in (("train", "loss", ax_loss), ("eval", self.metric, ax_err)):
         by_step: dict[int, list[float]] = {}
         for run in runs:
-          for step, rec in metrics.latest_per_step(run.curves(), kind, key).items():
+          for step, rec in records.latest_per_step(run.curves(), kind, key).items():
             by_step.setdefault(step, []).append(rec[key])
         if by_step:
           steps = sorted(by_step)
@@ -285,12 +282,13 @@ class Study:
     if title:
       fig.suptitle(title)
     fig.tight_layout()
-    path = workdir_io.as_path(path)
-    workdir_io.make_dirs(path.parent)
+    path = files_lib.as_path(path)
+    files = files_lib.files_for(path)
+    files.make_dirs(path.parent)
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    workdir_io.write_atomic(path, image.getvalue())
+    files.write_atomic(path, image.getvalue())
     return path
 
 

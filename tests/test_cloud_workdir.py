@@ -19,15 +19,17 @@ import pytest
 import support
 
 from resnet_jax import cli
+from resnet_jax import storage
 from resnet_jax import study as study_lib
 from resnet_jax import train as rt
 from resnet_jax.data import remote
 from resnet_jax.data import testing as data_testing
-from resnet_jax.runtime import object_store
-from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import lease as lease_lib
-from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import workdir_io
+from resnet_jax.storage import object_store
+from resnet_jax.storage import checkpoints as ckpt_lib
+from resnet_jax.storage import lease as lease_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import Workdir
+from resnet_jax.storage import files as files_lib
 from gcs_emulator import GcsEmulator
 from test_train_multiprocess import WORKER
 
@@ -101,7 +103,7 @@ def test_train_second_trainer_refused_sigterm_resume_bit_exact_then_eval_and_loa
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if metrics_lib.read_metrics(workdir):  # the first record is written at once, later ones every few s
+    if Workdir(workdir).read_metrics():  # the first record is written at once, later ones every few s
       break
     time.sleep(0.05)
   # A second trainer on the same workdir meanwhile: refused in one line naming the first.
@@ -119,17 +121,17 @@ def test_train_second_trainer_refused_sigterm_resume_bit_exact_then_eval_and_loa
   assert not object_store.as_path(f"{workdir}/.lock").exists()  # the lease is released
 
   resumed = rt.train(_config(**STEPS), workdir)
-  assert resumed["step"] == STEPS["num_steps"]
-  for a, b in zip(_leaves(reference["state"]), _leaves(resumed["state"]), strict=True):
+  assert resumed.step == STEPS["num_steps"]
+  for a, b in zip(_leaves(reference.state), _leaves(resumed.state), strict=True):
     np.testing.assert_array_equal(a, b)
   # Every record once: the preempted session's up to its checkpoint, then the resumed one's.
-  records = metrics_lib.read_metrics(workdir)
-  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, STEPS["num_steps"] + 1))
-  reference_records = metrics_lib.read_metrics(reference_dir)
+  written = Workdir(workdir).read_metrics()
+  assert [r["step"] for r in written if r["kind"] == "train"] == list(range(1, STEPS["num_steps"] + 1))
+  reference_records = Workdir(reference_dir).read_metrics()
   for kind in ("train", "eval"):
-    assert ({s: r.get("loss") for s, r in metrics_lib.latest_per_step(records, kind).items()}
-            == {s: r.get("loss") for s, r in metrics_lib.latest_per_step(reference_records, kind).items()})
-  sessions = metrics_lib.read_sessions(workdir)
+    assert ({s: r.get("loss") for s, r in records.latest_per_step(written, kind).items()}
+            == {s: r.get("loss") for s, r in records.latest_per_step(reference_records, kind).items()})
+  sessions = Workdir(workdir).read_sessions()
   assert [(r["event"], r["step"]) for r in sessions] == [
       ("start", 0), ("end", saved), ("start", saved), ("end", STEPS["num_steps"])]
   tensorboard = list(object_store.as_path(f"{workdir}/tensorboard").iterdir())
@@ -141,7 +143,7 @@ def test_train_second_trainer_refused_sigterm_resume_bit_exact_then_eval_and_loa
   result = json.loads(capsys.readouterr().out)
   assert result["step"] == STEPS["num_steps"] and result["num_examples"] == 50
   _, variables = rt.load_variables(workdir)
-  for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(resumed["state"].params)),
+  for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(resumed.state.params)),
                   strict=True):
     np.testing.assert_array_equal(a, b)
   net = rt.load_network(workdir)  # with the preprocessing.json the run recorded in the bucket
@@ -184,7 +186,7 @@ def test_a_stale_lease_is_taken_over_with_a_notice(straight, capsys):
           "lease_seconds": 120, "token": "dead"}
   assert object_store.write_object(f"{workdir}/.lock", json.dumps(dead).encode(), if_generation=0)
   capsys.readouterr()
-  assert rt.train(_config(num_steps=2), workdir)["step"] == 2
+  assert rt.train(_config(num_steps=2), workdir).step == 2
   lines = [line for line in capsys.readouterr().out.splitlines() if "lease" in line]
   assert len(lines) == 1 and lines[0].startswith(
       f"took over the lease of workdir {workdir} from pid 4242 on pod-worker-7, since 2026-01-01T00:00:00 "
@@ -223,7 +225,7 @@ def test_compare_on_gs_resumes_finished_runs_and_moves_changed_ones_aside(gs_dat
   capsys.readouterr()
   study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides=overrides, pack=False)
   assert capsys.readouterr().out.count("finished earlier: gs://runs/study/") == 2
-  with pytest.raises(study_lib.StudyConfigChangedError, match=r"num_steps: 2 -> 3"):
+  with pytest.raises(storage.ConfigChangedError, match=r"num_steps: 2 -> 3"):
     study_lib.compare("cifar10_resnet20:smoke", variants, workdir=workdir, overrides={**overrides, "num_steps": 3},
                       pack=False)
   again = study_lib.compare("cifar10_resnet20:smoke", {"a": {}}, workdir=workdir,
@@ -273,15 +275,15 @@ def test_jsonl_on_an_object_is_rewritten_whole_and_keeps_every_record_once(gcs):
   url = f"gs://{BUCKET}/jsonl/metrics.jsonl"
   object_store.as_path(url).write_bytes(b'{"step": 1}\n{"step": 2, "lo')  # a copy cut short
   logged = []
-  appender = workdir_io.open_jsonl(url, log=logged.append)
+  appender = files_lib.files_for(url).open_jsonl(url, log=logged.append)
   appender.append({"step": 3})  # the first record is written at once
   appender.append({"step": 4})  # the next ones at most every OBJECT_REWRITE_SECONDS ...
-  assert [r["step"] for r in workdir_io.read_jsonl(url)] == [1, 3]
+  assert [r["step"] for r in files_lib.files_for(url).read_jsonl(url)] == [1, 3]
   appender.flush()  # ... or when flushed (before each checkpoint)
-  assert [r["step"] for r in workdir_io.read_jsonl(url, log=logged.append)] == [1, 3, 4]
+  assert [r["step"] for r in files_lib.files_for(url).read_jsonl(url, log=logged.append)] == [1, 3, 4]
   appender.close()
-  workdir_io.append_jsonl(url, {"step": 5})  # a resumed run continues the same records
-  assert [r["step"] for r in workdir_io.read_jsonl(url)] == [1, 3, 4, 5]
+  files_lib.files_for(url).append_jsonl(url, {"step": 5})  # a resumed run continues the same records
+  assert [r["step"] for r in files_lib.files_for(url).read_jsonl(url)] == [1, 3, 4, 5]
   assert logged == [f"{url}: its last line was cut short (a crash while writing it); it is kept, and new "
                     "records start on a fresh line",
                     f"{url}: skipped 1 line(s) that are not complete records, cut short by a crash (line 2)"]

@@ -14,7 +14,7 @@ from resnet_jax import train as rt
 from resnet_jax.configs import base
 from resnet_jax.data import augment
 from resnet_jax.runtime import cpu_compile, cpu_conv
-from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import optim
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib

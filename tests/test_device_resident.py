@@ -81,7 +81,7 @@ def test_training_is_identical_on_both_placements(data_dir, tmp_path):
                         "placement": placement})
     config.update({"num_steps": 4, "steps_per_dispatch": 2, "eval_batch_size": 20,
                    "log_every_steps": 2})
-    state = rt.train(config, tmp_path / placement)["state"]
+    state = rt.train(config, tmp_path / placement).state
     return jax.tree.leaves(jax.device_get((state.params, state.batch_stats, state.opt_state)))
   for a, b in zip(run("host"), run("device")):
     np.testing.assert_array_equal(a, b)

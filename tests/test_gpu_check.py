@@ -18,13 +18,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_gpu_check_smoke_writes_every_figure(tmp_path):
   source = data_testing.write_cifar10_binary(tmp_path / "src", num_train_per_batch=200, num_test=200, seed=0)
-  env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu", "RESNET_JAX_ALLOCATOR": "system",
-         "GPU_CHECK_BUDGET": "1200"}  # a shared CI machine: the budget is for a GPU
+  # --smoke has no budget and no per-step limits: however loaded the machine, every step runs.
+  env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu", "RESNET_JAX_ALLOCATOR": "system"}
   out = tmp_path / "out"
   run = subprocess.run([str(ROOT / "experiments" / "gpu_check.sh"), str(out), "--smoke", "--cifar", str(source)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=3500)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   status = (out / "status.txt").read_text()
   assert status.count("rc=0") == 10 and "rc=1" not in status and "rc=2" not in status, status

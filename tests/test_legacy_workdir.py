@@ -14,8 +14,9 @@ import shutil
 import pytest
 
 import resnet_jax as rj
-from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.storage import checkpoints as ckpt_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import Workdir
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 # The recipe the fixture was trained with (make_legacy_workdir.FIELDS), on the tiny CIFAR-10 of conftest.
@@ -43,7 +44,7 @@ def test_a_workdir_from_before_the_reshaping_resumes_bit_exactly(data_dir, tmp_p
   workdir = tmp_path / "legacy"
   shutil.copytree(FIXTURES / "legacy_workdir", workdir)
   result = rj.train.train(_config(data_dir, 8), workdir)
-  assert result["step"] == 8
+  assert result.step == 8
   found = _arrays(workdir, 8)
   if found != expected["checksums"]["arrays"]:
     # Only a machine whose XLA:CPU rounds differently (other vector instructions) may differ:
@@ -54,4 +55,4 @@ def test_a_workdir_from_before_the_reshaping_resumes_bit_exactly(data_dir, tmp_p
       pytest.skip("this machine's XLA:CPU rounds differently from the one that wrote the fixture "
                   "(a fresh run does not reproduce its step 4); bit-exactness is checkable only there")
   assert found == expected["checksums"]["arrays"]
-  assert _timeless(metrics_lib.read_metrics(workdir)) == _timeless(expected["metrics"])
+  assert _timeless(Workdir(workdir).read_metrics()) == _timeless(expected["metrics"])

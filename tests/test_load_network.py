@@ -12,7 +12,8 @@ import support
 
 import resnet_jax as rj
 from resnet_jax.data import cifar
-from resnet_jax.data import preprocessing
+from resnet_jax.storage.workdir import Workdir
+from resnet_jax.train import load
 from resnet_jax.train import build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_a_run_records_its_preprocessing_and_is_read_with_another_data_dir(data_
   workdir = tmp_path / "run"
   config = support.smoke_config(local, num_steps=2)
   trained = rj.train.train(config, workdir)
-  assert (workdir / preprocessing.FILE).is_file()
+  assert (workdir / Workdir.PREPROCESSING).is_file()
 
   net = rj.train.load_network(workdir)
   pipe = build.pipeline(config)
@@ -69,18 +70,18 @@ def test_a_run_records_its_preprocessing_and_is_read_with_another_data_dir(data_
   with pytest.raises(FileNotFoundError, match=r"not prepared in .*tfds.*; or read a prepared copy elsewhere: "
                      r"eval --data-dir DIR"):
     rj.train.evaluate(workdir)
-  assert rj.train.evaluate(workdir, data_dir=moved)["error"] == pytest.approx(trained["eval"]["error"])
+  assert rj.train.evaluate(workdir, data_dir=moved)["error"] == pytest.approx(trained.eval["error"])
   monkeypatch.setenv("TFDS_DATA_DIR", str(moved))
   assert rj.train.evaluate(workdir)["num_examples"] == 50
 
   # A run from before runs recorded it: computed from the data (and said so), then stored once.
-  (workdir / preprocessing.FILE).unlink()
+  (workdir / Workdir.PREPROCESSING).unlink()
   said = []
   again = rj.train.load_network(workdir, log=said.append)
   np.testing.assert_array_equal(again.preprocessing.mean, net.preprocessing.mean)
   assert "recorded no preprocessing.json: computed it from the dataset" in said[0]
   rj.train.record_preprocessing(workdir)
-  assert preprocessing.load(workdir).description == net.preprocessing.description
+  assert load.read_preprocessing(workdir).description == net.preprocessing.description
 
 
 def test_best_without_any_evaluation_says_what_to_use(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from resnet_jax.data import augment
-from resnet_jax.data import preprocessing
+from resnet_jax.storage.workdir import Workdir
+from resnet_jax.train import load
 from resnet_jax.data.preprocessing import Preprocessing
 
 
@@ -23,10 +24,10 @@ def test_per_pixel_mean_is_the_cifar_eval_transform_and_survives_its_file(tmp_pa
                                                      augment=True, padding=4)
   np.testing.assert_array_equal(jax.jit(recorded)(images), jax.jit(pipeline_eval)(images))
   np.testing.assert_array_equal(recorded(images), pipeline_eval(images))
-  read = preprocessing.load(recorded.save(tmp_path).parent)
+  read = load.read_preprocessing(load.record_preprocessing_of(Workdir(tmp_path), recorded).parent)
   np.testing.assert_array_equal(read.mean, mean)  # every float32 bit, from the shortest decimals
   assert (read.input_size, read.resize_size, read.description) == ((32, 32), None, "a mean image")
-  assert preprocessing.load(tmp_path / "elsewhere") is None
+  assert load.read_preprocessing(tmp_path / "elsewhere") is None
 
 
 def test_imagenet_resize_and_center_crop_match_pillow_within_a_grey_level():
@@ -66,6 +67,6 @@ def test_images_of_another_size_or_layout_are_refused():
 
 
 def test_an_unreadable_file_names_itself_and_the_fix(tmp_path):
-  (tmp_path / preprocessing.FILE).write_text(json.dumps({"mean": [0.5]}))
+  (tmp_path / Workdir.PREPROCESSING).write_text(json.dumps({"mean": [0.5]}))
   with pytest.raises(ValueError, match=r"preprocessing.json is unreadable \(KeyError.*record_preprocessing"):
-    preprocessing.load(tmp_path)
+    load.read_preprocessing(tmp_path)

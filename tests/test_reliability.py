@@ -19,12 +19,14 @@ import support
 
 import resnet_jax as rj
 from resnet_jax import cli
+from resnet_jax import storage
 from resnet_jax import train as rt
 from resnet_jax.data import testing as data_testing
-from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.storage import checkpoints as ckpt_lib
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import Workdir
+from resnet_jax.storage import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "cifar10_resnet20.py:smoke")
@@ -97,10 +99,10 @@ def test_unreadable_latest_checkpoint_falls_back_for_train_and_eval(data_dir, tm
   resumed = rt.train(smoke_config(data_dir, num_steps=12), workdir)
   out = capsys.readouterr().out
   assert "is unreadable" in out and "resuming from step 10, the newest readable checkpoint" in out
-  kept = list((workdir / ckpt_lib.UNREADABLE_DIR).iterdir())
+  kept = list((workdir / workdir_lib.Workdir.UNREADABLE).iterdir())
   assert len(kept) == 1 and kept[0].name.startswith("12-") and (kept[0] / "state").is_dir()
   assert _steps(workdir) == [10, 12]
-  for a, b in zip(_variables(straight["state"]), _variables(resumed["state"]), strict=True):
+  for a, b in zip(_variables(straight.state), _variables(resumed.state), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
@@ -117,8 +119,8 @@ def test_finished_run_reports_its_final_evaluation_when_run_again(data_dir, tmp_
   workdir = tmp_path / "run"
   first = rt.train(smoke_config(data_dir, num_steps=10), workdir)
   again = rt.train(smoke_config(data_dir, num_steps=10), workdir)
-  assert again["step"] == 10 and again["eval"] == first["eval"]
-  assert again["train"]["loss"] == pytest.approx(first["train"]["loss"])
+  assert again.step == 10 and again.eval == first.eval
+  assert again.train["loss"] == pytest.approx(first.train["loss"])
   # A checkpoint saved without its evaluation (older versions) is evaluated again.
   manager = ckpt_lib.Checkpointer(workdir / "checkpoints")
   metrics_file = workdir / "checkpoints" / "10" / "metrics" / "metrics"
@@ -126,8 +128,8 @@ def test_finished_run_reports_its_final_evaluation_when_run_again(data_dir, tmp_
   assert metrics_file.is_file()
   metrics_file.unlink()
   third = rt.train(smoke_config(data_dir, num_steps=10), workdir)
-  assert third["eval"]["error"] == pytest.approx(first["eval"]["error"])
-  assert third["eval"]["num_examples"] == 50
+  assert third.eval["error"] == pytest.approx(first.eval["error"])
+  assert third.eval["num_examples"] == 50
 
 
 def test_study_whose_run_died_before_its_result_reports_it(data_dir, tmp_path):
@@ -145,7 +147,7 @@ def test_study_whose_run_died_before_its_result_reports_it(data_dir, tmp_path):
 def test_study_refuses_changed_settings_unless_asked_to_rerun(data_dir, tmp_path):
   base = {**OVERRIDES, "data.data_dir": str(data_dir), "num_steps": 4}
   rj.compare(base=SMOKE, variants={"a": {}}, seeds=(0,), workdir=tmp_path, overrides=base)
-  with pytest.raises(rj.study.StudyConfigChangedError,
+  with pytest.raises(storage.ConfigChangedError,
                      match=r"num_steps: 4 -> 6; optimizer.learning_rate: 0.1 -> 0.01"):
     rj.compare(base=SMOKE, variants={"a": {}}, seeds=(0,), workdir=tmp_path,
                overrides={**base, "num_steps": 6, "optimizer.learning_rate": 0.01})
@@ -178,7 +180,7 @@ def test_operational_changes_and_longer_step_schedules_resume(data_dir, tmp_path
   workdir = tmp_path / "run"
   rt.train(smoke_config(data_dir, num_steps=5, checkpoint_every_steps=5), workdir)
   more = rt.train(smoke_config(data_dir, num_steps=7, log_every_steps=1, **{"data.num_threads": 2}), workdir)
-  assert more["step"] == 7
+  assert more.step == 7
   with pytest.raises(workdir_lib.ConfigChangedError, match="num_steps: 7 -> 9"):  # cosine depends on it
     rt.train(smoke_config(data_dir, num_steps=9, **{"schedule.name": "cosine"}), workdir)
 
@@ -192,7 +194,7 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(data_dir, tmp_path
   out = rt.train(config, tmp_path / "b")
   assert f"initialised params and BatchNorm statistics from {tmp_path / 'a'} (5)" in capsys.readouterr().out
   # One step at lr 1e-9 leaves the weights where the source run left them.
-  for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(out["state"].params)),
+  for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(out.state.params)),
                   strict=True):
     np.testing.assert_allclose(a, b, atol=1e-6)
   del model
@@ -208,7 +210,7 @@ def test_kill_9_during_an_async_save_resumes_from_the_newest_complete_checkpoint
       import asyncio, os, pathlib, signal, sys, time
       sys.path.insert(0, {str(ROOT / 'tests')!r})
       from orbax.checkpoint._src.path import atomicity
-      from resnet_jax.train import checkpoint as ckpt_lib
+      from resnet_jax.storage import checkpoints as ckpt_lib
       from test_reliability import smoke_config
       from resnet_jax import train as rt
       rename = atomicity.AtomicRenameTemporaryPath.finalize
@@ -239,10 +241,10 @@ def test_kill_9_during_an_async_save_resumes_from_the_newest_complete_checkpoint
   assert _steps(workdir) == [5]
   resumed = rt.train(smoke_config(data_dir, num_steps=12, checkpoint_every_steps=5, keep_best_checkpoints=0),
                      workdir)
-  assert resumed["step"] == 12
+  assert resumed.step == 12
   assert _steps(workdir) == [5, 10, 12]
   assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
-  sessions = metrics_lib.read_sessions(workdir)
+  sessions = Workdir(workdir).read_sessions()
   assert [r["event"] for r in sessions] == ["start", "start", "end"]  # the killed one never ended
   assert sessions[1]["step"] == 5
 
@@ -273,19 +275,19 @@ def test_two_processes_on_one_workdir_the_second_refuses(data_dir, tmp_path):
   workdir = tmp_path / "run"
   holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
       import sys, time
-      from resnet_jax.train import workdir
-      workdir.lock({str(workdir)!r}); print("locked", flush=True); time.sleep(300)
+      from resnet_jax.storage import Workdir
+      Workdir({str(workdir)!r}).lock(); print("locked", flush=True); time.sleep(300)
   """)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(workdir_lib.WorkdirBusyError,
+    with pytest.raises(storage.WorkdirBusyError,
                        match=rf"workdir {workdir} is in use by another training process \(pid {holder.pid} on "):
       rt.train(smoke_config(data_dir, num_steps=2), workdir)
     assert not (workdir / "checkpoints").exists()
   finally:
     holder.kill()  # kill -9 releases the lock with the process
     holder.wait()
-  assert rt.train(smoke_config(data_dir, num_steps=2), workdir)["step"] == 2
+  assert rt.train(smoke_config(data_dir, num_steps=2), workdir).step == 2
 
 
 def test_sigint_saves_a_checkpoint_then_stops_like_sigterm(data_dir, tmp_path):
@@ -293,7 +295,7 @@ def test_sigint_saves_a_checkpoint_then_stops_like_sigterm(data_dir, tmp_path):
   proc = _cli_train(workdir, data_dir, num_steps=500, log_every_steps=1, checkpoint_every_steps=1000)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if any(r["kind"] == "train" and r["step"] >= 2 for r in metrics_lib.read_metrics(workdir)):
+    if any(r["kind"] == "train" and r["step"] >= 2 for r in Workdir(workdir).read_metrics()):
       break
     time.sleep(0.01)
   proc.send_signal(signal.SIGINT)
@@ -302,20 +304,20 @@ def test_sigint_saves_a_checkpoint_then_stops_like_sigterm(data_dir, tmp_path):
   assert "interrupted (Ctrl-C): saved step" in out and "Traceback" not in err, (out, err)
   saved = _steps(workdir)
   assert len(saved) == 1 and 2 <= saved[0] < 500
-  assert metrics_lib.read_sessions(workdir)[-1]["reason"] == "preempted"
+  assert Workdir(workdir).read_sessions()[-1]["reason"] == "preempted"
 
 
 def test_workdir_of_another_format_is_refused(data_dir, tmp_path, capsys):
   workdir = tmp_path / "run"
   workdir.mkdir()
-  (workdir / workdir_lib.FORMAT_FILE).write_text(json.dumps({"format": 99, "resnet_jax": "9.0.0"}))
+  (workdir / workdir_lib.Workdir.FORMAT).write_text(json.dumps({"format": 99, "resnet_jax": "9.0.0"}))
   code = cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), *_flags(data_dir, num_steps=2)])
   assert code == 2
   line = _one_line_error(capsys.readouterr().err)
   assert "was written by resnet_jax 9.0.0 in workdir format 99" in line and "format 1" in line
   # A new workdir is stamped with this version's format.
   rt.train(smoke_config(data_dir, num_steps=2), tmp_path / "new")
-  assert json.loads((tmp_path / "new" / workdir_lib.FORMAT_FILE).read_text())["format"] == workdir_lib.FORMAT
+  assert json.loads((tmp_path / "new" / workdir_lib.Workdir.FORMAT).read_text())["format"] == workdir_lib.FORMAT
 
 
 # -- data --------------------------------------------------------------------------------------

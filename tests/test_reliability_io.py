@@ -25,11 +25,12 @@ import support
 from resnet_jax import cli
 from resnet_jax import train as rt
 from resnet_jax.data import cifar
-from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.storage import checkpoints as ckpt_lib
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import load as load_lib
-from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import Workdir
+from resnet_jax.storage import workdir as workdir_lib
 from resnet_jax.train.session import TrainingSession
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def finished(data_dir, tmp_path_factory):
   """A finished 10-step run (checkpoints 5 and 10) and its final variables, never modified."""
   workdir = tmp_path_factory.mktemp("finished") / "run"
   result = rt.train(_config(data_dir), workdir)
-  return workdir, result["state"], data_dir
+  return workdir, result.state, data_dir
 
 
 def _copy(workdir, tmp_path) -> pathlib.Path:
@@ -107,7 +108,7 @@ def _copy(workdir, tmp_path) -> pathlib.Path:
 def test_a_checkpoint_folder_that_cannot_be_created_exits_1_at_once(data_dir, tmp_path, mounts, fault):
   """Orbax cannot create step 10's temporary folder: one line, exit 1, no thread left waiting."""
   workdir = tmp_path / "run"
-  assert rt.train(_config(data_dir, num_steps=5), workdir)["step"] == 5
+  assert rt.train(_config(data_dir, num_steps=5), workdir).step == 5
   _, before = rt.load_variables(workdir)
   checkpoints = workdir / "checkpoints"
   if fault == "no inodes":  # a filesystem whose every inode is taken, holding a copy of step 5
@@ -145,7 +146,7 @@ def test_a_disk_that_fills_during_a_save_is_one_line_naming_that_step(data_dir, 
   assert line == (f"resnet-jax train: could not write the checkpoint of step {failed} to {workdir / 'checkpoints'}: "
                   f"no space left on device; the earlier checkpoints are intact (steps {intact}); free space or "
                   "fix the directory, then run the same command again to resume from the newest")
-  assert metrics_lib.read_sessions(workdir)[-1]["reason"].startswith("CheckpointWriteError")
+  assert Workdir(workdir).read_sessions()[-1]["reason"].startswith("CheckpointWriteError")
   reference = tmp_path / "reference"  # the same run on a disk with room, to the same step
   rt.train(_config(data_dir, num_steps=intact[-1]), reference)
   _assert_bit_exact(rt.load_variables(reference)[1], rt.load_variables(workdir)[1])
@@ -320,7 +321,7 @@ def test_a_missing_config_json_does_not_let_a_changed_recipe_resume(data_dir, tm
                        ("schedule.name", "cosine"), ("optimizer.weight_decay", 0.0)):
     with pytest.raises(workdir_lib.ConfigChangedError, match=rf"{field}: "):
       rt.train(_config(data_dir, **{field: value}), workdir)
-  assert rt.train(_config(data_dir), workdir)["step"] == 10  # the same recipe resumes and writes it again
+  assert rt.train(_config(data_dir), workdir).step == 10  # the same recipe resumes and writes it again
   assert config_lib.load_config(workdir).optimizer.learning_rate == 0.1
 
 
@@ -348,18 +349,18 @@ def test_the_way_out_of_a_damaged_config_json_works(data_dir, finished, tmp_path
 def test_a_torn_metrics_line_is_skipped_and_reported_and_a_resume_starts_a_fresh_line(data_dir, finished, tmp_path,
                                                                                       capsys):
   copy = _copy(finished[0], tmp_path)
-  metrics = copy / metrics_lib.METRICS_FILE
+  metrics = copy / Workdir.METRICS
   complete = metrics.read_text()
   metrics.write_text(complete + '{"step": 11, "kind": "tr')  # the crash's partial record
   again = rt.train(_config(data_dir), copy)  # finished: reads its last records
-  assert again["step"] == 10 and again["train"]["loss"] > 0
+  assert again.step == 10 and again.train["loss"] > 0
   out = capsys.readouterr().out
   assert "skipped 1 line(s) that are not complete records" in out and "its last line was cut short" in out
   resumed = rt.train(_config(data_dir, num_steps=15), copy)
-  assert resumed["step"] == 15
+  assert resumed.step == 15
   lines = metrics.read_text().splitlines()
   assert lines[len(complete.splitlines())] == '{"step": 11, "kind": "tr'  # kept, and alone on its line
-  records = metrics_lib.read_metrics(copy, log=None)
+  records = Workdir(copy).read_metrics(log=None)
   assert len(records) == len(lines) - 1 and records[-1]["step"] == 15
 
 
@@ -434,7 +435,7 @@ def test_prepare_into_a_full_disk_is_one_line_and_removes_the_partial_files(data
 def test_an_absurd_eval_batch_is_bounded_by_the_split(data_dir, tmp_path):
   config = _config(data_dir, num_steps=2, eval_batch_size=10**9)
   assert rt.build.pipeline(config).eval_batch_size == 50  # the whole split in one batch
-  assert rt.train(config, tmp_path / "run")["eval"]["num_examples"] == 50
+  assert rt.train(config, tmp_path / "run").eval["num_examples"] == 50
 
 
 # -- row 14: after a NaN, the advised command works ------------------------------------------------------

@@ -32,8 +32,8 @@ def _fake_train(calls):
       for step in (10, 20):
         f.write(json.dumps({"step": step, "kind": "train", "loss": 2.0 / step}) + "\n")
         f.write(json.dumps({"step": step, "kind": "eval", "error": error + 20 - step}) + "\n")
-    return {"step": config.num_steps, "eval": {"error": error, "top5_error": 0.5}, "train": {"loss": 0.1},
-            "preempted": False}
+    return rj.train.RunResult(step=config.num_steps, workdir=str(workdir), eval={"error": error, "top5_error": 0.5},
+                              train={"loss": 0.1})
   return train
 
 

@@ -15,9 +15,10 @@ import support
 
 import resnet_jax.data as rjd
 from resnet_jax import train as rt
-from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train.workdir import ConfigChangedError
+from resnet_jax.storage import checkpoints as ckpt_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import Workdir
+from resnet_jax.storage.workdir import ConfigChangedError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,8 @@ def _last_per_step(records, kind):
 def test_train_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
   workdir = tmp_path / "run"
   result = rt.train(smoke_config(data_dir, num_steps=12), workdir)
-  assert result["step"] == 12 and not result["preempted"]
-  records = metrics_lib.read_metrics(workdir)
+  assert result.step == 12 and not result.preempted
+  records = Workdir(workdir).read_metrics()
   assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 12]
   evals = [r for r in records if r["kind"] == "eval"]
   assert [r["step"] for r in evals] == [10, 12] and evals[-1]["num_examples"] == 50
@@ -57,22 +58,22 @@ def test_train_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
 
   # A longer run in the same workdir continues from step 12.
   more = rt.train(smoke_config(data_dir, num_steps=15), workdir)
-  assert more["step"] == 15
-  assert [r["step"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "train"][-1] == 15
+  assert more.step == 15
+  assert [r["step"] for r in Workdir(workdir).read_metrics() if r["kind"] == "train"][-1] == 15
 
   # Inference from the run: only params and BN statistics are restored, no optimiser needed.
   model, variables = rt.load_variables(workdir)
   assert set(variables) == {"params", "batch_stats"}
   for a, b in zip(jax.tree.leaves((variables["params"], variables["batch_stats"])),
-                  jax.tree.leaves(jax.device_get((more["state"].params, more["state"].batch_stats))),
+                  jax.tree.leaves(jax.device_get((more.state.params, more.state.batch_stats))),
                   strict=True):
     np.testing.assert_array_equal(a, b)
   logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
   assert logits.shape == (2, 10)
-  evals = {r["step"]: r["error"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "eval"}
+  evals = {r["step"]: r["error"] for r in Workdir(workdir).read_metrics() if r["kind"] == "eval"}
   kept = ckpt_lib.Checkpointer(workdir / "checkpoints").manager.all_steps()
   best = min((e, s) for s, e in evals.items() if s in kept)[1]
-  assert ckpt_lib.Checkpointer(workdir / "checkpoints").best_step() == best
+  assert Workdir(workdir).best_checkpoint(ckpt_lib.Checkpointer(workdir / "checkpoints"))[0] == best
   assert rt.evaluate(workdir, step="best")["step"] == best
   with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*saved steps"):
     rt.load_variables(workdir, step=7)
@@ -113,7 +114,7 @@ def test_sigterm_saves_and_resume_is_bit_exact(data_dir, tmp_path):
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if any(r["kind"] == "train" and r["step"] >= 3 for r in metrics_lib.read_metrics(workdir)):
+    if any(r["kind"] == "train" and r["step"] >= 3 for r in Workdir(workdir).read_metrics()):
       break
     time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)
@@ -124,15 +125,15 @@ def test_sigterm_saves_and_resume_is_bit_exact(data_dir, tmp_path):
   assert 3 <= saved < steps
 
   resumed = rt.train(smoke_config(data_dir, **overrides), workdir)
-  assert resumed["step"] == steps
-  for a, b in zip(_leaves(straight["state"]), _leaves(resumed["state"]), strict=True):
+  assert resumed.step == steps
+  for a, b in zip(_leaves(straight.state), _leaves(resumed.state), strict=True):
     np.testing.assert_array_equal(a, b)
-  straight_records = metrics_lib.read_metrics(tmp_path / "straight")
-  resumed_records = metrics_lib.read_metrics(workdir)
+  straight_records = Workdir(tmp_path / "straight").read_metrics()
+  resumed_records = Workdir(workdir).read_metrics()
   for kind in ("train", "eval"):
     assert _last_per_step(straight_records, kind) == _last_per_step(resumed_records, kind)
   # The workdir's session history: started at 0, preempted at `saved`, resumed from it, finished.
-  sessions = metrics_lib.read_sessions(workdir)
+  sessions = Workdir(workdir).read_sessions()
   assert [(r["event"], r["step"]) for r in sessions] == [
       ("start", 0), ("end", saved), ("start", saved), ("end", steps)]
   assert [r["reason"] for r in sessions if r["event"] == "end"] == ["preempted", "finished"]
@@ -156,10 +157,10 @@ def test_keep_last_n_plus_best(tmp_path):
               {"error": error, "top5_error": 0.0})
   ckpt.wait()
   assert ckpt.manager.all_steps() == [2, 5, 6]
-  assert ckpt.best_step() == 2
+  assert Workdir(tmp_path).best_checkpoint(ckpt)[0] == 2
   ckpt.close()
   # The eval metrics are on disk: a new process finds the best checkpoint too.
-  assert ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2, keep_best=1).best_step() == 2
+  assert Workdir(tmp_path).best_checkpoint(ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2, keep_best=1))[0] == 2
 
 
 @pytest.mark.slow
@@ -170,7 +171,7 @@ def test_loss_decreases_on_real_cifar10_subset(cifar10_source, tmp_path):
                            "schedule.boundaries": (1000,), "eval_batch_size": 100,
                            "model.stage_widths": (8, 16, 32), "model.stem_width": 8})
   rt.train(config, tmp_path / "run")
-  records = metrics_lib.read_metrics(tmp_path / "run")
+  records = Workdir(tmp_path / "run").read_metrics()
   losses = [r["loss"] for r in records if r["kind"] == "train"]
   assert len(losses) == 4 and losses[-1] < losses[0] - 0.15, losses
   assert [r for r in records if r["kind"] == "eval"][-1]["error"] < 85.0  # chance: 90%
@@ -203,7 +204,7 @@ def test_first_lines_come_after_the_first_steps(data_dir, tmp_path, capsys):
   lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
   assert [l.split()[1] for l in lines] == ["1/12", "2/12", "4/12", "8/12", "12/12"]
   assert "| compiled, first step in " in lines[0] and "img/s | ETA" in lines[1]
-  assert [r["step"] for r in metrics_lib.read_metrics(workdir) if r["kind"] == "train"] == [12]
+  assert [r["step"] for r in Workdir(workdir).read_metrics() if r["kind"] == "train"] == [12]
   rt.train(smoke_config(data_dir, num_steps=20, log_every_steps=100), workdir)  # resumed at 12
   lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
   assert [l.split()[1] for l in lines] == ["13/20", "14/20", "16/20", "20/20"]
@@ -215,7 +216,7 @@ def _saved_steps(workdir):
 
 
 def _evals(workdir):
-  return {r["step"]: r for r in metrics_lib.read_metrics(workdir) if r["kind"] == "eval"}
+  return {r["step"]: r for r in Workdir(workdir).read_metrics() if r["kind"] == "eval"}
 
 
 def test_evaluations_do_not_save_checkpoints(data_dir, tmp_path):
@@ -243,7 +244,7 @@ def test_best_checkpoint_survives_a_resume(data_dir, tmp_path):
   rt.train(smoke_config(data_dir, num_steps=24, **flags), workdir)  # resumed from step 12
   evals = _evals(workdir)
   best = min((evals[s]["error"], s) for s in range(4, 25, 4))[1]  # ties: the earliest
-  assert ckpt_lib.Checkpointer(workdir / "checkpoints").best_step() == best
+  assert Workdir(workdir).best_checkpoint(ckpt_lib.Checkpointer(workdir / "checkpoints"))[0] == best
   assert set(_saved_steps(workdir)) == {best, 24}
   assert rt.evaluate(workdir, step="best")["error"] == pytest.approx(evals[best]["error"])
 

@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = r'''
 import json, sys
 from resnet_jax import train as rt
-from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.runtime import mesh as mesh_lib
 port, pid, data_dir, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 mesh_lib.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
 import jax
@@ -24,8 +24,8 @@ config.num_steps, config.eval_batch_size, config.log_every_steps = 2, 10, 1
 result = rt.train(config, workdir)             # two steps, each process feeding its half of the batch
 evaluated = rt.evaluate(workdir)               # restores the checkpoint written by both processes
 print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                  "devices": jax.device_count(), "step": result["step"],
-                  "train_eval_error": result["eval"]["error"], "restored_error": evaluated["error"],
+                  "devices": jax.device_count(), "step": result.step,
+                  "train_eval_error": result.eval["error"], "restored_error": evaluated["error"],
                   "restored_step": evaluated["step"], "num_examples": evaluated["num_examples"]}))
 '''
 

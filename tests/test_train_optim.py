@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+import resnet_jax as rj
+
 from resnet_jax.train import optim
 
 
@@ -59,7 +61,7 @@ def test_linear_scaling_rule_with_linear_warmup_and_cosine():
 
 def test_bad_schedule_name_is_one_line_error():
   with pytest.raises(ValueError, match=r"schedule.name='steps' is not one of \('step'"):
-    optim.create_learning_rate_schedule(_config(name="steps"), 10, 100)
+    rj.train.validate(rj.configs.load("cifar10_resnet20:smoke", {"schedule.name": "steps"}))
 
 
 def _two_updates(config, params, grads):

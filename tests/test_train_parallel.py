@@ -19,7 +19,8 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax.configs import base
 from resnet_jax import train as rt
-from resnet_jax.train import step as step_lib, optim, state as state_lib, mesh as mesh_lib
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.train import step as step_lib, optim, state as state_lib
 
 assert jax.device_count() == 8, jax.devices()
 B = 32

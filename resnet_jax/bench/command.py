@@ -9,9 +9,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import ml_collections
 
+from resnet_jax import errors
 from resnet_jax import configs, models
 from resnet_jax.bench import breakdown, runner, torch_reference
 from resnet_jax.runtime import compilation_cache
+from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
 
 DATA = ("synthetic", "real")
@@ -59,29 +61,29 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _check(args: argparse.Namespace) -> None:
   """One-line errors for bad arguments, before anything is built."""
   if args.model is None and args.config is None:
-    raise ValueError("give --model NAME (`resnet-jax models` lists them) or --config NAME")
+    raise errors.InputError("give --model NAME (`resnet-jax models` lists them) or --config NAME")
   if args.model is not None:
     models.config(args.model)  # unknown: "unknown model 'x' (did you mean ...); valid names: ..."
   if args.data not in DATA:
-    raise ValueError(f"--data {args.data!r} is not one of {', '.join(DATA)}")
+    raise errors.InputError(f"--data {args.data!r} is not one of {', '.join(DATA)}")
   if args.placement not in PLACEMENTS:
-    raise ValueError(f"--placement {args.placement!r} is not one of {', '.join(PLACEMENTS)}")
+    raise errors.InputError(f"--placement {args.placement!r} is not one of {', '.join(PLACEMENTS)}")
   if args.dtype is not None and args.dtype not in config_lib.DTYPE_NAMES:
-    raise ValueError(f"--dtype {args.dtype!r} is not one of {', '.join(config_lib.DTYPE_NAMES)}")
+    raise errors.InputError(f"--dtype {args.dtype!r} is not one of {', '.join(config_lib.DTYPE_NAMES)}")
   if args.bn is not None and args.bn not in config_lib.BN_MODES:
-    raise ValueError(f"--bn {args.bn!r} is not one of {', '.join(config_lib.BN_MODES)}")
+    raise errors.InputError(f"--bn {args.bn!r} is not one of {', '.join(config_lib.BN_MODES)}")
   for name in ("steps", "windows"):
     if getattr(args, name) < 1:
-      raise ValueError(f"--{name} {getattr(args, name)} must be at least 1")
+      raise errors.InputError(f"--{name} {getattr(args, name)} must be at least 1")
   if args.warmup < 0:
-    raise ValueError(f"--warmup {args.warmup} must be at least 0")
+    raise errors.InputError(f"--warmup {args.warmup} must be at least 0")
   if any(r < 1 for r in args.pack):
-    raise ValueError(f"--pack {' '.join(map(str, args.pack))}: every R must be at least 1")
+    raise errors.InputError(f"--pack {' '.join(map(str, args.pack))}: every R must be at least 1")
   if args.batch is not None and args.batch < 1:
-    raise ValueError(f"--batch {args.batch} must be at least 1")
+    raise errors.InputError(f"--batch {args.batch} must be at least 1")
   for k in args.steps_per_dispatch:
     if k < 1 or args.steps % k:
-      raise ValueError(f"--steps-per-dispatch {k}: must be at least 1 and divide --steps {args.steps}")
+      raise errors.InputError(f"--steps-per-dispatch {k}: must be at least 1 and divide --steps {args.steps}")
 
 
 def build_config(args: argparse.Namespace):
@@ -106,19 +108,12 @@ def build_config(args: argparse.Namespace):
     config = config_lib.parse_assignments(config, args.set)
   if config.bn.mode == "ghost" and config.global_batch_size % config.bn.ghost_batch_size:
     config.bn.ghost_batch_size = config.global_batch_size  # a --batch below the groups: one group
-  config_lib.validate(config)
+  build.validate(config)
   return config, spec
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
-  """Builds, compiles and times every candidate; returns the report as a dict."""
-  _check(args)
-  cache = None if args.no_compilation_cache else compilation_cache.enable()
-  if args.no_compilation_cache:
-    jax.config.update("jax_enable_compilation_cache", False)
-  config, spec = build_config(args)
-  bench = runner.Bench(config, args.data)
-  ks: List[int] = list(dict.fromkeys(args.steps_per_dispatch))
+def _candidates(args: argparse.Namespace, config, bench, ks: List[int]):
+  """(every candidate to time, the breakdown's variants, the torch note, the data placements)."""
   candidates = [bench.step_candidate(k) for k in ks]
   if args.compare_minimal:
     candidates.append(bench.minimal_candidate())
@@ -137,12 +132,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.placement == "both" and bench.pipeline.dataset.train_arrays() is None:
       placements = ["host"]
     candidates += [bench.loop_candidate(k, p) for k in ks for p in placements]
-  runner.measure(candidates, args.steps, args.windows, args.warmup)
+  return candidates, variants, torch_note, placements
 
-  batch = int(config.global_batch_size)
-  macs = models.flops(bench.model, (1, *bench.image_shape))
-  results = runner.summary(candidates, args.steps, batch, macs)
-  first = f"{runner.STEP_NAME} K={ks[0]}"
+
+def _ratios(args, candidates, ks: List[int], first: str, torch_note, placements, variants) -> Dict[str, Any]:
+  """Each comparison the flags ask for, as the median ratio of the candidates' times and its rounds."""
   ratios = {}
   for k in ks[1:]:
     ratios[f"step K={k} / step K={ks[0]}"] = runner.ratio(candidates, f"{runner.STEP_NAME} K={k}", first)
@@ -159,6 +153,25 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     ratios[f"packed R={r} / {first} (images)"] = {"median": x["median"] * r, "rounds": [v * r for v in x["rounds"]]}
   if variants and args.compare_minimal:
     ratios[f"{breakdown.ALL_OFF} / minimal flax"] = runner.ratio(candidates, breakdown.ALL_OFF, "minimal flax")
+  return ratios
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+  """Builds, compiles and times every candidate; returns the report as a dict."""
+  _check(args)
+  cache = None if args.no_compilation_cache else compilation_cache.enable()
+  if args.no_compilation_cache:
+    jax.config.update("jax_enable_compilation_cache", False)
+  config, spec = build_config(args)
+  bench = runner.Bench(config, args.data)
+  ks: List[int] = list(dict.fromkeys(args.steps_per_dispatch))
+  candidates, variants, torch_note, placements = _candidates(args, config, bench, ks)
+  runner.measure(candidates, args.steps, args.windows, args.warmup)
+  batch = int(config.global_batch_size)
+  macs = models.flops(bench.model, (1, *bench.image_shape))
+  results = runner.summary(candidates, args.steps, batch, macs)
+  first = f"{runner.STEP_NAME} K={ks[0]}"
+  ratios = _ratios(args, candidates, ks, first, torch_note, placements, variants)
   extra_costs = breakdown.costs({c.name: c.seconds for c in candidates if c.name in variants or c.name == first},
                                 first)
   img_s = results[first]["img_per_s"]
@@ -226,12 +239,7 @@ def report(r: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(list(sys.argv[1:] if argv is None else argv))
-  try:
-    result = run(args)
-  except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
-    print(f"resnet-jax bench: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-          file=sys.stderr)
-    return 2
+  result = run(args)
   print(report(result), flush=True)
   if args.json:
     print(json.dumps(result, sort_keys=True), flush=True)

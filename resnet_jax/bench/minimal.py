@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from resnet_jax import errors
 from resnet_jax import models
 
 
@@ -86,7 +87,7 @@ def like(model: models.ResNet) -> ResNet:
   same convolutions, and BatchNorms in the original places.
   """
   if model.stem not in ("cifar", "imagenet"):
-    raise ValueError(f"the minimal reference has the 'cifar' and 'imagenet' stems, not stem={model.stem!r}")
+    raise errors.InputError(f"the minimal reference has the 'cifar' and 'imagenet' stems, not stem={model.stem!r}")
   stages = []
   for stage, units in enumerate(model.stage_sizes):
     features, inner = model.unit_features(stage)

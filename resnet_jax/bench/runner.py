@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from resnet_jax import errors
 import resnet_jax.data as rjd
 from resnet_jax import train
 from resnet_jax.bench import minimal, torch_reference
 from resnet_jax.data import augment
 from resnet_jax.data import device_resident
-from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.train import step as step_lib
 from resnet_jax.train.step import StepExtras
 
 STEP_NAME = "step"
@@ -97,13 +99,13 @@ class Bench:
     self.mesh = train.create_mesh()
     batch = int(config.global_batch_size)
     if batch % jax.device_count():
-      raise ValueError(f"--batch {batch} does not divide over the {jax.device_count()} devices")
+      raise errors.InputError(f"--batch {batch} does not divide over the {jax.device_count()} devices")
     self.info = rjd.dataset_info(config.data.name)
     if data == "real":
       self.pipeline = train.build.pipeline(config, self.mesh)
       self.num_classes, self.image_shape = self.pipeline.num_classes, tuple(self.pipeline.image_shape)
       self.preprocess = self.pipeline.preprocess
-      self.batch = next(rjd.TrainIterator(self.pipeline))
+      self.batch = next(rjd.TrainIterator(self.pipeline.train_stream))
       self.steps_per_epoch = self.pipeline.steps_per_epoch
     else:
       self.pipeline = None
@@ -149,7 +151,11 @@ class Bench:
     return Candidate(name or f"{STEP_NAME} K={k}", window, k, compile_s)
 
   def packed_candidate(self, runs: int) -> Candidate:
-    """R runs packed in one program (`train.packing`), each on its own copy of the batch."""
+    """R runs trained together as the engine's group trains them on this platform
+    (`train.packing.stacks_runs`): one stacked program on an accelerator, each run's own
+    program in turn on a CPU; each run on its own copy of the batch."""
+    if not train.packing.stacks_runs(self.mesh.devices.flat[0].platform):
+      return self._separate_candidate(runs)
     name = f"packed R={runs}"
     stack = lambda tree: jax.tree.map(lambda *xs: jnp.stack(xs), *([tree] * runs))
     sharding = NamedSharding(self.mesh, P(None, mesh_lib.DATA_AXIS))
@@ -157,8 +163,8 @@ class Bench:
     new_state = lambda: jax.jit(stack, out_shardings=mesh_lib.replicated(self.mesh))(_copy(self.state0))
     new_sums = lambda: jax.jit(lambda: stack(train.zero_train_metrics()),
                                out_shardings=mesh_lib.replicated(self.mesh))()
-    fn = train.make_train_step(self.model, self.tx, self.config, self.mesh, self.preprocess, self.num_classes,
-                               runs=runs, extras=self.extras)
+    fn = step_lib.build_packed_train_step(self.model, [self.tx] * runs, self.config, self.mesh, self.preprocess,
+                                          self.num_classes, extras=self.extras)
     compiled, compile_s = _timed_compile(fn, new_state(), new_sums(), batch)
     holder = {"state": new_state(), "sums": new_sums()}
 
@@ -170,6 +176,18 @@ class Bench:
       holder["state"], holder["sums"] = state, sums
     return Candidate(name, window, 1, compile_s, runs=runs)
 
+  def _separate_candidate(self, runs: int) -> Candidate:
+    """R runs, each with the one-run program, dispatched in turn (a CPU's group)."""
+    compiled, compile_s = self.compiled_step(1)
+    holders = [{"state": _copy(self.state0), "sums": self._new_sums()} for _ in range(runs)]
+
+    def window(steps: int) -> None:
+      for _ in range(steps):
+        for h in holders:
+          h["state"], h["sums"] = compiled(h["state"], h["sums"], self.batch)
+      jax.block_until_ready([h["state"] for h in holders])
+    return Candidate(f"packed R={runs}", window, 1, compile_s, runs=runs)
+
   def loop_candidate(self, k: int, placement: str) -> Candidate:
     """The engine's per-step path: next batch(es) from the pipeline, the dispatch, and the
     metrics fetch every `log_every_steps`, as in `train.train`."""
@@ -178,10 +196,10 @@ class Bench:
     if placement == "device":
       arrays = pipe.dataset.train_arrays()
       if arrays is None:
-        raise ValueError(f"--placement device: {pipe.config.name} is not held in memory as arrays")
-      iterator = device_resident.DeviceResidentTrainIterator(pipe, *arrays)
+        raise errors.InputError(f"--placement device: {pipe.config.name} is not held in memory as arrays")
+      iterator = device_resident.DeviceResidentTrainIterator(pipe.train_stream, *arrays)
     else:
-      iterator = rjd.TrainIterator(pipe)
+      iterator = rjd.TrainIterator(pipe.train_stream)
     holder = {"state": _copy(self.state0), "sums": self._new_sums(), "done": 0}
     log_every = int(self.config.log_every_steps)
 
@@ -224,7 +242,7 @@ def torch_candidate(bench: "Bench") -> Candidate:
   """The PyTorch step of the same network on the same batch (`torch_reference.py`)."""
   opt = bench.config.optimizer
   if opt.get("weight_decay_mode", "coupled") != "coupled":
-    raise ValueError("--compare-torch: PyTorch's SGD weight decay is coupled L2; the config's is "
+    raise errors.InputError("--compare-torch: PyTorch's SGD weight decay is coupled L2; the config's is "
                      f"{opt.weight_decay_mode}")
   batch = jax.device_get(bench.batch)
   window, module = torch_reference.candidate(

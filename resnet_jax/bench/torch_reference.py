@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
+from resnet_jax import errors
 from resnet_jax.bench import minimal
 
 
@@ -94,7 +95,7 @@ def candidate(net: minimal.ResNet, images: np.ndarray, labels: np.ndarray, learn
   """
   import torch  # pylint: disable=g-import-not-at-top  # heavy optional dependency
   if np.dtype(net.dtype) != np.float32:
-    raise ValueError(f"--compare-torch times float32 networks, not {np.dtype(net.dtype).name}")
+    raise errors.InputError(f"--compare-torch times float32 networks, not {np.dtype(net.dtype).name}")
   torch.set_num_threads(cores())
   torch.manual_seed(seed)
   module = _network(net).to(memory_format=torch.channels_last).train()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+from resnet_jax import errors
 
-class UsageError(ValueError):
+
+class UsageError(errors.InputError):
   """A bad command line: the command exits 2 with the message, one line."""
 
 

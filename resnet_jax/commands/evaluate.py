@@ -5,12 +5,8 @@ import json
 import sys
 from typing import Sequence
 
-from resnet_jax.commands import ArgumentParser
-
-from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import config as config_lib
-from resnet_jax.train import evaluation
-from resnet_jax.train import workdir as workdir_lib
+from resnet_jax.commands import ArgumentParser, UsageError
+from resnet_jax.train import load
 
 PROG = "resnet-jax eval"
 
@@ -26,27 +22,15 @@ def parser() -> ArgumentParser:
   return p
 
 
-def _error(message: str) -> int:
-  print(f"{PROG}: error: {message}", file=sys.stderr)
-  return 2
-
-
 def main(argv: Sequence[str]) -> int:
   args = parser().parse_args(argv)
   step = args.step
   if step is not None and step not in ("latest", "best"):
     if not step.isdigit():
-      return _error(f"--step {step!r} is not a step number, 'latest' or 'best'")
+      raise UsageError(f"--step {step!r} is not a step number, 'latest' or 'best'")
     step = int(step)
-  try:
-    result = evaluation.evaluate(args.workdir, step=step, split=args.split, data_dir=args.data_dir,
-                                 log=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
-  except (ckpt_lib.CheckpointMismatchError, ckpt_lib.UnreadableCheckpointError, config_lib.ConfigError,
-          workdir_lib.WorkdirError, FileNotFoundError, ValueError) as e:
-    return _error(str(e))
-  except OSError as e:  # storage that fails (a bucket's server down, no credentials): not a usage error
-    print(f"{PROG}: {e}", file=sys.stderr)
-    return 1
+  result = load.evaluate(args.workdir, step=step, split=args.split, data_dir=args.data_dir,
+                         log=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
   if args.json:
     print(json.dumps(result, sort_keys=True))
   else:

@@ -1,7 +1,6 @@
 """`resnet-jax prepare NAME [--source DIR] [--data-dir TFDS_DIR]`: a TFDS dataset as ArrayRecord, no TensorFlow."""
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from resnet_jax.commands import ArgumentParser
@@ -21,14 +20,7 @@ def main(argv: Sequence[str]) -> int:
   p.add_argument("--allow-partial", action="store_true",
                  help="prepare CIFAR files that hold fewer records than the official ones (a subset)")
   args = p.parse_args(argv)
-  try:
-    path = rjd.prepare(args.name, args.source, args.data_dir, allow_partial=args.allow_partial)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"resnet-jax prepare: error: {e}", file=sys.stderr)
-    return 2
-  except OSError as e:  # a full disk, a read-only data dir: not a usage error
-    print(f"resnet-jax prepare: {e}", file=sys.stderr)
-    return 1
+  path = rjd.prepare(args.name, args.source, args.data_dir, allow_partial=args.allow_partial)
   sizes = split_sizes(path)
   listed = ", ".join(f"{n:,} {split}" for split, n in sorted(sizes.items(), reverse=True))
   print(f"prepared {args.name} in {path} ({listed} images)")

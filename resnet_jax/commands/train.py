@@ -18,15 +18,12 @@ from resnet_jax import configs
 from resnet_jax import models
 from resnet_jax.commands import ArgumentParser, UsageError
 from resnet_jax.configs import base
-from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.storage.workdir import Workdir
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
-from resnet_jax.train import metrics as metrics_lib
-from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import packing
 from resnet_jax.train import report
-from resnet_jax.train import workdir as workdir_lib
-from resnet_jax.train import workdir_io
 
 PROG = "resnet-jax train"
 PACK_CHOICES = ("auto", "on", "off")
@@ -114,7 +111,7 @@ def parse(argv: Sequence[str]):
     raise UsageError("--workdir is required")
   if args.time_limit is not None:
     try:
-      args.time_limit = metrics_lib.parse_duration(args.time_limit)
+      args.time_limit = report.parse_duration(args.time_limit)
     except ValueError as e:
       raise UsageError(f"--time-limit: {e}") from None
   if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -122,15 +119,10 @@ def parse(argv: Sequence[str]):
   return args, config
 
 
-def _error(message: str) -> int:
-  print(f"{PROG}: error: {message}", file=sys.stderr)
-  return 2
-
-
-def _final_line(result, split: str, label: str = "") -> str:
-  ev = result["eval"]
-  where = "preempted at" if result["preempted"] else "finished at"
-  return (f"{label}{where} step {result['step']}: error {ev['error']:.2f}% (top-5 {ev['top5_error']:.2f}%) on "
+def _final_line(result: loop.RunResult, split: str, label: str = "") -> str:
+  ev = result.eval
+  where = "preempted at" if result.preempted else "finished at"
+  return (f"{label}{where} step {result.step}: error {ev['error']:.2f}% (top-5 {ev['top5_error']:.2f}%) on "
           f"{ev['num_examples']} images of {split!r}")
 
 
@@ -138,7 +130,7 @@ def _train_seeds(args, config) -> list:
   """One run per `--seeds` seed in WORKDIR/seed<k>: packed in one program, or one after another."""
   seeds = list(args.seeds)
   configs = [config_lib.apply_overrides(config, {"seed": s}) for s in seeds]
-  workdirs = [workdir_io.as_path(args.workdir) / f"seed{s}" for s in seeds]  # gs:// kept whole
+  workdirs = [Workdir(args.workdir) / f"seed{s}" for s in seeds]  # gs:// kept whole
   pack = args.pack == "on" or (args.pack == "auto" and packing.packs_by_default())
   how = ("packed in one program" if pack else
          "one after another (--pack off)" if args.pack == "off" else "one after another (a CPU: packing buys nothing)")
@@ -153,56 +145,42 @@ def _train_seeds(args, config) -> list:
       results.append(loop.train(c, w, config_spec=args.config, time_limit=left))
     except loop.NonFiniteLossError as e:  # one bad run does not sink the others
       print(f"[{w.name}] {e}", flush=True)
-      results.append({"step": None, "error": e, "stopped": "", "preempted": False, "eval": {}})
-    if results[-1].get("stopped"):
+      results.append(loop.RunResult(step=-1, workdir=str(w), error=e))
+    if results[-1].stopped:
       break
   return results
 
 
-def _report(args, config, results) -> int:
+def _report(args, config, results: List[loop.RunResult]) -> int:
   """The final line of each run, and how many finished; exit 1 if a run diverged."""
   labels = [f"[seed{s}] " for s in args.seeds] if args.seeds else [""]
   for label, result in zip(labels, results):
-    if "error" in result:
+    if result.error is not None:
       continue
-    if result.get("stopped") == report.TIME_LIMIT:
-      print(f"{label}stopped at step {result['step']} (time limit)", flush=True)
-    elif result["eval"]:
+    if result.stopped == report.TIME_LIMIT:
+      print(f"{label}stopped at step {result.step} (time limit)", flush=True)
+    elif result.eval:
       print(_final_line(result, config.data.eval_split, label), flush=True)
-  finished = sum(1 for r in results if "error" not in r and not r.get("stopped") and r["eval"])
+  finished = sum(1 for r in results if r.finished and r.eval)
   total = len(labels)  # one run stopped early already said how to continue ("saved step N ...")
-  if total > 1 and (finished < total and any(r.get("stopped") for r in results) or len(results) < total):
+  if total > 1 and (finished < total and any(r.stopped for r in results) or len(results) < total):
     print(f"{finished} of {total} runs finished; run the same command again to continue", flush=True)
-  failed = [r["error"] for r in results if "error" in r]
+  failed = [r.error for r in results if r.error is not None]
   for error in failed:
     print(f"{PROG}: {error}", file=sys.stderr)
   return 1 if failed else 0
 
 
 def main(argv: Sequence[str]) -> int:
-  try:
-    args, config = parse(argv)
-    if args.help:
-      fields = config_fields(args.config, split_overrides(argv)[0])
-      print(parser().format_help())
-      print(fields)
-      return 0
-  except (UsageError, config_lib.ConfigError) as e:
-    return _error(str(e))
-  try:
-    mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    if args.seeds:
-      results = _train_seeds(args, config)
-    else:
-      results = [loop.train(config, args.workdir, config_spec=args.config, time_limit=args.time_limit)]
-  except (loop.NonFiniteLossError, ckpt_lib.CheckpointWriteError, ckpt_lib.UnreadableCheckpointError,
-          workdir_lib.WorkdirWriteError) as e:
-    print(f"{PROG}: {e}", file=sys.stderr)  # not a usage error: exit 1
-    return 1
-  except (config_lib.ConfigError, ckpt_lib.CheckpointMismatchError, workdir_lib.WorkdirError,
-          FileNotFoundError, ValueError) as e:
-    return _error(str(e))
-  except OSError as e:  # the filesystem failed outside the workdir's files (the data, a cache)
-    print(f"{PROG}: {e}", file=sys.stderr)
-    return 1
+  args, config = parse(argv)
+  if args.help:
+    fields = config_fields(args.config, split_overrides(argv)[0])
+    print(parser().format_help())
+    print(fields)
+    return 0
+  mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  if args.seeds:
+    results = _train_seeds(args, config)
+  else:
+    results = [loop.train(config, args.workdir, config_spec=args.config, time_limit=args.time_limit)]
   return _report(args, config, results)

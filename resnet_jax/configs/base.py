@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import ml_collections
 
+from resnet_jax import errors
 import resnet_jax.data as rjd
 
 
@@ -125,7 +126,7 @@ def cifar_resnet_config(model: str, dataset: str = "cifar10", warmup: bool = Fal
     bottleneck = "preact_resnet164" in model or "preact_resnet1001" in model
     smoke(c, CIFAR_SMOKE_BOTTLENECK if bottleneck else CIFAR_SMOKE_BASIC)
   elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
+    raise errors.InputError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
   return c
 
 
@@ -146,7 +147,7 @@ def cifar_resnext_config(model: str, dataset: str = "cifar10",
   if arg == "smoke":
     smoke(c, CIFAR_SMOKE_RESNEXT)
   elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
+    raise errors.InputError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
   return c
 
 
@@ -164,7 +165,7 @@ def imagenet_config(model: str, num_epochs: float = 90.0, recipe: str = "resnet"
   Nesterov momentum.
   """
   if recipe not in RECIPES:
-    raise ValueError(f"unknown ImageNet recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+    raise errors.InputError(f"unknown ImageNet recipe {recipe!r}; valid: {', '.join(RECIPES)}")
   c = base_config()
   c.data = rjd.default_config("imagenet2012")
   c.data.pca_lighting = True
@@ -196,5 +197,5 @@ def imagenet_config(model: str, num_epochs: float = 90.0, recipe: str = "resnet"
     c.data.eval_split = "validation[:32]"
     fit_ghost_batch(c)
   elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
+    raise errors.InputError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
   return c

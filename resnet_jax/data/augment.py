@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import errors
+
 # AlexNet PCA lighting on [0, 1] RGB, the eigen-decomposition used by fb.resnet.torch.
 PCA_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045], np.float32)
 PCA_EIGVEC = np.asarray([[-0.5675, 0.7192, 0.4009],
@@ -64,7 +66,7 @@ def cifar_preprocess(images: jax.Array, rng: Optional[jax.Array], train: bool, *
   x = normalize(images, mean, std)
   if train and augment:
     if rng is None:
-      raise ValueError("preprocess(train=True) needs an rng key for the random crop and flip")
+      raise errors.InputError("preprocess(train=True) needs an rng key for the random crop and flip")
     x = random_crop_flip(x, rng, padding)
   return x
 
@@ -107,7 +109,7 @@ def imagenet_preprocess(images: jax.Array, rng: Optional[jax.Array], train: bool
   x = images.astype(jnp.float32) / 255.0
   if train and (lighting or jitter):
     if rng is None:
-      raise ValueError("preprocess(train=True) with color_jitter or pca_lighting needs an rng key")
+      raise errors.InputError("preprocess(train=True) with color_jitter or pca_lighting needs an rng key")
     k_light = rng
     if jitter:
       k_jitter, k_light = jax.random.split(rng)
@@ -128,7 +130,7 @@ def ten_crop(images: jax.Array, crop_size: int) -> jax.Array:
   """
   _, h, w, _ = images.shape
   if h < crop_size or w < crop_size:
-    raise ValueError(f"ten_crop of {crop_size}² needs images at least that large, got {h}×{w}")
+    raise errors.InputError(f"ten_crop of {crop_size}² needs images at least that large, got {h}×{w}")
   top, left = (h - crop_size) // 2, (w - crop_size) // 2
   corners = [(0, 0), (0, w - crop_size), (h - crop_size, 0), (h - crop_size, w - crop_size), (top, left)]
   assert len(corners) - 1 == TEN_CROP_CENTER

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tensorflow_datasets.image_classification import cifar as tfds_cifar
 
+from resnet_jax import errors
 from resnet_jax.data.small_images import SmallImageSource
 from resnet_jax.data.source import DatasetInfo
 
@@ -113,7 +114,7 @@ def extract_archive(name: str, archive: pathlib.Path, extract_root: pathlib.Path
   """Extracts an official CIFAR archive once; returns the folder holding its files."""
   layout = _archive_for(name, archive)
   if layout is None:
-    raise ValueError(f"{archive} is not an official {name} archive; expected one of: "
+    raise errors.InputError(f"{archive} is not an official {name} archive; expected one of: "
                      f"{', '.join(l.archive for l in LAYOUTS[name])}")
   target = extract_root / archive.name.split(".")[0]
   done = target / ".extracted"
@@ -123,19 +124,19 @@ def extract_archive(name: str, archive: pathlib.Path, extract_root: pathlib.Path
       with tarfile.open(archive, "r:*") as tar:
         tar.extractall(target, filter="data")
     except (tarfile.TarError, OSError, EOFError) as e:
-      raise ValueError(f"cannot extract {archive} ({e}); the archive is corrupt or incomplete: "
+      raise errors.InputError(f"cannot extract {archive} ({e}); the archive is corrupt or incomplete: "
                        "download it again") from e
     done.touch()
   found = _folder_layout(name, target)
   if found is None:
-    raise ValueError(f"{archive} holds no official {name} files; expected {_expected(name)}")
+    raise errors.InputError(f"{archive} holds no official {name} files; expected {_expected(name)}")
   return found[1]
 
 
 def find_source(name: str, source: pathlib.Path, extract_root: pathlib.Path) -> pathlib.Path:
   """The folder with the official files, from a folder, its parent or an archive."""
   if not source.exists():
-    raise FileNotFoundError(f"{name} source {source} does not exist; pass a folder or archive "
+    raise errors.MissingError(f"{name} source {source} does not exist; pass a folder or archive "
                             f"in an official layout: {_expected(name)}")
   if source.is_file():
     return extract_archive(name, source, extract_root)
@@ -145,7 +146,7 @@ def find_source(name: str, source: pathlib.Path, extract_root: pathlib.Path) -> 
   for layout in LAYOUTS[name]:
     if (source / layout.archive).is_file():
       return extract_archive(name, source / layout.archive, extract_root)
-  raise FileNotFoundError(f"no official {name} files in {source}; expected {_expected(name)}")
+  raise errors.MissingError(f"no official {name} files in {source}; expected {_expected(name)}")
 
 
 def _read_binary(path: pathlib.Path, num_labels: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -153,7 +154,7 @@ def _read_binary(path: pathlib.Path, num_labels: int) -> Tuple[np.ndarray, np.nd
   data = np.fromfile(path, dtype=np.uint8)
   record = num_labels + RECORD_PIXELS
   if data.size == 0 or data.size % record:
-    raise ValueError(f"corrupt CIFAR file {path}: {data.size} bytes is not a positive multiple of "
+    raise errors.InputError(f"corrupt CIFAR file {path}: {data.size} bytes is not a positive multiple of "
                      f"the {record}-byte record; replace it with the official file")
   data = data.reshape(-1, record)
   images = data[:, num_labels:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -165,7 +166,7 @@ def _unpickle(path: pathlib.Path) -> dict:
     with open(path, "rb") as f:
       return pickle.load(f, encoding="bytes")
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise ValueError(f"corrupt CIFAR file {path} ({e}); replace it with the official file") from e
+    raise errors.InputError(f"corrupt CIFAR file {path} ({e}); replace it with the official file") from e
 
 
 def _read_python(path: pathlib.Path, keys: Tuple[bytes, ...]) -> Tuple[np.ndarray, np.ndarray]:
@@ -174,9 +175,9 @@ def _read_python(path: pathlib.Path, keys: Tuple[bytes, ...]) -> Tuple[np.ndarra
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.stack([np.asarray(batch[k], dtype=np.int64) for k in keys], axis=1)
   except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(f"corrupt CIFAR file {path}: no {e} entry of the official layout") from e
+    raise errors.InputError(f"corrupt CIFAR file {path}: no {e} entry of the official layout") from e
   if data.ndim != 2 or data.shape[1] != RECORD_PIXELS or len(labels) != len(data):
-    raise ValueError(f"corrupt CIFAR file {path}: data shape {data.shape} for {len(labels)} labels, "
+    raise errors.InputError(f"corrupt CIFAR file {path}: data shape {data.shape} for {len(labels)} labels, "
                      f"expected [N, {RECORD_PIXELS}]")
   return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
 
@@ -190,7 +191,7 @@ def _label_names(name: str, layout: Layout, folder: pathlib.Path) -> Dict[str, L
     for key, file in files.items():
       path = folder / file
       if not path.is_file():
-        raise FileNotFoundError(f"label names file {path} is missing; it ships with the official "
+        raise errors.MissingError(f"label names file {path} is missing; it ships with the official "
                                 f"{layout.archive}")
       names[key] = [n.strip() for n in path.read_text().splitlines() if n.strip()]
   else:
@@ -200,7 +201,7 @@ def _label_names(name: str, layout: Layout, folder: pathlib.Path) -> Dict[str, L
     names = {k: [n.decode() if isinstance(n, bytes) else str(n) for n in meta[v]] for k, v in pick.items()}
   for key, values in names.items():
     if len(values) != NUM_CLASSES[key][name]:
-      raise ValueError(f"{folder / layout.meta_file}: {len(values)} {key} names, expected "
+      raise errors.InputError(f"{folder / layout.meta_file}: {len(values)} {key} names, expected "
                        f"{NUM_CLASSES[key][name]}")
   return names
 
@@ -208,7 +209,7 @@ def _label_names(name: str, layout: Layout, folder: pathlib.Path) -> Dict[str, L
 def _check_official_count(name: str, split: str, path: pathlib.Path, count: int) -> None:
   expected = OFFICIAL_RECORDS[name][split]
   if count != expected:
-    raise ValueError(f"{path} holds {count:,} records, the official file {expected:,} (cut short, or not the "
+    raise errors.InputError(f"{path} holds {count:,} records, the official file {expected:,} (cut short, or not the "
                      f"official file): replace it with the official file, or pass --allow-partial "
                      f"(allow_partial=True) to prepare the records it holds")
 
@@ -223,7 +224,7 @@ def read_files(name: str, folder: str | pathlib.Path, allow_partial: bool = Fals
   folder = pathlib.Path(folder).expanduser()
   found = _folder_layout(name, folder)
   if found is None:
-    raise FileNotFoundError(f"no official {name} files in {folder}; expected {_expected(name)}")
+    raise errors.MissingError(f"no official {name} files in {folder}; expected {_expected(name)}")
   layout, folder = found
   keys = LABEL_KEYS[name]
   python_keys = (b"labels",) if name == "cifar10" else (b"coarse_labels", b"fine_labels")
@@ -237,7 +238,7 @@ def read_files(name: str, folder: str | pathlib.Path, allow_partial: bool = Fals
     for i, key in enumerate(keys):
       bad = np.flatnonzero(labels[:, i] >= NUM_CLASSES[key][name])
       if bad.size:
-        raise ValueError(f"corrupt {name} {split} record {bad[0]} in {folder}: {key} "
+        raise errors.InputError(f"corrupt {name} {split} record {bad[0]} in {folder}: {key} "
                          f"{labels[bad[0], i]} is not below {NUM_CLASSES[key][name]}")
     splits[split] = CifarSplit(images, {k: labels[:, i] for i, k in enumerate(keys)})
   for split, path, count in counts:
@@ -300,11 +301,11 @@ def download_official(name: str, download_dir: pathlib.Path) -> pathlib.Path:
         f.write(chunk)
   except (urllib.error.URLError, OSError) as e:
     partial.unlink(missing_ok=True)
-    raise FileNotFoundError(f"cannot download {url} ({e}); download it where there is network and "
+    raise errors.MissingError(f"cannot download {url} ({e}); download it where there is network and "
                             f"run `resnet-jax prepare {name} --source {target.name}`") from e
   if digest.hexdigest() != sha256:
     partial.unlink(missing_ok=True)
-    raise ValueError(f"{url} downloaded with SHA-256 {digest.hexdigest()}, expected {sha256}; retry")
+    raise errors.InputError(f"{url} downloaded with SHA-256 {digest.hexdigest()}, expected {sha256}; retry")
   partial.rename(target)
   return target
 

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax.data.train_iterator import TrainIterator, epoch_permutation
-
-if TYPE_CHECKING:  # the pipeline builds its iterators: no import at run time
-  from resnet_jax.data.pipeline import Pipeline
+from resnet_jax import errors
+from resnet_jax.data.train_iterator import TrainIterator, TrainStream, epoch_permutation
 
 PLACEMENTS = ("auto", "device", "host")
 MAX_DEVICE_FRACTION = 0.25  # of each device's memory; the rest is the network's
@@ -53,19 +51,19 @@ def resolve_placement(placement: str, arrays: Optional[Tuple[np.ndarray, np.ndar
                       dataset: str) -> str:
   """"device" or "host" for `data.placement` and the dataset's in-memory train arrays."""
   if placement not in PLACEMENTS:
-    raise ValueError(f"data.placement={placement!r} is not one of {PLACEMENTS}")
+    raise errors.InputError(f"data.placement={placement!r} is not one of {PLACEMENTS}")
   if placement == "host":
     return "host"
   if arrays is None:
     if placement == "device":
-      raise ValueError(f"data.placement='device' but {dataset} is not held in memory as arrays "
+      raise errors.InputError(f"data.placement='device' but {dataset} is not held in memory as arrays "
                        "(its examples are decoded or augmented on the host); use 'host' or 'auto'")
     return "host"
   size = sum(int(a.nbytes) for a in arrays)
   limit = device_memory_bytes(devices)
   if limit is not None and size > MAX_DEVICE_FRACTION * limit:
     if placement == "device":
-      raise ValueError(f"data.placement='device': the {dataset} train split takes {size / 2**20:,.0f} MiB, "
+      raise errors.InputError(f"data.placement='device': the {dataset} train split takes {size / 2**20:,.0f} MiB, "
                        f"more than {MAX_DEVICE_FRACTION:.0%} of the {limit / 2**30:.1f} GiB of device "
                        "memory; use 'host' or 'auto'")
     return "host"
@@ -93,7 +91,7 @@ def _stack(batches):
 def upload(mesh, images: np.ndarray, labels: np.ndarray) -> Tuple[jax.Array, jax.Array]:
   """The train split (uint8 images, labels) on every device of `mesh`, once."""
   if images.dtype != np.uint8 or len(images) != len(labels):
-    raise ValueError(f"train arrays {images.dtype} {images.shape} for {len(labels)} labels; "
+    raise errors.InputError(f"train arrays {images.dtype} {images.shape} for {len(labels)} labels; "
                      "expected uint8 [N, H, W, C] and N labels")
   replicated = NamedSharding(mesh, P())
   logging.info("device-resident train split: %s images, %.0f MiB per device", images.shape,
@@ -110,13 +108,13 @@ class DeviceResidentTrainIterator(TrainIterator):
   share one copy).
   """
 
-  def __init__(self, pipeline: "Pipeline", images, labels, step: int = 0, seed: Optional[int] = None):
-    super().__init__(pipeline, step, seed)
-    mesh = pipeline.mesh
+  def __init__(self, stream: TrainStream, images, labels, step: int = 0, seed: Optional[int] = None):
+    super().__init__(stream, step, seed)
+    mesh = stream.mesh
     if not isinstance(images, jax.Array):
       images, labels = upload(mesh, images, labels)
     self._replicated = NamedSharding(mesh, P())
-    self._steps_sharding = NamedSharding(mesh, P(None, *pipeline.sharding.spec))
+    self._steps_sharding = NamedSharding(mesh, P(None, *stream.sharding.spec))
     self.images, self.labels = images, labels
     self._stack = jax.jit(_stack, out_shardings=self._steps_sharding)
     self._gathers: Dict[int, Any] = {}  # steps -> jitted gather, sharded as the host pipeline's
@@ -126,20 +124,19 @@ class DeviceResidentTrainIterator(TrainIterator):
   def _permutation_of(self, epoch: int) -> jax.Array:
     """The host pipeline's permutation of `epoch`, on every device (uploaded once per epoch)."""
     if epoch != self._epoch:
-      p = self._pipe
-      order = epoch_permutation(self.seed, epoch, p.num_train_examples).astype(np.int32)
+      order = epoch_permutation(self.seed, epoch, self._stream.num_examples).astype(np.int32)
       self._permutation = _replicated(order, self._replicated)
       self._epoch = epoch
     return self._permutation
 
   def _gather(self, steps: int) -> Dict[str, jax.Array]:
     """The global batches of steps [step, step + steps), all within one epoch."""
-    b = self._pipe.global_batch_size
+    b = self._stream.global_batch_size
     if steps not in self._gathers:
       self._gathers[steps] = jax.jit(
           functools.partial(_gather, batch=b, steps=steps),
-          out_shardings=self._steps_sharding if steps > 1 else self._pipe.sharding)
-    epoch, within = divmod(self._step, self._pipe.steps_per_epoch)
+          out_shardings=self._steps_sharding if steps > 1 else self._stream.sharding)
+    epoch, within = divmod(self._step, self._stream.steps_per_epoch)
     out = self._gathers[steps](self.images, self.labels, self._permutation_of(epoch), np.int32(within * b))
     self._step += steps
     return out
@@ -148,7 +145,7 @@ class DeviceResidentTrainIterator(TrainIterator):
     return self._gather(1)
 
   def take(self, steps: int) -> Dict[str, jax.Array]:
-    per_epoch = self._pipe.steps_per_epoch
+    per_epoch = self._stream.steps_per_epoch
     if steps == 1 or self._step // per_epoch == (self._step + steps - 1) // per_epoch:
       return self._gather(steps)
     # Across an epoch boundary (once per epoch at most): batch by batch, stacked on device.

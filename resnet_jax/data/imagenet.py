@@ -35,6 +35,7 @@ from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_build
 
 from PIL import Image
 
+from resnet_jax import errors
 from resnet_jax.data import augment
 from resnet_jax.data import jpeg
 from resnet_jax.data import preprocessing
@@ -60,7 +61,7 @@ def _validation_labels(names: List[str]) -> Dict[str, str]:
   path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
   labels = path.read_text().strip().splitlines()
   if len(names) != len(labels):
-    raise ValueError(f"{VAL_TAR} holds {len(names)} images, the official one {len(labels)}; "
+    raise errors.InputError(f"{VAL_TAR} holds {len(names)} images, the official one {len(labels)}; "
                      "download it again")
   return dict(zip(sorted(names), labels))
 
@@ -75,14 +76,14 @@ def as_rgb_jpeg(data: bytes, name: str) -> bytes:
       image.convert("RGB").save(buf, format="JPEG", quality=100)
       return buf.getvalue()
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"corrupt image {name} ({e}); replace it or remove it from the source") from e
+    raise errors.InputError(f"corrupt image {name} ({e}); replace it or remove it from the source") from e
 
 
 def _tree_split(root: pathlib.Path, wnids: set) -> Iterator[Tuple[str, dict]]:
   classes = sorted(p for p in root.iterdir() if p.is_dir())
   unknown = [p.name for p in classes if p.name not in wnids]
   if unknown:
-    raise ValueError(f"{root} has class folder {unknown[0]!r}, not an ILSVRC 2012 wnid (e.g. n01440764)")
+    raise errors.InputError(f"{root} has class folder {unknown[0]!r}, not an ILSVRC 2012 wnid (e.g. n01440764)")
   for folder in classes:
     for path in sorted(folder.iterdir()):
       if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -120,7 +121,7 @@ def _val_tar(path: pathlib.Path) -> Iterator[Tuple[str, dict]]:
 def find_splits(source: pathlib.Path) -> Dict[str, Tuple[str, pathlib.Path]]:
   """{"train"|"validation": ("tar"|"tree", path)} found in `source`."""
   if not source.is_dir():
-    raise FileNotFoundError(f"imagenet2012 source {source} is not a folder; pass a folder with "
+    raise errors.MissingError(f"imagenet2012 source {source} is not a folder; pass a folder with "
                             f"{TRAIN_TAR} and {VAL_TAR}, or with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
   splits = {}
   if (source / TRAIN_TAR).is_file():
@@ -135,7 +136,7 @@ def find_splits(source: pathlib.Path) -> Dict[str, Tuple[str, pathlib.Path]]:
         splits["validation"] = ("tree", source / folder)
         break
   if not splits:
-    raise FileNotFoundError(f"no ImageNet in {source}: expected {TRAIN_TAR} and {VAL_TAR} "
+    raise errors.MissingError(f"no ImageNet in {source}: expected {TRAIN_TAR} and {VAL_TAR} "
                             "(manual download), or train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
   return splits
 
@@ -307,16 +308,16 @@ class ImageNetSource(TfdsSource):
     `allow_partial` changes nothing."""
     del downloads, allow_partial
     if source is None:
-      raise ValueError("imagenet2012 has no public download: get ILSVRC2012_img_train.tar and "
+      raise errors.InputError("imagenet2012 has no public download: get ILSVRC2012_img_train.tar and "
                        "ILSVRC2012_img_val.tar from https://image-net.org and pass --source DIR")
     return ImageNetFromFiles(source=source, data_dir=str(data_dir), file_format="array_record")
 
   def open(self, config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> ImageNetSplits:
     if config.normalization != "per_channel":
-      raise ValueError(f"data.normalization={config.normalization!r}; imagenet2012 supports "
+      raise errors.InputError(f"data.normalization={config.normalization!r}; imagenet2012 supports "
                        "'per_channel' (ImageNet statistics)")
     if config.train_augment not in TRAIN_AUGMENTS:
-      raise ValueError(f"train_augment={config.train_augment!r}; valid: {', '.join(TRAIN_AUGMENTS)}")
+      raise errors.InputError(f"train_augment={config.train_augment!r}; valid: {', '.join(TRAIN_AUGMENTS)}")
     train = self.open_split(config.train_split, data_dir, decode_images=False)
     evaluation = self.open_split(config.eval_split, data_dir, decode_images=False)
     return ImageNetSplits(train, evaluation, config)

@@ -34,6 +34,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from resnet_jax import errors
+
 Box = Tuple[float, float, float, float]  # (left, upper, right, lower) in full-resolution pixels
 DECODERS = ("auto", "simplejpeg", "opencv", "pillow")
 PIP_NAMES = {"simplejpeg": "simplejpeg", "cv2": "opencv-python-headless"}
@@ -273,10 +275,10 @@ def create(name: str = "auto") -> JpegDecoder:
   if name == "auto":
     name = next(n for n in ("simplejpeg", "opencv", "pillow") if available(n))
   if name not in _CLASSES:
-    raise ValueError(f"jpeg_decoder={name!r}; valid: {', '.join(DECODERS)}")
+    raise errors.InputError(f"jpeg_decoder={name!r}; valid: {', '.join(DECODERS)}")
   missing = [PIP_NAMES[m] for m in _NEEDS[name] if _module(m) is None]
   if missing:
-    raise ValueError(f"jpeg_decoder={name!r} needs {' and '.join(missing)}: pip install "
+    raise errors.InputError(f"jpeg_decoder={name!r} needs {' and '.join(missing)}: pip install "
                      f"{' '.join(missing)} (or jpeg_decoder='auto' to use what is installed)")
   if "cv2" in _NEEDS[name]:
     # The pipeline runs one image per thread/process; OpenCV's own thread pool on top of that

@@ -24,13 +24,15 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from resnet_jax import errors
 from resnet_jax.data import device_resident
 from resnet_jax.data import registry
 from resnet_jax.data.prepare import resolve_data_dir
 from resnet_jax.data.source import DatasetSource, ExampleSeed, OpenDataset
-from resnet_jax.data.train_iterator import STATE_VERSION, TrainIterator, epoch_permutation  # noqa: F401
+from resnet_jax.data.train_iterator import STATE_VERSION, TrainIterator, TrainStream, epoch_permutation  # noqa: F401
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.runtime.mesh import DATA_AXIS
 
-DATA_AXIS = "data"  # the training engine's mesh axis (resnet_jax.train.mesh.DATA_AXIS)
 Batch = Dict[str, jax.Array]
 
 
@@ -41,57 +43,49 @@ def __getattr__(name: str) -> Any:
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def default_mesh() -> Mesh:
-  """A 1-D mesh named `DATA_AXIS` over `jax.devices()` (every device of every process)."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+class _Positions(grain.MapDataset):
+  """Local example i -> what to load for it; this process holds rows `rows` of each global batch."""
 
-
-class _TrainPositions(grain.MapDataset):
-  """Local example i -> (record index, example seed) of row `rows[0] + i % b` of global step i // b."""
-
-  def __init__(self, num_records: int, global_batch: int, rows: Tuple[int, int], seed: int,
-               start_step: int):
+  def __init__(self, num_records: int, global_batch: int, rows: Tuple[int, int]):
     super().__init__()
-    self._n, self._b, self._rows, self._seed, self._start = (
-        num_records, global_batch, rows, seed, start_step)
+    self._n, self._b, self._rows = num_records, global_batch, rows
+
+  def __str__(self) -> str:
+    return f"{type(self).__name__[1:]}(n={self._n}, batch={self._b}, rows={self._rows})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    local = self._rows[1] - self._rows[0]
+    return self._position(index // local, self._rows[0] + index % local)  # each kind of pass defines it
+
+
+class _TrainPositions(_Positions):
+  """(record index, example seed) of row `row` of global step `start_step + batch`."""
+
+  def __init__(self, num_records: int, global_batch: int, rows: Tuple[int, int], seed: int, start_step: int):
+    super().__init__(num_records, global_batch, rows)
+    self._seed, self._start = seed, start_step
     self._steps_per_epoch = num_records // global_batch
 
   def __len__(self) -> int:
     return sys.maxsize
 
-  def __str__(self) -> str:
-    return f"TrainPositions(n={self._n}, batch={self._b}, rows={self._rows}, start={self._start})"
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    local = self._rows[1] - self._rows[0]
-    step = self._start + index // local
-    row = self._rows[0] + index % local
+  def _position(self, batch: int, row: int):
+    step = self._start + batch
     epoch, within = divmod(step, self._steps_per_epoch)
     record = int(epoch_permutation(self._seed, epoch, self._n)[within * self._b + row])
     return record, (self._seed, step, row)
 
 
-class _EvalPositions(grain.MapDataset):
-  """Local example i -> record index (-1: padding) of the eval pass, in split order."""
-
-  def __init__(self, num_records: int, global_batch: int, rows: Tuple[int, int]):
-    super().__init__()
-    self._n, self._b, self._rows = num_records, global_batch, rows
-    self._num_batches = math.ceil(num_records / global_batch)
+class _EvalPositions(_Positions):
+  """The record index (-1: padding) of row `row` of eval batch `batch`, in split order."""
 
   def __len__(self) -> int:
-    return self._num_batches * (self._rows[1] - self._rows[0])
+    return math.ceil(self._n / self._b) * (self._rows[1] - self._rows[0])
 
-  def __str__(self) -> str:
-    return f"EvalPositions(n={self._n}, batch={self._b}, rows={self._rows})"
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    local = self._rows[1] - self._rows[0]
-    position = (index // local) * self._b + self._rows[0] + index % local
+  def _position(self, batch: int, row: int):
+    position = batch * self._b + row
     return position if position < self._n else -1
 
 
@@ -118,7 +112,7 @@ def _local_rows(sharding: NamedSharding, global_batch: int) -> Tuple[int, int]:
     stops.add(global_batch if rows.stop is None else rows.stop)
   lo, hi = min(starts), max(stops)
   if hi - lo != len(starts) * (global_batch // sharding.mesh.shape[DATA_AXIS]):
-    raise ValueError("this process's devices are not contiguous on the mesh axis 'data'; build the "
+    raise errors.InputError("this process's devices are not contiguous on the mesh axis 'data'; build the "
                      "mesh from jax.devices() (process-major order)")
   return lo, hi
 
@@ -143,14 +137,14 @@ class Pipeline:
   def __init__(self, config: ml_collections.ConfigDict, global_batch_size: int, eval_batch_size: int,
                mesh: Optional[Mesh] = None, seed: int = 0):
     source = registry.dataset_source(config.name)
-    mesh = default_mesh() if mesh is None else mesh
+    mesh = mesh_lib.create_mesh() if mesh is None else mesh
     if DATA_AXIS not in mesh.axis_names:
-      raise ValueError(f"mesh axes {mesh.axis_names} have no {DATA_AXIS!r} axis; build a 1-D mesh "
+      raise errors.InputError(f"mesh axes {mesh.axis_names} have no {DATA_AXIS!r} axis; build a 1-D mesh "
                        f"named {DATA_AXIS!r} over all devices")
     num_shards = mesh.shape[DATA_AXIS]
     for what, size in (("global_batch_size", global_batch_size), ("eval_batch_size", eval_batch_size)):
       if size <= 0 or size % num_shards:
-        raise ValueError(f"{what}={size} is not a positive multiple of the {num_shards} devices on "
+        raise errors.InputError(f"{what}={size} is not a positive multiple of the {num_shards} devices on "
                          f"the mesh axis {DATA_AXIS!r}")
     self.config = config
     self.seed = int(seed)
@@ -173,7 +167,7 @@ class Pipeline:
     self.eval_batch_size = min(self.eval_batch_size, whole_split)
     self._eval_rows = _local_rows(self.sharding, self.eval_batch_size)
     if self.num_train_examples < self.global_batch_size:
-      raise ValueError(f"train split {config.train_split!r} has {self.num_train_examples} examples, "
+      raise errors.InputError(f"train split {config.train_split!r} has {self.num_train_examples} examples, "
                        f"fewer than global_batch_size={self.global_batch_size}")
     # Train drops each epoch's remainder; eval pads its last batch instead.
     self.steps_per_epoch = self.num_train_examples // self.global_batch_size
@@ -182,6 +176,9 @@ class Pipeline:
     self.eval_preprocessing = self.dataset.eval_preprocessing()
     self.placement = device_resident.resolve_placement(
         str(config.get("placement", "auto")), self.dataset.train_arrays(), mesh.devices.flat, config.name)
+    self.train_stream = TrainStream(config.name, config.train_split, self.num_train_examples,
+                                    self.global_batch_size, self.seed, mesh, self.sharding,
+                                    self._train_dataset, self._globalize)
 
   # ----------------------------------------------------------------------------- datasets
 
@@ -236,8 +233,8 @@ class Pipeline:
     """One iterator per seed (None: the pipeline's); device-resident ones share one copy of the split."""
     if self.placement == "device":
       split = device_resident.upload(self.mesh, *self.dataset.train_arrays())
-      return [device_resident.DeviceResidentTrainIterator(self, *split, seed=s) for s in seeds]
-    return [TrainIterator(self, seed=s) for s in seeds]
+      return [device_resident.DeviceResidentTrainIterator(self.train_stream, *split, seed=s) for s in seeds]
+    return [TrainIterator(self.train_stream, seed=s) for s in seeds]
 
   def eval_iterator(self) -> Iterator[Batch]:
     """One pass, every example once; the last batch padded, {"image", "label", "mask"}."""

@@ -7,9 +7,10 @@ from typing import Dict, Optional
 
 import tensorflow_datasets as tfds
 
+from resnet_jax import errors
 from resnet_jax.data import registry
 from resnet_jax.data.tfds_source import TfdsSource
-from resnet_jax.runtime import object_store
+from resnet_jax.storage import object_store
 
 
 def resolve_data_dir(data_dir: Optional[str | os.PathLike]) -> pathlib.Path:
@@ -47,7 +48,7 @@ def split_sizes(dataset_path: pathlib.Path) -> Dict[str, int]:
 def _tfds_source(name: str) -> TfdsSource:
   source = registry.dataset_source(name)
   if not isinstance(source, TfdsSource):
-    raise ValueError(f"{name} is not stored as a TFDS dataset")
+    raise errors.InputError(f"{name} is not stored as a TFDS dataset")
   return source
 
 

@@ -11,17 +11,15 @@ back with the weights.
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import errors
 from resnet_jax.data import augment
 
-FILE = "preprocessing.json"
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -51,15 +49,15 @@ class Preprocessing:
     std = np.asarray(self.std, np.float32)
     size = tuple(int(s) for s in self.input_size)
     if len(size) != 2 or min(size) < 1:
-      raise ValueError(f"input_size={self.input_size!r} must be (height, width)")
+      raise errors.InputError(f"input_size={self.input_size!r} must be (height, width)")
     if mean.ndim not in (1, 3) or (mean.ndim == 3 and mean.shape[:2] != size):
-      raise ValueError(f"mean of shape {mean.shape} must be [C] or [{size[0]}, {size[1]}, C]")
+      raise errors.InputError(f"mean of shape {mean.shape} must be [C] or [{size[0]}, {size[1]}, C]")
     if std.ndim != 1 or std.shape[0] != mean.shape[-1] or np.any(std <= 0):
-      raise ValueError(f"std {std.tolist()} must be {mean.shape[-1]} positive numbers (one per channel)")
+      raise errors.InputError(f"std {std.tolist()} must be {mean.shape[-1]} positive numbers (one per channel)")
     if self.interpolation not in INTERPOLATIONS:
-      raise ValueError(f"interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
+      raise errors.InputError(f"interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
     if self.resize_size is not None and int(self.resize_size) < min(size):
-      raise ValueError(f"resize_size={self.resize_size} is smaller than input_size {size}")
+      raise errors.InputError(f"resize_size={self.resize_size} is smaller than input_size {size}")
     object.__setattr__(self, "mean", mean)
     object.__setattr__(self, "std", std)
     object.__setattr__(self, "input_size", size)
@@ -79,12 +77,12 @@ class Preprocessing:
   def __call__(self, images: jax.Array) -> jax.Array:
     """The network input of uint8 images [B, H, W, C]; jittable (the sizes are static)."""
     if images.ndim != 4 or images.shape[-1] != self.channels:
-      raise ValueError(f"expected uint8 images [batch, height, width, {self.channels}] (NHWC), got shape "
+      raise errors.InputError(f"expected uint8 images [batch, height, width, {self.channels}] (NHWC), got shape "
                        f"{tuple(images.shape)}")
     if self.resize_size is not None:
       images = self._resize_center_crop(images)
     elif tuple(images.shape[1:3]) != self.input_size:
-      raise ValueError(f"expected {self.input_size[0]}×{self.input_size[1]} images (this network's input), "
+      raise errors.InputError(f"expected {self.input_size[0]}×{self.input_size[1]} images (this network's input), "
                        f"got {images.shape[1]}×{images.shape[2]}")
     return augment.normalize(images, self.mean, self.std)
 
@@ -113,29 +111,7 @@ class Preprocessing:
                tuple(data["input_size"]), data.get("resize_size"), data.get("interpolation", "bilinear"),
                data.get("description", ""))
 
-  def save(self, directory: str | pathlib.Path) -> pathlib.Path:
-    """Writes `directory/preprocessing.json` (atomically: a reader never sees half a file)."""
-    from resnet_jax.train import workdir_io  # pylint: disable=import-outside-toplevel
-    path = workdir_io.as_path(directory) / FILE
-    workdir_io.write_atomic(path, json.dumps(self.to_dict()) + "\n")
-    return path
-
 
 def _shortest(values: np.ndarray) -> list:
   """float32 values as nested lists of the shortest decimals that read back to the same float32."""
   return np.asarray([float(str(v)) for v in values.ravel()]).reshape(values.shape).tolist()
-
-
-def load(directory: str | pathlib.Path) -> Optional[Preprocessing]:
-  """The `Preprocessing` recorded in `directory/preprocessing.json`; None when there is none."""
-  from resnet_jax.train import workdir_io  # pylint: disable=import-outside-toplevel
-  path = workdir_io.as_path(directory) / FILE
-  try:
-    text = workdir_io.read_text(path)
-  except FileNotFoundError:
-    return None
-  try:
-    return Preprocessing.from_dict(json.loads(text))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and record it again "
-                     "with rj.train.record_preprocessing(WORKDIR)") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Dict, Tuple
 
+from resnet_jax import errors
 from resnet_jax.data import cifar, imagenet
 from resnet_jax.data.source import DatasetInfo, DatasetSource
 
@@ -33,7 +34,7 @@ def dataset_source(name: str) -> DatasetSource:
   if name not in _SOURCES:
     close = difflib.get_close_matches(str(name), _SOURCES, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(_SOURCES)}{hint}")
+    raise errors.InputError(f"unknown dataset {name!r}; valid: {', '.join(_SOURCES)}{hint}")
   return _SOURCES[name]
 
 

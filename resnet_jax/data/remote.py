@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-from resnet_jax.runtime import object_store
+from resnet_jax.storage import object_store
 
 CACHE_ENV = "RESNET_JAX_DATA_CACHE"
 _MARKER = "dataset_info.json"

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from resnet_jax import errors
 from resnet_jax.data import augment
 from resnet_jax.data import preprocessing
 from resnet_jax.data.source import DatasetInfo, ExampleSeed, OpenDataset
@@ -33,7 +34,7 @@ class InMemoryImages(OpenDataset):
                eval_preprocessing: Optional[preprocessing.Preprocessing] = None):
     for what, images, labels in (("train", train_images, train_labels), ("eval", eval_images, eval_labels)):
       if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"{what} images {images.dtype} {images.shape} for {len(labels)} labels; "
+        raise errors.InputError(f"{what} images {images.dtype} {images.shape} for {len(labels)} labels; "
                          "expected uint8 [N, H, W, C] and N labels")
     self.train_images, self.train_labels = train_images, train_labels
     self.eval_images, self.eval_labels = eval_images, eval_labels
@@ -76,12 +77,12 @@ def read_all(source, name: str, split: str, image_shape: Tuple[int, ...]) -> Tup
       except TypeError:  # tfds.testing.mock_data (4.9.10) leaves its __getitems__ unbound
         records = [source[i] for i in range(start, stop)]
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"corrupt {name} {split!r} record in [{start}, {stop}) ({e}); delete the "
+      raise errors.InputError(f"corrupt {name} {split!r} record in [{start}, {stop}) ({e}); delete the "
                        "dataset directory and prepare it again") from e
     for i, record in enumerate(records):
       image = np.asarray(record["image"])
       if image.shape != tuple(image_shape):
-        raise ValueError(f"{name} {split!r} record {start + i} has image shape {image.shape}, "
+        raise errors.InputError(f"{name} {split!r} record {start + i} has image shape {image.shape}, "
                          f"expected {tuple(image_shape)}")
       images[start + i] = image
       labels[start + i] = record["label"]
@@ -120,9 +121,9 @@ class SmallImageSource(TfdsSource):
   def open(self, config: ml_collections.ConfigDict, data_dir: pathlib.Path) -> InMemoryImages:
     name, shape = self.name, self.info.image_shape
     if config.normalization not in NORMALIZATIONS:
-      raise ValueError(f"data.normalization={config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+      raise errors.InputError(f"data.normalization={config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     if int(config.image_size) != shape[0]:
-      raise ValueError(f"image_size={config.image_size} for {name}: its images are "
+      raise errors.InputError(f"image_size={config.image_size} for {name}: its images are "
                        f"{shape[0]}×{shape[1]}")
     train = self.open_split(config.train_split, data_dir)
     evaluation = self.open_split(config.eval_split, data_dir)

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from resnet_jax import errors
+
 ExampleSeed = Tuple[int, int, int]  # (seed, global step, batch row): `np.random.default_rng(seed)`
 
 
@@ -60,7 +62,7 @@ class DatasetInfo:
 
   def __post_init__(self):
     if len(self.image_shape) != 3 or self.num_classes < 1:
-      raise ValueError(f"DatasetInfo({self.name!r}): image_shape {self.image_shape} is not (H, W, C) or "
+      raise errors.InputError(f"DatasetInfo({self.name!r}): image_shape {self.image_shape} is not (H, W, C) or "
                        f"num_classes={self.num_classes} < 1")
     object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
 
@@ -78,7 +80,7 @@ class DatasetInfo:
     try:
       parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
     except (AssertionError, KeyError, ValueError) as e:
-      raise ValueError(f"bad split {split!r} for {self.name} ({e}); valid: "
+      raise errors.InputError(f"bad split {split!r} for {self.name} ({e}); valid: "
                        f"{', '.join(self.splits)} with TFDS slicing, e.g. 'train[:45000]'") from e
     return sum(len(range(self.splits[p.splitname])[p.from_:p.to]) for p in parts)
 
@@ -169,4 +171,4 @@ class DatasetSource(abc.ABC):
     `allow_partial`: accept files holding fewer records than the official ones.
     """
     del source, data_dir, allow_partial
-    raise ValueError(f"{self.name} has no prepare step: it reads its data as it is")
+    raise errors.InputError(f"{self.name} has no prepare step: it reads its data as it is")

@@ -18,9 +18,10 @@ from typing import Optional
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
+from resnet_jax import errors
 from resnet_jax.data import remote
 from resnet_jax.data.source import DatasetSource
-from resnet_jax.runtime import object_store
+from resnet_jax.storage import object_store
 
 
 def _num_records(path: pathlib.Path) -> int:
@@ -40,7 +41,7 @@ def _num_records(path: pathlib.Path) -> int:
       pass
 
 
-class DataWriteError(OSError):
+class DataWriteError(errors.Error, OSError):
   """Preparing a dataset failed to write its files (disk full, read-only, permissions)."""
 
 
@@ -94,18 +95,18 @@ class TfdsSource(DatasetSource):
     builder = tfds.builder_from_directory(str(path))
     formats = {f.value for f in builder.info.available_file_formats()}
     if "array_record" not in formats:
-      raise ValueError(f"{path} holds {name} as {', '.join(sorted(formats)) or 'unknown format'}; "
+      raise errors.InputError(f"{path} holds {name} as {', '.join(sorted(formats)) or 'unknown format'}; "
                        "resnet_jax reads ArrayRecord (tfds.data_source): delete it or pick another "
                        f"data dir, then run `{self.prepare_command(data_dir)}`")
     for split, info in builder.info.splits.items():
       missing = [str(p) for p in info.filepaths if not pathlib.Path(p).is_file()]
       if missing:
-        raise FileNotFoundError(f"{name} at {path} is incomplete: split {split!r} misses {missing[0]}; "
+        raise errors.MissingError(f"{name} at {path} is incomplete: split {split!r} misses {missing[0]}; "
                                 f"delete {path} and run `{self.prepare_command(data_dir)}`")
       for shard, expected in zip(info.filepaths, info.shard_lengths):
         found = _num_records(pathlib.Path(shard))
         if found != expected:
-          raise ValueError(f"{name} shard {shard} is damaged (truncated or overwritten): it holds {found} "
+          raise errors.InputError(f"{name} shard {shard} is damaged (truncated or overwritten): it holds {found} "
                            f"records, dataset_info.json says {expected}; delete {path} and run "
                            f"`{self.prepare_command(data_dir)}`")
     return path
@@ -116,7 +117,7 @@ class TfdsSource(DatasetSource):
     if object_store.is_url(data_dir):
       object_store.check_reachable(data_dir)
       if self.check_prepared(data_dir) is None:
-        raise FileNotFoundError(f"{name} is not prepared in {data_dir}; run `{self.prepare_command(data_dir)}`")
+        raise errors.MissingError(f"{name} is not prepared in {data_dir}; run `{self.prepare_command(data_dir)}`")
       data_dir = remote.stage(self.dataset_dir(data_dir)).parents[1]
     self.check_prepared(data_dir)  # a present but unusable dataset raises here
     builder = tfds.builder(name, data_dir=str(data_dir))
@@ -124,11 +125,11 @@ class TfdsSource(DatasetSource):
     try:
       return builder.as_data_source(split=split, decoders=decoders)
     except (AssertionError, FileNotFoundError, NotImplementedError) as e:
-      raise FileNotFoundError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); run "
+      raise errors.MissingError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); run "
                               f"`{self.prepare_command(data_dir)}`") from e
     except (KeyError, ValueError) as e:
       reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-      raise ValueError(f"bad split {split!r} for {name} ({reason}); valid: "
+      raise errors.InputError(f"bad split {split!r} for {name} ({reason}); valid: "
                        f"{', '.join(builder.info.splits.keys())} with TFDS slicing, "
                        "e.g. 'train[:45000]'") from e
 
@@ -162,6 +163,6 @@ class TfdsSource(DatasetSource):
                            "removed); free space or fix the directory, or pass another --data-dir") from None
     done = self.check_prepared(data_dir)
     if done is None:
-      raise FileNotFoundError(f"preparing {self.name} wrote no {self.dataset_dir(data_dir)}/dataset_info.json")
+      raise errors.MissingError(f"preparing {self.name} wrote no {self.dataset_dir(data_dir)}/dataset_info.json")
     shutil.rmtree(downloads / "extracted", ignore_errors=True)  # extracted archives, TFDS's scratch
     return done

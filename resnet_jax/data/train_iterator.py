@@ -2,22 +2,23 @@
 
 The sample stream is defined globally: epoch e is a permutation of the train split drawn
 from (seed, e); global step s takes positions [s·B, (s+1)·B) of its epoch (the remainder
-of an epoch is dropped). `TrainIterator` reads those batches through its pipeline's Grain
+of an epoch is dropped). A `TrainStream` describes that stream for one mesh and how to read
+it (the pipeline makes one); `TrainIterator` reads its batches through the pipeline's Grain
 datasets; `device_resident.DeviceResidentTrainIterator` gathers the same batches on the
 devices. Both resume from `get_state()`, which holds the next global step.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-if TYPE_CHECKING:  # the pipeline builds its iterators: no import at run time
-  from resnet_jax.data.pipeline import Pipeline
+from resnet_jax import errors
 
 STATE_VERSION = 1
 Batch = Dict[str, jax.Array]
@@ -29,17 +30,40 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStream:
+  """The global sample stream of one train split on one mesh, and how to read it.
+
+  `read(start_step, seed)` gives this process's rows of each global batch from `start_step`
+  on, as numpy arrays; `globalize(local, steps)` makes them global arrays on the mesh (the
+  rows of `steps` batches when > 1).
+  """
+  dataset: str
+  split: str
+  num_examples: int
+  global_batch_size: int
+  seed: int
+  mesh: Mesh
+  sharding: NamedSharding
+  read: Callable[[int, int], Iterable[Dict[str, np.ndarray]]]
+  globalize: Callable[..., Batch]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.num_examples // self.global_batch_size
+
+
 class TrainIterator:
   """Infinite iterator of global train batches; `get_state`/`set_state` resume exactly.
 
-  `seed` (default: the pipeline's) draws the epochs' permutations: packed runs read one
+  `seed` (default: the stream's) draws the epochs' permutations: packed runs read one
   pipeline, each in its own order.
   """
 
-  def __init__(self, pipeline: "Pipeline", step: int = 0, seed: Optional[int] = None):
-    self._pipe = pipeline
+  def __init__(self, stream: TrainStream, step: int = 0, seed: Optional[int] = None):
+    self._stream = stream
     self._step = step
-    self.seed = pipeline.seed if seed is None else int(seed)
+    self.seed = stream.seed if seed is None else int(seed)
     self._it: Optional[Iterator[Any]] = None
 
   def __iter__(self) -> "TrainIterator":
@@ -47,13 +71,13 @@ class TrainIterator:
 
   def _next_local(self) -> Dict[str, np.ndarray]:
     if self._it is None:
-      self._it = iter(self._pipe._train_dataset(self._step, self.seed))  # pylint: disable=protected-access
+      self._it = iter(self._stream.read(self._step, self.seed))
     local = next(self._it)
     self._step += 1
     return local
 
   def __next__(self) -> Batch:
-    return self._pipe._globalize(self._next_local())  # pylint: disable=protected-access
+    return self._stream.globalize(self._next_local())
 
   def take(self, steps: int) -> Batch:
     """The next `steps` global batches in one: every leaf [steps, B, ...] (`steps_per_dispatch`)."""
@@ -61,13 +85,12 @@ class TrainIterator:
       return next(self)
     locals_ = [self._next_local() for _ in range(steps)]
     stacked = {k: np.stack([np.asarray(b[k]) for b in locals_]) for k in locals_[0]}
-    return self._pipe._globalize(stacked, steps)  # pylint: disable=protected-access
+    return self._stream.globalize(stacked, steps)
 
   def _fingerprint(self) -> Dict[str, Any]:
-    p = self._pipe
-    return {"dataset": p.config.name, "split": p.config.train_split, "seed": self.seed,
-            "global_batch_size": p.global_batch_size, "num_examples": p.num_train_examples,
-            "version": STATE_VERSION}
+    s = self._stream
+    return {"dataset": s.dataset, "split": s.split, "seed": self.seed, "global_batch_size": s.global_batch_size,
+            "num_examples": s.num_examples, "version": STATE_VERSION}
 
   def get_state(self) -> Dict[str, Any]:
     """JSON-serialisable: the next global step and what defines the sample stream."""
@@ -77,7 +100,7 @@ class TrainIterator:
     expected = self._fingerprint()
     diff = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
     if diff:
-      raise ValueError(f"data iterator state does not match this pipeline (saved, now): {diff}; "
+      raise errors.InputError(f"data iterator state does not match this pipeline (saved, now): {diff}; "
                        "resume with the same dataset, split, seed and global batch size")
     self._step = int(state["step"])
     self._it = None

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from resnet_jax import errors
 from resnet_jax.models.layers import Activation, he_conv
 from resnet_jax.models.norm import BatchNorm
 from resnet_jax.models.shortcuts import ProjectionShortcut
@@ -100,7 +101,7 @@ class ResidualUnit(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.unit_order not in UNIT_ORDERS:
-      raise ValueError(f"unknown unit_order {self.unit_order!r}: valid choices are {', '.join(UNIT_ORDERS)}")
+      raise errors.InputError(f"unknown unit_order {self.unit_order!r}: valid choices are {', '.join(UNIT_ORDERS)}")
     specs = list(self.branch(x.shape[-1]))
     n = len(specs)
     order = self.unit_order
@@ -170,10 +171,10 @@ class BottleneckBlock(ResidualUnit):
 
   def branch(self, in_features: int) -> Sequence[ConvSpec]:
     if self.stride_on not in STRIDE_PLACEMENTS:
-      raise ValueError(f"unknown stride_on {self.stride_on!r}: valid choices are {', '.join(STRIDE_PLACEMENTS)}")
+      raise errors.InputError(f"unknown stride_on {self.stride_on!r}: valid choices are {', '.join(STRIDE_PLACEMENTS)}")
     inner = self.bottleneck_features or self.features // 4
     if inner % self.cardinality:
-      raise ValueError(f"bottleneck width {inner} is not divisible by cardinality {self.cardinality}")
+      raise errors.InputError(f"bottleneck width {inner} is not divisible by cardinality {self.cardinality}")
     s1, s3 = (self.strides, 1) if self.stride_on == "conv1x1" else (1, self.strides)
     return (ConvSpec(inner, 1, s1), ConvSpec(inner, 3, s3, self.cardinality), ConvSpec(self.features, 1, 1))
 

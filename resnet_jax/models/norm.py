@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import errors
 from resnet_jax.models.parts import PartTable
 
 Initializer = Callable[..., jax.Array]
@@ -86,7 +87,7 @@ class BatchNorm(nn.Module):
     if self.group_size is not None:
       batch = x.shape[0]
       if self.group_size <= 0 or batch % self.group_size:
-        raise ValueError(
+        raise errors.InputError(
             f"ghost batch norm group_size={self.group_size} must be a positive divisor of the "
             f"(per-device) batch {batch}")
       grouped = xs.reshape((batch // self.group_size, self.group_size) + x.shape[1:])

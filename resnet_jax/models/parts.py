@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
+from resnet_jax import errors
+
 
 def _callable(value: Any) -> bool:
   return callable(value) and not isinstance(value, str)
@@ -50,7 +52,7 @@ class PartTable(Mapping[str, Any]):
   def check(self, value: Any) -> None:
     """Raises ValueError naming the valid choices if `value` is neither a name nor a part."""
     if not self.is_part(value) and value not in self._parts:
-      raise ValueError(f"unknown {self.kind} {value!r}: valid choices are {', '.join(map(str, self._parts))}"
+      raise errors.InputError(f"unknown {self.kind} {value!r}: valid choices are {', '.join(map(str, self._parts))}"
                        f" or {self.otherwise}")
 
   def resolve(self, value: Any) -> Any:

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 from typing import Any, Mapping
 
+from resnet_jax import errors
 from resnet_jax.models.resnet import ResNet
 
 _REGISTRY: dict[str, dict[str, Any]] = {}
@@ -30,7 +31,7 @@ def config(name: str) -> dict[str, Any]:
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"unknown model {name!r}{hint}; valid names: {', '.join(names())}")
+    raise errors.InputError(f"unknown model {name!r}{hint}; valid names: {', '.join(names())}")
   return dict(_REGISTRY[name])
 
 
@@ -52,7 +53,7 @@ def _check_fields(fields: Mapping[str, Any], context: str) -> None:
     if key not in valid:
       close = difflib.get_close_matches(key, valid, n=3)
       hint = f" (did you mean {', '.join(close)}?)" if close else ""
-      raise ValueError(f"{context}: unknown model field {key!r}{hint}; valid fields: {', '.join(valid)}")
+      raise errors.InputError(f"{context}: unknown model field {key!r}{hint}; valid fields: {', '.join(valid)}")
 
 
 # He et al. 2015, §4.2: CIFAR-10 networks of 6n+2 layers, 16/32/64 filters, option A.

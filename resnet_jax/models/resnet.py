@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import errors
 from resnet_jax.models import blocks as blocks_lib
 from resnet_jax.models import layers
 from resnet_jax.models import shortcuts as shortcuts_lib
@@ -45,7 +46,7 @@ LEGACY_SHORTCUT_FIELDS = {
 
 def _check_choice(field: str, value: Any, choices: Sequence[Any], other: str = "") -> None:
   if value not in choices:
-    raise ValueError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}{other}")
+    raise errors.InputError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}{other}")
 
 
 def _is_number(value: Any) -> bool:
@@ -66,7 +67,7 @@ def _check_number(field: str, value: Any, low: float, high: float = float("inf")
       bound = f" in [{low}, {high}{']' if closed_high else ')'}"
     else:
       bound = f" >= {low}" if low != float("-inf") else ""
-    raise ValueError(f"{field}={value!r} must be {kind}{bound}{' or None' if optional else ''}")
+    raise errors.InputError(f"{field}={value!r} must be {kind}{bound}{' or None' if optional else ''}")
 
 
 def _declares(cls: type, field: str) -> bool:
@@ -87,7 +88,7 @@ def _legacy_shortcut_options(net: "ResNet") -> Dict[str, Any]:
     readers = [n for n in shortcuts_lib.SHORTCUTS if option in shortcuts_lib.shortcut_class(n)[0].option_names()]
     if isinstance(net.shortcut, str) and net.shortcut not in readers:
       if value != default:
-        raise ValueError(f"{field}={value!r} has no effect with shortcut={net.shortcut!r}: it applies to "
+        raise errors.InputError(f"{field}={value!r} has no effect with shortcut={net.shortcut!r}: it applies to "
                          f"shortcut={' or '.join(map(repr, readers))} (leave it unset otherwise)")
       continue
     shortcuts_lib.shortcut_class(readers[0])[0].check_option(option, value, label=field)
@@ -216,20 +217,20 @@ class ResNet(nn.Module):
     _check_choice("stride_on", self.stride_on, blocks_lib.STRIDE_PLACEMENTS)
     self._check_values()
     if len(self.stage_widths) != len(self.stage_sizes):
-      raise ValueError(f"stage_widths {tuple(self.stage_widths)} and stage_sizes {tuple(self.stage_sizes)} "
+      raise errors.InputError(f"stage_widths {tuple(self.stage_widths)} and stage_sizes {tuple(self.stage_sizes)} "
                        "must have the same length")
     if self.stage_strides is not None and len(self.stage_strides) != len(self.stage_sizes):
-      raise ValueError(f"stage_strides {tuple(self.stage_strides)} must have one entry per stage "
+      raise errors.InputError(f"stage_strides {tuple(self.stage_strides)} must have one entry per stage "
                        f"({len(self.stage_sizes)})")
     if self.num_classes < 0:
-      raise ValueError(f"num_classes {self.num_classes} must be >= 0 (0: no classifier, pooled features out)")
+      raise errors.InputError(f"num_classes {self.num_classes} must be >= 0 (0: no classifier, pooled features out)")
     super().__post_init__()
 
   def _check_values(self) -> None:
     """One-line errors for values that would otherwise fail deep inside JAX, or do nothing."""
     for field in ("stage_sizes", "stage_widths") + (("stage_strides",) if self.stage_strides is not None else ()):
       if not isinstance(getattr(self, field), (tuple, list)):
-        raise ValueError(f"{field}={getattr(self, field)!r} must be a sequence of integers, e.g. (3, 4, 6, 3)")
+        raise errors.InputError(f"{field}={getattr(self, field)!r} must be a sequence of integers, e.g. (3, 4, 6, 3)")
       for v in getattr(self, field):
         _check_number(f"{field} entry", v, 1, integer=True)
     _check_number("num_classes", self.num_classes, 0, integer=True)  # 0: no classifier, pooled features out
@@ -239,14 +240,14 @@ class ResNet(nn.Module):
     _check_number("bottleneck_width", self.bottleneck_width, 1, integer=True, optional=True)
     _check_number("width_multiplier", self.width_multiplier, 0, closed_high=True)
     if self.width_multiplier == 0:
-      raise ValueError("width_multiplier=0 must be positive")
+      raise errors.InputError("width_multiplier=0 must be positive")
     _check_number("input_channels", self.input_channels, 1, integer=True)
     if not isinstance(self.zero_init_residual, bool):
-      raise ValueError(f"zero_init_residual={self.zero_init_residual!r} must be True or False")
+      raise errors.InputError(f"zero_init_residual={self.zero_init_residual!r} must be True or False")
     _check_number("bn_momentum", self.bn_momentum, 0.0, 1.0)
     _check_number("bn_epsilon", self.bn_epsilon, 0.0)
     if self.bn_epsilon == 0:
-      raise ValueError("bn_epsilon=0 must be positive (it keeps 1/sqrt(var + eps) finite)")
+      raise errors.InputError("bn_epsilon=0 must be positive (it keeps 1/sqrt(var + eps) finite)")
     _check_number("bn_group_size", self.bn_group_size, 1, integer=True, optional=True)
 
   def _shortcut_options(self) -> Dict[str, Any]:
@@ -255,7 +256,7 @@ class ResNet(nn.Module):
     given = dict(self.shortcut_options or {})
     both = sorted(set(legacy) & set(given))
     if both:
-      raise ValueError(f"shortcut option {both[0]!r} is set twice: in shortcut_options and by a deprecated "
+      raise errors.InputError(f"shortcut option {both[0]!r} is set twice: in shortcut_options and by a deprecated "
                        "field; keep the shortcut_options one")
     options = {**legacy, **given}
     if isinstance(self.shortcut, str):
@@ -321,7 +322,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
     if x.ndim != 4 or x.shape[-1] != self.input_channels:
-      raise ValueError(f"expected images of shape (batch, height, width, {self.input_channels}) (NHWC), "
+      raise errors.InputError(f"expected images of shape (batch, height, width, {self.input_channels}) (NHWC), "
                        f"got shape {tuple(x.shape)}")
     conv, norm, act, shortcut = self._layers()
     features = {}

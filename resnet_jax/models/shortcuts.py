@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import errors
 from resnet_jax.models.parts import PartTable
 
 ModuleDef = Any
@@ -49,7 +50,7 @@ def zero_pad_identity(x: jax.Array, features: int, strides: int) -> jax.Array:
     x = x[:, ::strides, ::strides, :]
   extra = features - x.shape[-1]
   if extra < 0:
-    raise ValueError(
+    raise errors.InputError(
         f"option A (zero-padding) shortcut cannot shrink {x.shape[-1]} channels to {features}; "
         "use a projection shortcut ('B' or 'C')")
   if extra:
@@ -97,7 +98,7 @@ class Shortcut(nn.Module):
     """One-line ValueError for a bad value of one of `cls`'s options (called `label` in it)."""
     test, must = cls.OPTION_CHECKS.get(key, (lambda v: True, ""))
     if not test(value):
-      raise ValueError(f"{label or 'shortcut option ' + key}={value!r} must be {must}")
+      raise errors.InputError(f"{label or 'shortcut option ' + key}={value!r} must be {must}")
 
 
 class _IdentityVariant(Shortcut):
@@ -244,7 +245,7 @@ def check_shortcut_options(name: str, options: Mapping[str, Any]) -> None:
   for key, value in options.items():
     if key not in free:
       takes = f"takes {', '.join(free)}" if free else "takes no options"
-      raise ValueError(f"shortcut_options {key!r} does not apply to shortcut={name!r} ({takes})")
+      raise errors.InputError(f"shortcut_options {key!r} does not apply to shortcut={name!r} ({takes})")
     cls.check_option(key, value)
 
 
@@ -266,7 +267,7 @@ def make_shortcut(kind: str, *, downsample: str = "A", scale: float = 0.5,
   option the shortcut does not read instead of ignoring it.
   """
   if downsample not in DOWNSAMPLES:
-    raise ValueError(f"unknown downsample {downsample!r}: valid choices are 'A' (zero-pad) and 'B' (projection)")
+    raise errors.InputError(f"unknown downsample {downsample!r}: valid choices are 'A' (zero-pad) and 'B' (projection)")
   given = {"downsample": downsample, "scale": scale, "scale_residual": scale_residual,
            "gate_bias_init": gate_bias_init, "rate": dropout_rate}
   cls, _ = shortcut_class(kind)

@@ -39,6 +39,8 @@ import subprocess
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from resnet_jax import errors
+
 ENV = "RESNET_JAX_ALLOCATOR"
 ACTIVE_ENV = "RESNET_JAX_ALLOCATOR_ACTIVE"  # set in the re-executed process
 CHOICES = ("auto", "jemalloc", "tcmalloc", "system")
@@ -64,7 +66,7 @@ ACCELERATOR_PACKAGES = re.compile(r"^(jax[-_]cuda\d*[-_]plugin|jax[-_]cuda\d*[-_
                                   re.IGNORECASE)
 
 
-class AllocatorError(ValueError):
+class AllocatorError(errors.InputError):
   """RESNET_JAX_ALLOCATOR asks for something that cannot be done."""
 
 

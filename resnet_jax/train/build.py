@@ -1,18 +1,24 @@
-"""From an experiment config to the objects that train: the one place that translates.
+"""From an experiment config to the objects that train: the one place that checks and translates.
 
 `train`, `evaluate`, `load_variables`, the CLI, `rj.compare` and the experiments all
 build through here, so a config field means the same thing everywhere:
 
+* `validate`: every field checked once, in one line naming the field and what is valid;
+  it returns the network the config describes, which building uses as it is (nothing
+  downstream checks again).
 * `model`: `config.model.name` plus any `ResNet` field, with the number of classes from
   the dataset, the compute dtype from `config.dtype` (parameters float32) and the
-  BatchNorm grouping from `config.bn` (the engine owns those four fields).
+  BatchNorm grouping from `config.bn` (the engine owns those fields).
 * `optimizer`: the learning-rate schedule and Optax SGD of `config.optimizer` /
   `config.schedule`.
 * `pipeline`: the input pipeline of `config.data` for a mesh.
+* `experiment`: all of them, and the network the train step differentiates on this
+  platform (`step.model_for_platform`).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import jax.numpy as jnp
@@ -23,13 +29,11 @@ from jax.sharding import Mesh
 import resnet_jax.data as rjd
 from resnet_jax import models
 from resnet_jax.runtime import compilation_cache
+from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import optim
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  return config_lib.choice("dtype", config.dtype, config_lib.DTYPES)
+from resnet_jax.train import step as step_lib
+from resnet_jax.train.config import ConfigError, choice
 
 
 def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -38,8 +42,7 @@ def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   "global" and "per_device" need none: under `jax.jit` a BatchNorm sees the whole
   batch, under the step's `jax.shard_map` ("per_device") its device's shard.
   """
-  mode = config_lib.choice("bn.mode", config.bn.mode, config_lib.BN_MODES)
-  group_size = int(config.bn.ghost_batch_size) if mode == "ghost" else None
+  group_size = int(config.bn.ghost_batch_size) if config.bn.mode == "ghost" else None
   return {"bn_axis_name": None, "bn_group_size": group_size,
           "bn_unbiased_variance": bool(config.bn.get("unbiased_variance", False))}
 
@@ -50,11 +53,107 @@ def model_spec(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
-  """The configured network for a dataset of `num_classes` classes (`config` is validated)."""
-  return models.create(config.model.name, num_classes=num_classes, dtype=compute_dtype(config),
+  """The configured network for a dataset of `num_classes` classes (`config` is a valid one)."""
+  return models.create(config.model.name, num_classes=num_classes, dtype=config_lib.DTYPES[config.dtype],
                        param_dtype=jnp.float32, **bn_model_fields(config), **config_lib.model_fields(config))
 
 
+# -- validation ------------------------------------------------------------------------
+def _check_length(config: ml_collections.ConfigDict) -> None:
+  if not 0 <= int(config.seed) <= config_lib.MAX_SEED:
+    raise ConfigError(f"seed={config.seed} must be in [0, {config_lib.MAX_SEED}] (2**32 - 1)")
+  if (config.num_steps > 0) == (config.num_epochs > 0):
+    raise ConfigError(f"exactly one of num_steps={config.num_steps} and num_epochs={config.num_epochs} "
+                      "must be positive")
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+  if config.dtype == "float16":
+    raise ConfigError("dtype='float16' is not supported: training in float16 needs loss scaling, which "
+                      "this engine does not do; use dtype='bfloat16' (float32's range, the same speed on "
+                      "GPUs and TPUs that have it)")
+  choices = {
+      "bn.mode": (config.bn.mode, config_lib.BN_MODES),
+      "dtype": (config.dtype, config_lib.DTYPE_NAMES),
+      "schedule.name": (config.schedule.name, config_lib.SCHEDULES),
+      "schedule.unit": (config.schedule.unit, config_lib.SCHEDULE_UNITS),
+      "schedule.warmup_mode": (config.schedule.warmup_mode, config_lib.WARMUP_MODES),
+      "optimizer.weight_decay_mode": (config.optimizer.weight_decay_mode, config_lib.WEIGHT_DECAY_MODES),
+  }
+  for name, (value, valid) in choices.items():
+    choice(name, value, valid)
+
+
+def _check_counts(config: ml_collections.ConfigDict) -> None:
+  for name in ("global_batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+               "steps_per_dispatch", "eval_every_epochs", "keep_checkpoints"):
+    if int(config[name]) < 1:
+      raise ConfigError(f"{name}={config[name]} must be at least 1")
+  nonnegative = {"keep_best_checkpoints": config.keep_best_checkpoints,
+                 "optimizer.weight_decay": config.optimizer.weight_decay,
+                 "schedule.reference_batch_size": config.schedule.reference_batch_size,
+                 "schedule.warmup_learning_rate": config.schedule.warmup_learning_rate,
+                 "schedule.warmup_length": config.schedule.warmup_length}
+  for name in ("num_threads", "num_workers", "padding", "prefetch_batches"):
+    if name in config.data:
+      nonnegative[f"data.{name}"] = config.data[name]
+  for name, value in nonnegative.items():
+    if value is not None and value < 0:
+      raise ConfigError(f"{name}={value} must not be negative")
+  if config.bn.mode == "ghost":
+    size = int(config.bn.ghost_batch_size)
+    if size <= 0 or config.global_batch_size % size:
+      raise ConfigError(f"bn.ghost_batch_size={size} must be positive and divide "
+                        f"global_batch_size={config.global_batch_size}")
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+  o, s = config.optimizer, config.schedule
+  if not 0.0 <= o.momentum < 1.0:
+    raise ConfigError(f"optimizer.momentum={o.momentum} must be in [0, 1)")
+  if o.learning_rate <= 0:
+    raise ConfigError(f"optimizer.learning_rate={o.learning_rate} must be positive")
+  if s.decay_factor <= 0:
+    raise ConfigError(f"schedule.decay_factor={s.decay_factor} must be positive (0.1: ÷10)")
+  if not (isinstance(s.boundaries, (tuple, list))
+          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in s.boundaries)):
+    raise ConfigError(f"schedule.boundaries={s.boundaries!r} must be a tuple of non-negative numbers, "
+                      "e.g. '(32000, 48000)'")
+  if o.weight_decay_exclude:
+    try:
+      re.compile(o.weight_decay_exclude)
+    except re.error as e:
+      raise ConfigError(f"optimizer.weight_decay_exclude={o.weight_decay_exclude!r} is not a "
+                        f"regular expression ({e})") from None
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+
+
+def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
+  """The network of `config` for its dataset's classes, or a `ConfigError` naming the field."""
+  config_lib.check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
+  try:
+    num_classes = rjd.dataset_info(config.data.name).num_classes
+  except ValueError as e:
+    raise ConfigError(f"data.name: {e}") from None
+  try:
+    return model(config, num_classes)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model: {e}") from None
+
+
+def validate(config: ml_collections.ConfigDict) -> models.ResNet:
+  """One-line `ConfigError`s for values that would otherwise fail deep inside JAX or Optax;
+  returns the network `config` describes (for its dataset's classes)."""
+  for check in (_check_length, _check_choices, _check_counts, _check_optimizer):
+    check(config)
+  net = _checked_model(config)
+  if config.get("init_from"):
+    config_lib.parse_init_from(config.init_from)
+  return net
+
+
+# -- building --------------------------------------------------------------------------
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
               ) -> Tuple[optax.Schedule, optax.GradientTransformation]:
   """The learning-rate schedule and the Optax optimiser of `config`."""
@@ -83,11 +182,16 @@ def pipeline(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> 
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything `train` needs, built from one config."""
+  """Everything `train` needs, built from one config.
+
+  `model` is the network as configured (evaluation, checkpoints, loading); `train_model`
+  the same network as the train step differentiates it on this platform.
+  """
   config: ml_collections.ConfigDict
   mesh: Mesh
   pipeline: rjd.Pipeline
   model: models.ResNet
+  train_model: models.ResNet
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   steps_per_epoch: int
@@ -107,19 +211,20 @@ def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None,
   """Validates `config` (the one place that does) and builds its pipeline, model and optimiser.
 
   Everything downstream trusts the built experiment. `pipe`: an input pipeline of the same
-  `config.data` to share (packed runs read one pipeline, each in its own order). Also switches on JAX's persistent compilation cache (`resnet_jax.runtime.compilation_cache`;
+  `config.data` to share (packed runs read one pipeline, each in its own order). Also
+  switches on JAX's persistent compilation cache (`resnet_jax.runtime.compilation_cache`;
   `RESNET_JAX_COMPILATION_CACHE=off` keeps it off), so a restarted run loads its compiled steps.
   """
-  config_lib.validate(config)
+  net = validate(config)
   compilation_cache.enable()
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
   pipe = pipeline(config, mesh) if pipe is None else pipe
   steps_per_epoch = int(pipe.steps_per_epoch)
   if steps_per_epoch < 1:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"global_batch_size={config.global_batch_size} is larger than the {pipe.num_train_examples} "
         f"examples of data.train_split={config.data.train_split!r}")
   total_steps = config_lib.num_train_steps(config, steps_per_epoch)
-  net = model(config, pipe.num_classes)
   schedule, tx = optimizer(config, steps_per_epoch, total_steps)
-  return Experiment(config, mesh, pipe, net, schedule, tx, steps_per_epoch, total_steps)
+  train_model = step_lib.model_for_platform(net, mesh.devices.flat[0].platform, int(config.steps_per_dispatch))
+  return Experiment(config, mesh, pipe, net, train_model, schedule, tx, steps_per_epoch, total_steps)

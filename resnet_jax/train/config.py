@@ -1,8 +1,8 @@
-"""The experiment-config schema: valid values, override parsing, checks, and the workdir copy.
+"""The experiment-config schema: valid values, override parsing, and the workdir copy.
 
-This module decides what a config may contain; `resnet_jax.train.build` turns a valid
-config into a model, optimiser and input pipeline, and `resnet_jax.configs` loads the
-named config files. Override values are parsed in one way everywhere (the command line,
+This module decides what a config may contain; `resnet_jax.train.build` checks a config
+once (`validate`) and turns it into a model, optimiser and input pipeline, and
+`resnet_jax.configs` loads the named config files. Override values are parsed in one way everywhere (the command line,
 `rj.configs.load(overrides=...)` with strings, the experiments' `--set`): by
 `ml_collections.config_flags`, typed by the field's current value.
 """
@@ -12,8 +12,6 @@ import copy
 import difflib
 import json
 import os
-import pathlib
-import re
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -21,11 +19,12 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from resnet_jax import errors
 from resnet_jax import models
-from resnet_jax.runtime import object_store
-from resnet_jax.train import workdir_io
+from resnet_jax.storage import object_store
+from resnet_jax.storage.workdir import Workdir
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = Workdir.CONFIG
 # Fields every saved config has (an older or damaged file without them is not one).
 SAVED_CONFIG_KEYS = ("model", "data", "optimizer", "schedule", "global_batch_size", "seed")
 # Seeds reach NumPy's SeedSequence (non-negative) and JAX's PRNGKey (at most 64 bits): the
@@ -59,7 +58,7 @@ ENGINE_MODEL_FIELDS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.InputError):
   """A config value or override key is invalid; the message names it and what is valid."""
 
 
@@ -252,78 +251,6 @@ def choice(name: str, value: Any, valid: Sequence[Any] | Mapping[Any, Any]) -> A
   return valid[value] if isinstance(valid, Mapping) else value
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """One-line errors for values that would otherwise fail deep inside JAX or Optax."""
-  if not 0 <= int(config.seed) <= MAX_SEED:
-    raise ConfigError(f"seed={config.seed} must be in [0, {MAX_SEED}] (2**32 - 1)")
-  if (config.num_steps > 0) == (config.num_epochs > 0):
-    raise ConfigError(f"exactly one of num_steps={config.num_steps} and num_epochs={config.num_epochs} "
-                      "must be positive")
-  choices = {
-      "bn.mode": (config.bn.mode, BN_MODES),
-      "dtype": (config.dtype, DTYPE_NAMES),
-      "schedule.name": (config.schedule.name, SCHEDULES),
-      "schedule.unit": (config.schedule.unit, SCHEDULE_UNITS),
-      "schedule.warmup_mode": (config.schedule.warmup_mode, WARMUP_MODES),
-      "optimizer.weight_decay_mode": (config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES),
-  }
-  if config.dtype == "float16":
-    raise ConfigError("dtype='float16' is not supported: training in float16 needs loss scaling, which "
-                      "this engine does not do; use dtype='bfloat16' (float32's range, the same speed on "
-                      "GPUs and TPUs that have it)")
-  for name, (value, valid) in choices.items():
-    choice(name, value, valid)
-  for name in ("global_batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
-               "steps_per_dispatch", "eval_every_epochs"):
-    if int(config[name]) < 1:
-      raise ConfigError(f"{name}={config[name]} must be at least 1")
-  for name in ("keep_checkpoints",):
-    if int(config[name]) < 1:
-      raise ConfigError(f"{name}={config[name]} must be at least 1")
-  nonnegative = {"keep_best_checkpoints": config.keep_best_checkpoints,
-                 "optimizer.weight_decay": config.optimizer.weight_decay,
-                 "schedule.reference_batch_size": config.schedule.reference_batch_size,
-                 "schedule.warmup_learning_rate": config.schedule.warmup_learning_rate,
-                 "schedule.warmup_length": config.schedule.warmup_length}
-  for name in ("num_threads", "num_workers", "padding", "prefetch_batches"):
-    if name in config.data:
-      nonnegative[f"data.{name}"] = config.data[name]
-  for name, value in nonnegative.items():
-    if value is not None and value < 0:
-      raise ConfigError(f"{name}={value} must not be negative")
-  if not 0.0 <= config.optimizer.momentum < 1.0:
-    raise ConfigError(f"optimizer.momentum={config.optimizer.momentum} must be in [0, 1)")
-  if config.schedule.decay_factor <= 0:
-    raise ConfigError(f"schedule.decay_factor={config.schedule.decay_factor} must be positive (0.1: ÷10)")
-  boundaries = config.schedule.boundaries
-  if not (isinstance(boundaries, (tuple, list))
-          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in boundaries)):
-    raise ConfigError(f"schedule.boundaries={boundaries!r} must be a tuple of non-negative numbers, "
-                      "e.g. '(32000, 48000)'")
-  if config.optimizer.weight_decay_exclude:
-    try:
-      re.compile(config.optimizer.weight_decay_exclude)
-    except re.error as e:
-      raise ConfigError(f"optimizer.weight_decay_exclude={config.optimizer.weight_decay_exclude!r} is not a "
-                        f"regular expression ({e})") from None
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
-  if config.optimizer.learning_rate <= 0:
-    raise ConfigError(f"optimizer.learning_rate={config.optimizer.learning_rate} must be positive")
-  if config.bn.mode == "ghost":
-    size = int(config.bn.ghost_batch_size)
-    if size <= 0 or config.global_batch_size % size:
-      raise ConfigError(f"bn.ghost_batch_size={size} must be positive and divide "
-                        f"global_batch_size={config.global_batch_size}")
-  check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
-  try:
-    models.create(config.model.name, **model_fields(config))
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"model: {e}") from None
-  if config.get("init_from"):
-    parse_init_from(config.init_from)
-
-
 def parse_init_from(spec: str) -> tuple:
   """`"WORKDIR[:latest|best|STEP]"` -> `(path, step)`; step None means latest."""
   path, sep, step = str(spec).rpartition(":")
@@ -333,7 +260,7 @@ def parse_init_from(spec: str) -> tuple:
     if not step.isdigit():
       raise ConfigError(f"init_from={spec!r}: the step after ':' must be a number, 'latest' or 'best'")
     step = int(step)
-  if not (workdir_io.as_path(path) / CONFIG_FILE).is_file():
+  if not Workdir(path).has(CONFIG_FILE):
     raise ConfigError(f"init_from={spec!r}: {path} is not the --workdir of a `resnet-jax train` run "
                       f"(no {CONFIG_FILE})")
   return path, step
@@ -344,10 +271,9 @@ def to_json_value(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Workdir) -> None:
   """Writes `workdir/config.json` atomically (a copy: each checkpoint records the config too)."""
-  workdir_io.write_atomic(workdir_io.as_path(workdir) / CONFIG_FILE,
-                          config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  Workdir(workdir).write_text(CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def config_from_dict(value: Any, source: str) -> ml_collections.ConfigDict:
@@ -359,17 +285,18 @@ def config_from_dict(value: Any, source: str) -> ml_collections.ConfigDict:
   return _tuples(ml_collections.ConfigDict(dict(value)))
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load_config(workdir: str | os.PathLike | Workdir) -> ml_collections.ConfigDict:
   """The config a `train` run saved in its workdir (lists become tuples again).
 
   Raises FileNotFoundError when there is none and `ConfigError` naming the file and the
   way out when it is damaged.
   """
-  path = workdir_io.as_path(workdir) / CONFIG_FILE
+  workdir = Workdir(workdir)
+  path = workdir / CONFIG_FILE
   try:
-    text = workdir_io.read_text(path)
+    text = workdir.read_text(CONFIG_FILE)
   except FileNotFoundError:
-    raise FileNotFoundError(f"{path} does not exist: is {workdir} the --workdir of a `resnet-jax train` "
+    raise errors.MissingError(f"{path} does not exist: is {workdir} the --workdir of a `resnet-jax train` "
                             "run?") from None
   way_out = (f"restore it, or run `resnet-jax train` with the run's --config and --workdir {workdir} once to "
              "write it again (its checkpoints record the config and refuse another)")

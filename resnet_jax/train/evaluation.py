@@ -1,9 +1,12 @@
-"""Evaluation: every example of a split counted once, on any device and host count.
+"""Evaluation: the eval step, every example of a split counted once on any device and host
+count, and when the training loop evaluates.
 
 The eval step adds mask-weighted sums (the last batch is padded and masked, so nothing is
 dropped) of the loss, errors and top-5 errors on the devices; `evaluate_params` runs it
-over a whole split and turns the sums into percentages; `evaluate` does that for a
-checkpoint of a training workdir.
+over a whole split and turns the sums into percentages. `Evaluations` schedules the
+evaluations of a training group: dispatched without waiting (the devices go on training),
+read at the next log line. Evaluating a trained workdir is `load.evaluate`, beside
+`load_network`.
 
 With `data.ten_crop` the eval batches are larger center squares and the step also scores
 the papers' 10-crop testing (He et al. 2015, Table 3): the mean of the softmax over the
@@ -13,10 +16,9 @@ the papers' 10-crop testing (He et al. 2015, Table 3): the mean of the softmax o
 from __future__ import annotations
 
 import functools
-import logging
-import pathlib
+import math
 import warnings
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
 import jax
@@ -24,15 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from resnet_jax import errors
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import Pipeline
-from resnet_jax.runtime import object_store
-from resnet_jax.train import build
-from resnet_jax.train import config as config_lib
-from resnet_jax.train import load as load_lib
-from resnet_jax.train import mesh as mesh_lib
-from resnet_jax.train import packing
-from resnet_jax.train import workdir_io
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.train import report
 from resnet_jax.train.step import Batch, Metrics, Preprocess, new_metrics
 
 TEN_CROP_PREFIX = "ten_crop_"
@@ -70,20 +68,8 @@ def _ten_crop_sums(model: nn.Module, variables, images: jax.Array, labels: jax.A
   return sums
 
 
-def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_classes: Optional[int] = None,
-                   ten_crop_size: Optional[int] = None, runs: Optional[int] = None,
-                   run_mapping: Optional[str] = None) -> EvalStep:
-  """Returns jitted `(params, batch_stats, sums, batch) -> sums`, mask-weighted (padded batches).
-
-  With `ten_crop_size`, the batch holds larger center squares and the step adds the
-  `ten_crop_*` sums (module docstring). `num_classes` is not needed (the logits give it);
-  it is accepted, with a warning, for callers of the earlier signature. Packed runs (`runs`
-  R): params, statistics and sums have a leading axis of R; every run sees the same batch.
-  """
-  if num_classes is not None:
-    warnings.warn("make_eval_step(..., num_classes) is deprecated: the logits give the classes",
-                  DeprecationWarning, stacklevel=2)
-
+def eval_sums(model: nn.Module, preprocess: Preprocess, ten_crop_size: Optional[int] = None) -> EvalStep:
+  """`(params, batch_stats, sums, batch) -> sums` of one run, not compiled (`make_eval_step`)."""
   def eval_step(params, batch_stats, sums: Metrics, batch: Batch) -> Metrics:
     images = preprocess(batch["image"], None, False)
     variables = {"params": params, "batch_stats": batch_stats}
@@ -94,38 +80,41 @@ def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_cla
     else:
       new = _ten_crop_sums(model, variables, images, labels, mask, ten_crop_size)
     return {**{k: sums[k] + v for k, v in new.items()}, "count": sums["count"] + jnp.sum(mask)}
-  if runs is not None:
-    mapping = run_mapping or packing.default_mapping(mesh.devices.flat[0].platform)
-    eval_step = packing.over_runs(eval_step, mapping, (0, 0, 0, None))
+  return eval_step
+
+
+def compiled(eval_step: EvalStep, mesh: Mesh) -> EvalStep:
+  """`jax.jit` of an eval step: sums donated, replicated."""
   return jax.jit(eval_step, donate_argnums=(2,), out_shardings=mesh_lib.replicated(mesh))
 
 
-def uses_ten_crop(pipe: Pipeline) -> bool:
-  """Whether the pipeline's eval batches are 10-crop squares (`data.ten_crop`)."""
-  return bool(pipe.config.get("ten_crop", False))
+def make_eval_step(model: nn.Module, mesh: Mesh, preprocess: Preprocess, num_classes: Optional[int] = None,
+                   ten_crop_size: Optional[int] = None) -> EvalStep:
+  """Returns jitted `(params, batch_stats, sums, batch) -> sums`, mask-weighted (padded batches).
 
-
-def pipeline_eval_step(model: nn.Module, mesh: Mesh, pipe: Pipeline, runs: Optional[int] = None) -> EvalStep:
-  """The eval step for `pipe`'s batches (10-crop evaluation when `data.ten_crop` is set)."""
-  return make_eval_step(model, mesh, pipe.preprocess,
-                        ten_crop_size=pipe.image_shape[0] if uses_ten_crop(pipe) else None, runs=runs)
-
-
-def start_evaluation(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, mesh: Mesh,
-                     runs: Optional[int] = None) -> Metrics:
-  """Dispatches the eval step over the whole split and returns the sums still on the devices.
-
-  Nothing waits for the devices here: the training loop dispatches its next steps while
-  they evaluate, and reads the result (`finish_evaluation`) when it is ready. With `runs`,
-  the packed runs' sums, [R] each.
+  With `ten_crop_size`, the batch holds larger center squares and the step adds the
+  `ten_crop_*` sums (module docstring). `num_classes` is not needed (the logits give it);
+  it is accepted, with a warning, for callers of the earlier signature.
   """
-  zeros = functools.partial(zero_eval_metrics, ten_crop=uses_ten_crop(pipe))
-  if runs is not None:
-    zeros = functools.partial(lambda z: packing.stack([z()] * runs), zeros)
-  sums = new_metrics(zeros, mesh)
-  for batch in pipe.eval_iterator():
-    sums = eval_step(params, batch_stats, sums, batch)
-  return sums
+  if num_classes is not None:
+    warnings.warn("make_eval_step(..., num_classes) is deprecated: the logits give the classes",
+                  DeprecationWarning, stacklevel=2)
+  return compiled(eval_sums(model, preprocess, ten_crop_size), mesh)
+
+
+def ten_crop_size(pipe: Pipeline) -> Optional[int]:
+  """The crop of the pipeline's 10-crop eval batches (`data.ten_crop`), else None."""
+  return pipe.image_shape[0] if pipe.config.get("ten_crop", False) else None
+
+
+def pipeline_eval_step(model: nn.Module, mesh: Mesh, pipe: Pipeline) -> EvalStep:
+  """The eval step for `pipe`'s batches (10-crop evaluation when `data.ten_crop` is set)."""
+  return make_eval_step(model, mesh, pipe.preprocess, ten_crop_size=ten_crop_size(pipe))
+
+
+def zero_sums(pipe: Pipeline, mesh: Mesh) -> Metrics:
+  """Zeroed eval sums for `pipe`'s batches, on the devices."""
+  return new_metrics(functools.partial(zero_eval_metrics, ten_crop=ten_crop_size(pipe) is not None), mesh)
 
 
 def finish_evaluation(sums: Metrics) -> Dict[str, float]:
@@ -133,7 +122,7 @@ def finish_evaluation(sums: Metrics) -> Dict[str, float]:
   sums = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), sums)
   count = float(sums["count"])
   if count == 0:
-    raise ValueError("the eval split is empty")
+    raise errors.InputError("the eval split is empty")
   out = {}
   for prefix in ("", TEN_CROP_PREFIX) if f"{TEN_CROP_PREFIX}errors" in sums else ("",):
     out.update({f"{prefix}error": 100.0 * float(sums[f"{prefix}errors"]) / count,
@@ -144,35 +133,53 @@ def finish_evaluation(sums: Metrics) -> Dict[str, float]:
 
 def evaluate_params(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, mesh: Mesh) -> Dict[str, float]:
   """Error, top-5 error (percent), mean loss and example count over the whole eval split."""
-  return finish_evaluation(start_evaluation(eval_step, params, batch_stats, pipe, mesh))
+  sums = zero_sums(pipe, mesh)
+  for batch in pipe.eval_iterator():
+    sums = eval_step(params, batch_stats, sums, batch)
+  return finish_evaluation(sums)
 
 
-def evaluate(workdir: str | pathlib.Path, step: Optional[int | str] = None, split: Optional[str] = None,
-             mesh: Optional[Mesh] = None, log: Callable[[str], None] = logging.warning,
-             data_dir: Optional[str | pathlib.Path] = None) -> Dict[str, Any]:
-  """Evaluates a checkpoint of `workdir` (the latest by default, or `"best"`) on every
-  example of a split.
+class Evaluations:
+  """A training group's evaluations: dispatched without waiting for the devices, recorded when read.
 
-  The split is the run's `data.eval_split` unless `split` is given; the dataset is read
-  from `data_dir`, else where the run read it if that folder exists here, else
-  $TFDS_DATA_DIR (`config.with_local_data_dir`).
+  `start` dispatches the eval steps of the current weights (the devices run them before the
+  train steps dispatched after); `finish` reads the sums, which are ready by the next log
+  line, and writes and prints each run's result. A checkpoint carries the evaluation of its
+  own weights (`of_current`), which is what ranks it for `keep_best_checkpoints`.
+  `on_nonfinite(group)` is called when a result is not finite (diverged weights), to stop the
+  runs whose loss became NaN/Inf before their evaluation is recorded.
   """
-  object_store.check_reachable(workdir)
-  workdir = workdir_io.as_path(workdir)
-  config = config_lib.with_local_data_dir(config_lib.load_config(workdir), data_dir)
-  if split:
-    config.data.eval_split = split
-  mesh = mesh_lib.create_mesh() if mesh is None else mesh
-  try:
-    pipe = build.pipeline(config, mesh)
-  except FileNotFoundError as e:  # a run's data dir is often a path of the machine that trained it
-    raise FileNotFoundError(f"{e}; or read a prepared copy elsewhere: eval --data-dir DIR (evaluate(..., "
-                            "data_dir=DIR)) or $TFDS_DATA_DIR") from None
-  model, variables, step = load_lib.restore_variables(workdir, step, config, log)
-  if model.num_classes != pipe.num_classes:
-    raise ValueError(f"the checkpoint has {model.num_classes} classes but data.name="
-                     f"{config.data.name!r} has {pipe.num_classes}")
-  params, batch_stats = jax.device_put((variables["params"], variables.get("batch_stats", {})),
-                                       mesh_lib.replicated(mesh))
-  result = evaluate_params(pipeline_eval_step(model, mesh, pipe), params, batch_stats, pipe, mesh)
-  return {"step": int(step), **result, "model": config.model.name, "split": config.data.eval_split}
+
+  def __init__(self, group: Any, on_nonfinite: Callable[[Any], None]):
+    self.group = group  # a `group.Group`
+    self.on_nonfinite = on_nonfinite
+    self.pending: Optional[tuple[int, List[Any], Callable[[], List[Metrics]]]] = None  # step, runs, read
+
+  def start(self) -> None:
+    self.finish()
+    self.pending = (self.group.step, list(self.group.runs), self.group.start_evaluation())
+
+  def finish(self) -> None:
+    """Reads, writes and prints the pending evaluation of each run, if any."""
+    if self.pending is None:
+      return
+    step, runs, read = self.pending
+    self.pending = None
+    for run, sums in zip(runs, read()):
+      if run.error is not None:  # stopped (NaN) since the evaluation started
+        continue
+      result = finish_evaluation(sums)
+      if not math.isfinite(result["loss"]):
+        self.on_nonfinite(self.group)  # diverged weights: the NaN report, not their eval
+        if run.error is not None:
+          continue
+      epoch = step / run.exp.steps_per_epoch
+      run.session.writer.write(step, {**result, "epoch": epoch}, "eval")
+      run.session.writer.print(report.eval_line(step, epoch, result, run.exp.config.data.eval_split))
+      run.last_eval = result
+
+  def of_current(self) -> None:
+    """Makes each run's `last_eval` that of its current weights (dispatched now unless pending)."""
+    if self.pending is None or self.pending[0] != self.group.step:
+      self.start()
+    self.finish()

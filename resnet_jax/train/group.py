@@ -1,11 +1,21 @@
-"""A group of runs trained by one program, all at the same step.
+"""A group of runs that one process trains in lockstep, all at the same step; a run trained
+alone is a group of one.
 
 A `Run` is one run's built experiment, its workdir's `TrainingSession` and its data
-iterator. A `Group` holds the runs one program trains: unpacked, one run and its state as
-it is; packed (`packing.py`), R runs whose states are stacked on a leading run axis. The
-group compiles the train steps (1 and K per dispatch) and the eval step for its runs,
-dispatches them, hands each run its own slice (`of_run`) and drops the runs that stop early
-(`check_runs`: a NaN/Inf loss or gradient), recompiling for the others.
+iterator. A `Group` dispatches its runs' steps and evaluations, hands each run its own
+progress (`of_run`) and drops the runs that stop early (`check_runs`: a NaN/Inf loss or
+gradient). How it dispatches is chosen once, when the group is made (`packing.stacks_runs`):
+
+* `SeparatePrograms`: each run's own compiled step, dispatched in turn. A group of one
+  (today's single run: the program is exactly the run's own) and every group on a CPU,
+  where packing buys nothing (compute-bound): a run's arithmetic is then that of the run
+  trained alone, whatever its group, so a packed resume in other groups is bit-exact.
+* `StackedPrograms`: on an accelerator, one program for R runs whose states are stacked on
+  a leading run axis (`step.build_packed_train_step`): the same kernels do R times the
+  work. Each run's arithmetic equals its own run's to float rounding (vmapped kernels sum
+  in another order), not bit for bit.
+
+Nothing outside this module asks which it is.
 """
 from __future__ import annotations
 
@@ -18,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.data.train_iterator import PackedTrainIterator
+from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
-from resnet_jax.train import mesh as mesh_lib
-from resnet_jax.train.packing import stack
+from resnet_jax.train import packing
 from resnet_jax.train import step as step_lib
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession
 
@@ -61,6 +71,31 @@ class RateWindow:
     return steps_per_sec * self.batch_size, (self.total_steps - step) / max(steps_per_sec, 1e-9)
 
 
+@dataclasses.dataclass
+class RunResult:
+  """How one run's training call ended.
+
+  `stopped`: "" when it reached its last step, else why it stopped before ("preempted" by a
+  signal, or "time limit"; it saved, and the same call again continues). `error`: the
+  `NonFiniteLossError` of a run whose loss became NaN/Inf (the others of its group went on).
+  """
+  step: int
+  workdir: str
+  train: Metrics = dataclasses.field(default_factory=dict)
+  eval: Metrics = dataclasses.field(default_factory=dict)
+  stopped: str = ""
+  error: Optional[BaseException] = None
+  state: Any = None
+
+  @property
+  def preempted(self) -> bool:
+    return self.stopped == "preempted"
+
+  @property
+  def finished(self) -> bool:
+    return not self.stopped and self.error is None
+
+
 @dataclasses.dataclass(eq=False)  # a run is itself: compared by identity
 class Run:
   """One run of a group: its built experiment, its workdir's session and its data iterator."""
@@ -72,96 +107,191 @@ class Run:
   last_eval: Metrics = dataclasses.field(default_factory=dict)
   error: Optional[BaseException] = None  # why it stopped early (NaN/Inf), if it did
 
-  def result(self, progress: Progress) -> Dict[str, Any]:
-    out = {"step": progress.step, "train": self.last_train, "eval": self.last_eval,
-           "preempted": self.session.stopped == "preempted", "stopped": self.session.stopped,
-           "state": progress.state, "workdir": str(self.session.workdir)}
-    if self.error is not None:
-      out["error"] = self.error
-    return out
+  def result(self, progress: Progress) -> RunResult:
+    return RunResult(progress.step, str(self.session.workdir), self.last_train, self.last_eval,
+                     self.session.stopped, self.error, progress.state)
+
+
+def _steps(exp: build.Experiment, compile_k: Callable[[int], Callable]) -> Dict[int, Callable]:
+  """The train steps of one dispatch: {1: single step, K: K steps} (`steps_per_dispatch` K)."""
+  k = int(exp.config.steps_per_dispatch)
+  return {1: compile_k(1), **({k: compile_k(k)} if k > 1 else {})}
+
+
+class SeparatePrograms:
+  """Each run's own compiled step, dispatched in turn (module docstring)."""
+
+  def __init__(self, runs: List[Run], progresses: List[Progress]):
+    self.states = [p.state for p in progresses]
+    self.sums = [p.sums for p in progresses]
+    programs: Dict[str, Dict[int, Callable]] = {}  # runs that differ only in their seed share one
+    self.steps = []
+    for run in runs:
+      e = run.exp
+      key = packing.program_of(e.config)
+      if key not in programs:
+        programs[key] = _steps(e, lambda k, e=e: step_lib.build_train_step(
+            e.train_model, e.tx, e.config, e.mesh, e.pipeline.preprocess, e.num_classes, k))
+      self.steps.append(programs[key])
+    self.iterators = [run.train_iter for run in runs]
+    exp = runs[0].exp
+    self.eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, exp.pipeline)
+    self.zero_sums = lambda: step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
+
+  def advance(self, k: int) -> None:
+    for i, it in enumerate(self.iterators):
+      batch = next(it) if k == 1 else it.take(k)
+      self.states[i], self.sums[i] = self.steps[i][k](self.states[i], self.sums[i], batch)
+
+  def of_run(self, index: int) -> tuple[Any, Metrics]:
+    return self.states[index], self.sums[index]
+
+  def in_flight(self) -> Any:
+    return self.states
+
+  def host_sums(self) -> List[Metrics]:
+    return fetch(self.sums)
+
+  def new_window(self) -> None:
+    self.sums = [self.zero_sums() for _ in self.sums]
+
+  def start_evaluation(self, pipe, mesh) -> Callable[[], List[Metrics]]:
+    """Dispatches every run's eval steps over one pass of the split; returns the reader."""
+    sums = [evaluation.zero_sums(pipe, mesh) for _ in self.states]
+    for batch in pipe.eval_iterator():
+      sums = [self.eval_step(s.params, s.batch_stats, total, batch) for s, total in zip(self.states, sums)]
+    return lambda: fetch(sums)
+
+  def keep(self, indices: Sequence[int], runs: List[Run]) -> None:
+    """Keeps only the runs at `indices` (the others stopped early)."""
+    for name in ("states", "sums", "steps", "iterators"):
+      setattr(self, name, [getattr(self, name)[i] for i in indices])
+
+
+class StackedPrograms:
+  """One program for all runs, their states stacked on a leading run axis (module docstring)."""
+
+  def __init__(self, runs: List[Run], progresses: List[Progress]):
+    self.state = packing.stack([p.state for p in progresses])
+    self.sums = packing.stack([p.sums for p in progresses])
+    self._compile(runs)
+
+  def _compile(self, runs: List[Run]) -> None:
+    exp = runs[0].exp
+    txs = [r.exp.tx for r in runs]
+    self.steps = _steps(exp, lambda k: step_lib.build_packed_train_step(
+        exp.train_model, txs, exp.config, exp.mesh, exp.pipeline.preprocess, exp.num_classes, k))
+    self.batches = PackedTrainIterator([r.train_iter for r in runs], exp.mesh, mesh_lib.DATA_AXIS)
+    self.eval_step = evaluation.compiled(packing.over_runs(evaluation.eval_sums(
+        exp.model, exp.pipeline.preprocess, evaluation.ten_crop_size(exp.pipeline)), (0, 0, 0, None)), exp.mesh)
+    self.zero_sums = lambda: step_lib.new_metrics(
+        lambda: packing.stack([step_lib.zero_train_metrics()] * len(runs)), exp.mesh)
+
+  def advance(self, k: int) -> None:
+    batch = next(self.batches) if k == 1 else self.batches.take(k)
+    self.state, self.sums = self.steps[k](self.state, self.sums, batch)
+
+  def of_run(self, index: int) -> tuple[Any, Metrics]:
+    return jax.tree.map(lambda x: x[index], (self.state, self.sums))
+
+  def in_flight(self) -> Any:
+    return self.state
+
+  def host_sums(self) -> List[Metrics]:
+    host = fetch(self.sums)
+    return [jax.tree.map(lambda x, i=i: x[i], host) for i in range(len(host["steps"]))]
+
+  def new_window(self) -> None:
+    self.sums = self.zero_sums()
+
+  def start_evaluation(self, pipe, mesh) -> Callable[[], List[Metrics]]:
+    runs, ten_crop = int(self.sums["steps"].shape[0]), evaluation.ten_crop_size(pipe) is not None
+    sums = step_lib.new_metrics(lambda: packing.stack([evaluation.zero_eval_metrics(ten_crop)] * runs), mesh)
+    for batch in pipe.eval_iterator():
+      sums = self.eval_step(self.state.params, self.state.batch_stats, sums, batch)
+
+    def read() -> List[Metrics]:
+      host = fetch(sums)
+      return [jax.tree.map(lambda x, i=i: x[i], host) for i in range(runs)]
+    return read
+
+  def keep(self, indices: Sequence[int], runs: List[Run]) -> None:
+    chosen = jnp.asarray(list(indices))
+    self.state, self.sums = jax.tree.map(lambda x: x[chosen], (self.state, self.sums))
+    self._compile(runs)
 
 
 class Group:
-  """The runs one program trains, all at the same step.
+  """The runs one process trains in lockstep, all at the same step (module docstring)."""
 
-  Unpacked (one run trained alone) the state is the run's `TrainState`; packed, every leaf
-  has a leading axis of R, one run per index (`step_lib.make_train_step(runs=R)`).
-  """
+  def __init__(self, runs: List[Run], progresses: List[Progress]):
+    self.runs = list(runs)
+    self.step, self.dispatches = progresses[0].step, 0
+    exp = runs[0].exp
+    stacked = len(runs) > 1 and packing.stacks_runs(exp.mesh.devices.flat[0].platform)
+    self.programs = (StackedPrograms if stacked else SeparatePrograms)(self.runs, progresses)
+    self.k = int(exp.config.steps_per_dispatch)
 
-  def __init__(self, runs: List[Run], progresses: List[Progress], packed: bool):
-    self.packed = packed
-    self.runs = runs
-    if packed:
-      self.progress = Progress(stack([p.state for p in progresses]), stack([p.sums for p in progresses]),
-                               progresses[0].step)
-    else:
-      self.progress = progresses[0]
-    self._compile()
-
-  def _compile(self) -> None:
-    """The train steps (1 and K per dispatch), eval step and batch source of the current runs."""
-    exp = self.runs[0].exp
-    pipe, config = exp.pipeline, exp.config
-    runs = len(self.runs) if self.packed else None
-    tx = [r.exp.tx for r in self.runs] if self.packed else exp.tx
-    self.k = int(config.steps_per_dispatch)
-    build_step = lambda k: step_lib.make_train_step(exp.model, tx, config, exp.mesh, pipe.preprocess,
-                                                    pipe.num_classes, steps_per_call=k, runs=runs)
-    self.single = build_step(1)
-    self.multi = build_step(self.k) if self.k > 1 else None
-    self.eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, pipe, runs=runs)
-    self.batches = (PackedTrainIterator([r.train_iter for r in self.runs], exp.mesh, mesh_lib.DATA_AXIS)
-                    if self.packed else self.runs[0].train_iter)
+  @property
+  def exp(self) -> build.Experiment:
+    """The experiment of the group's first run (the others share its structure)."""
+    return self.runs[0].exp
 
   def advance(self, until: int) -> None:
     """One dispatch: K steps if `until` is at least K steps away, else one."""
-    p = self.progress
-    if self.multi is not None and until - p.step >= self.k:
-      p.state, p.sums = self.multi(p.state, p.sums, self.batches.take(self.k))
-      p.step += self.k
-    else:
-      p.state, p.sums = self.single(p.state, p.sums, next(self.batches))
-      p.step += 1
-    p.dispatches += 1
+    k = self.k if self.k > 1 and until - self.step >= self.k else 1
+    self.programs.advance(k)
+    self.step += k
+    self.dispatches += 1
+    for run in self.runs:  # what a session records when it ends
+      run.session.step = self.step
 
   def of_run(self, index: int) -> Progress:
-    """Run `index`'s own progress (its slice of the stacked state when packed)."""
-    p = self.progress
-    if not self.packed:
-      return p
-    take = lambda tree: jax.tree.map(lambda x: x[index], tree)
-    return Progress(take(p.state), take(p.sums), p.step, p.dispatches)
+    """Run `index`'s own progress."""
+    state, sums = self.programs.of_run(index)
+    return Progress(state, sums, self.step, self.dispatches)
+
+  def in_flight(self) -> Any:
+    """The states the devices are computing (to wait for when timing the steps)."""
+    return self.programs.in_flight()
+
+  def window_sums(self) -> List[Metrics]:
+    """Each run's train metric sums of the current logging window, on the host."""
+    return self.programs.host_sums()
+
+  def new_window(self) -> None:
+    """Zeroes every run's train metric sums: a new logging window starts."""
+    if self.runs:
+      self.programs.new_window()
+
+  def start_evaluation(self) -> Callable[[], List[Metrics]]:
+    """Dispatches the evaluation of every run's current weights; returns the function that
+    reads each run's eval sums (when they are needed: the devices go on meanwhile)."""
+    return self.programs.start_evaluation(self.exp.pipeline, self.exp.mesh)
 
   def drop(self, indices: Sequence[int]) -> None:
-    """Removes the runs at `indices` (stopped early) and recompiles for the others."""
+    """Removes the runs at `indices` (stopped early); the others go on."""
     keep = [i for i in range(len(self.runs)) if i not in set(indices)]
     self.runs = [self.runs[i] for i in keep]
-    if self.packed and self.runs:
-      chosen = jnp.asarray(keep)
-      p = self.progress
-      p.state, p.sums = jax.tree.map(lambda x: x[chosen], (p.state, p.sums))
-      self._compile()
+    if self.runs:
+      self.programs.keep(keep, self.runs)
 
 
-def check_runs(group: Group, host_sums: Optional[Metrics] = None) -> None:
+def check_runs(group: Group, host_sums: Optional[List[Metrics]] = None) -> None:
   """Stops the runs whose loss or gradient became NaN/Inf: each gets the usual one-line report
   (its session ends with it) and leaves the group; the others go on."""
   if not group.runs:  # all stopped already
     return
-  sums = fetch(group.progress.sums["first_nonfinite_step"]) if host_sums is None else host_sums[
-      "first_nonfinite_step"]
-  bad = np.atleast_1d(np.asarray(sums))
-  failed = [i for i, first in enumerate(bad) if int(first) >= 0]
+  host_sums = group.window_sums() if host_sums is None else host_sums
+  failed = [i for i, sums in enumerate(host_sums) if int(sums["first_nonfinite_step"]) >= 0]
   for i in failed:
     run = group.runs[i]
     try:
-      run.session.check_finite({"first_nonfinite_step": bad[i]})
+      run.session.check_finite(host_sums[i])
     except NonFiniteLossError as e:
       run.error = e
-      if group.packed:  # alone, the error itself ends the command with this line
+      if len(group.runs) > 1:  # the others go on: say it now (alone, the error ends the command)
         run.session.writer.print(f"stopped: {e}")
       run.session.end(e)
   if failed:
     group.drop(failed)
-
-

@@ -8,19 +8,19 @@ the devices go on training meanwhile) or to save a checkpoint (`checkpoint_every
 alone decides; an evaluation never forces a save), and whether SIGTERM/SIGINT or the time
 limit asks to stop.
 
-`train_packed(configs, workdirs)` runs the same schedule for R runs at once (a `Group`,
-`group.py`): one program trains them all, their states stacked on a leading run axis (`packing.py`
-says which runs can share a program), and each run keeps its own workdir, checkpoints,
-metrics and sessions log, exactly as if it had trained alone; a run whose loss turns
-NaN/Inf stops (its workdir gets the usual report) and the others go on. What a workdir
-holds across processes is `TrainingSession`'s (`session.py`); evaluation is
-`evaluation.py`'s.
+`train_packed(configs, workdirs)` runs the same schedule for R runs at once; `train` is the
+same for one run. Either way the runs form a `Group` (`group.py`; a run alone is a group of
+one), and the loop never asks how the group dispatches (one stacked program on an
+accelerator, each run's own program on a CPU; `packing.py` says which runs can train
+together). Each run keeps its own workdir, checkpoints, metrics and sessions log, exactly as
+if it had trained alone; a run whose loss turns NaN/Inf stops (its workdir gets the usual
+report) and the others go on. What a workdir holds across processes is
+`TrainingSession`'s (`session.py`); evaluation and its scheduling are `evaluation.py`'s.
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import pathlib
+import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -31,20 +31,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax.runtime import cpu_notice
-from resnet_jax.runtime import object_store
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.storage.workdir import Workdir
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
-from resnet_jax.train import mesh as mesh_lib
 from resnet_jax.train import packing
 from resnet_jax.train import report
-from resnet_jax.train import step as step_lib
-from resnet_jax.train import workdir as workdir_lib
-from resnet_jax.train import workdir_io
+from resnet_jax.train.evaluation import Evaluations
+from resnet_jax.train.group import Group, RateWindow, Run, RunResult, check_runs
 from resnet_jax.train.preemption import Preemption
-from resnet_jax.train.group import Group, RateWindow, Run, check_runs, fetch
-from resnet_jax.train.packing import stack
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession  # noqa: F401  (re-exported)
 
 Metrics = Dict[str, Any]
@@ -80,13 +78,12 @@ def _window_records(group: Group) -> List[tuple[Run, Metrics, Optional[float]]]:
   process's first line) and its ETA; runs whose loss became NaN/Inf leave the group first."""
   if not group.runs:
     return []
-  host = fetch(group.progress.sums)
-  if np.any(np.asarray(host["first_nonfinite_step"]) >= 0):
+  host = group.window_sums()
+  if any(int(sums["first_nonfinite_step"]) >= 0 for sums in host):
     check_runs(group, host)
-    host = fetch(group.progress.sums)
-  step, records = group.progress.step, []
-  for i, run in enumerate(group.runs):
-    own = jax.tree.map(lambda x: x[i], host) if group.packed else host
+    host = group.window_sums() if group.runs else []
+  step, records = group.step, []
+  for run, own in zip(group.runs, host):
     exp, n = run.exp, max(int(own["steps"]), 1)
     images_per_sec, eta = run.rate.measure(step)
     record = {"loss": float(own["loss"]) / n, "error": 100.0 * float(own["error"]) / n,
@@ -98,7 +95,7 @@ def _window_records(group: Group) -> List[tuple[Run, Metrics, Optional[float]]]:
 
 
 def _print_train_line(group: Group, run: Run, record: Metrics, eta: Optional[float]) -> None:
-  run.session.writer.print(report.train_line(group.progress.step, run.exp.total_steps, record, eta,
+  run.session.writer.print(report.train_line(group.step, run.exp.total_steps, record, eta,
                                              run.rate.first_seconds))
 
 
@@ -106,67 +103,15 @@ def log_train(group: Group) -> None:
   """Fetches the window's metric sums, writes and prints each run's train record; new sums start."""
   for run, record, eta in _window_records(group):
     run.last_train = record
-    run.session.writer.write(group.progress.step, record, "train")
+    run.session.writer.write(group.step, record, "train")
     _print_train_line(group, run, record, eta)
-  zeros = lambda: step_lib.zero_train_metrics()
-  if group.packed:
-    zeros = lambda runs=len(group.runs): stack([step_lib.zero_train_metrics()] * runs)
-  if group.runs:
-    group.progress.sums = step_lib.new_metrics(zeros, group.runs[0].exp.mesh)
+  group.new_window()
 
 
 def log_progress(group: Group) -> None:
   """An early progress line (`early_log_steps`): printed, not recorded; the window goes on."""
   for run, record, eta in _window_records(group):
     _print_train_line(group, run, record, eta)
-
-
-class Evaluations:
-  """The group's evaluations: dispatched without waiting for the devices, recorded when read.
-
-  `start` dispatches the eval steps of the current weights (the devices run them before the
-  train steps dispatched after); `finish` reads the sums, which are ready by the next log
-  line, and writes and prints each run's result. A checkpoint carries the evaluation of its
-  own weights (`of_current`), which is what ranks it for `keep_best_checkpoints`.
-  """
-
-  def __init__(self, group: Group):
-    self.group = group
-    self.pending: Optional[tuple[int, List[Run], Metrics]] = None  # (step, runs, sums on the devices)
-
-  def start(self) -> None:
-    self.finish()
-    g = self.group
-    exp, state = g.runs[0].exp, g.progress.state
-    sums = evaluation.start_evaluation(g.eval_step, state.params, state.batch_stats, exp.pipeline, exp.mesh,
-                                       runs=len(g.runs) if g.packed else None)
-    self.pending = (g.progress.step, list(g.runs), sums)
-
-  def finish(self) -> None:
-    """Reads, writes and prints the pending evaluation of each run, if any."""
-    if self.pending is None:
-      return
-    step, runs, sums = self.pending
-    self.pending = None
-    host = fetch(sums)
-    for i, run in enumerate(runs):
-      if run.error is not None:  # stopped (NaN) since the evaluation started
-        continue
-      result = evaluation.finish_evaluation(jax.tree.map(lambda x: x[i], host) if self.group.packed else host)
-      if not math.isfinite(result["loss"]):
-        check_runs(self.group)  # diverged weights: the NaN report, not their eval
-        if run.error is not None:
-          continue
-      epoch = step / run.exp.steps_per_epoch
-      run.session.writer.write(step, {**result, "epoch": epoch}, "eval")
-      run.session.writer.print(report.eval_line(step, epoch, result, run.exp.config.data.eval_split))
-      run.last_eval = result
-
-  def of_current(self) -> None:
-    """Makes each run's `last_eval` that of its current weights (dispatched now unless pending)."""
-    if self.pending is None or self.pending[0] != self.group.progress.step:
-      self.start()
-    self.finish()
 
 
 def save(group: Group, evals: Evaluations, ranked: bool) -> None:
@@ -178,15 +123,13 @@ def save(group: Group, evals: Evaluations, ranked: bool) -> None:
     run.session.save(group.of_run(i), run.train_iter, run.last_eval if ranked else None)
 
 
-def _report_finished(run: Run, progress: Progress) -> Dict[str, Any]:
+def _report_finished(run: Run, progress: Progress) -> RunResult:
   """A run asked to train past its end: its final evaluation (stored with the last checkpoint)."""
   exp, session = run.exp, run.session
   step, total = progress.step, exp.total_steps
   result = session.checkpointer.eval_metrics(step) if step == total else {}
   if not {"error", "top5_error", "loss", "num_examples"} <= set(result):
-    state = progress.state
-    eval_step = evaluation.pipeline_eval_step(exp.model, exp.mesh, exp.pipeline)
-    result = evaluation.evaluate_params(eval_step, state.params, state.batch_stats, exp.pipeline, exp.mesh)
+    result = evaluation.finish_evaluation(Group([run], [progress]).start_evaluation()()[0])
   result["num_examples"] = int(result["num_examples"])
   session.writer.print(report.finished_line(step, total, result, exp.config.data.eval_split))
   run.last_train, run.last_eval = session.last_record("train"), result
@@ -210,8 +153,8 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
   total = exp.total_steps
   eval_every = exp.steps_per_epoch * int(config.eval_every_epochs)
   periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
-  evals = Evaluations(group)
-  start = group.progress.step
+  evals = Evaluations(group, check_runs)
+  start = group.step
   for run in group.runs:
     run.session.writer.print(report.start_line(
         config.model.name, models.count_params({"params": group.of_run(0).state.params}), jax.device_count(),
@@ -221,11 +164,10 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
   for run in group.runs:
     run.rate = RateWindow(int(config.global_batch_size), total, time.perf_counter(), start)
   early = early_log_steps(start, config.log_every_steps, total)
-  while group.runs and group.progress.step < total:
-    group.advance(until=min([next_due(group.progress.step, periods, total)] +
-                            [s for s in early if s > group.progress.step]))
-    step = group.progress.step
-    notice.after_step(step, group.progress.state)
+  while group.runs and group.step < total:
+    group.advance(until=min([next_due(group.step, periods, total)] + [s for s in early if s > group.step]))
+    step = group.step
+    notice.after_step(step, group.in_flight())
     if step in early:
       log_progress(group)
     if itstime(step, config.log_every_steps, total):
@@ -237,7 +179,7 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
       # A checkpoint carries the evaluation of its own weights when kept-best ranks it, and at the end.
       save(group, evals, ranked=config.keep_best_checkpoints > 0 or step == total)
     if step < total and group.runs:
-      cause = (preemption.signal_name if preemption.reached(group.progress.dispatches) else
+      cause = (preemption.signal_name if preemption.reached(group.dispatches) else
                report.TIME_LIMIT if _time_is_up(deadline, itstime(step, config.log_every_steps, total)) else None)
       if cause is not None:
         evals.finish()
@@ -248,9 +190,9 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
   evals.finish()
 
 
-def _start_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Path], labels: Sequence[str],
+def _start_runs(exps: Sequence[build.Experiment], workdirs: Sequence[Workdir], labels: Sequence[str],
                 config_spec: Optional[str], stack: contextlib.ExitStack) -> tuple[List[Run], List[Progress]]:
-  """Opens each run's session and restores (or initialises) it; packed runs share one pipeline."""
+  """Opens each run's session and restores (or initialises) it; the runs share one pipeline."""
   pipe = exps[0].pipeline
   iterators = pipe.train_iterators([exp.config.seed for exp in exps])
   runs, progresses = [], []
@@ -261,94 +203,100 @@ def _start_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Pat
   return runs, progresses
 
 
-def _train_runs(exps: Sequence[build.Experiment], workdirs: Sequence[pathlib.Path], packed: bool,
-                labels: Sequence[str], time_limit: Optional[float], config_spec: Optional[str]
-                ) -> List[Dict[str, Any]]:
-  """Trains `exps` in `workdirs` (packed in one program, or the single run alone)."""
+def _by_step(runs: Sequence[Run], progresses: Sequence[Progress]) -> List[List[int]]:
+  """The runs still to train, as one group per step they resume from (one joined later)."""
+  groups: Dict[int, List[int]] = {}
+  for i, (run, progress) in enumerate(zip(runs, progresses)):
+    if progress.step < run.exp.total_steps:
+      groups.setdefault(progress.step, []).append(i)
+  return list(groups.values())
+
+
+def _train_groups(runs: List[Run], progresses: List[Progress], deadline: Optional[float],
+                  config_spec: Optional[str]) -> Dict[int, RunResult]:
+  """Trains each group of `_by_step` in turn until one stops early; the results by run index."""
+  results: Dict[int, RunResult] = {}
+  groups = _by_step(runs, progresses)
+  with Preemption() as preemption:
+    for members in groups:
+      group = Group([runs[i] for i in members], [progresses[i] for i in members])
+      _run_schedule(group, preemption, deadline, config_spec)
+      for i in members:
+        own = group.runs.index(runs[i]) if runs[i] in group.runs else None
+        results[i] = runs[i].result(group.of_run(own) if own is not None else progresses[i])
+      stopped = next((r.session.stopped for r in group.runs if r.session.stopped), "")
+      if stopped:  # the runs of later groups wait for the next command too
+        for later in (i for g in groups for i in g if i not in results):
+          runs[later].session.stopped = stopped
+        break
+  return results
+
+
+def _train_runs(exps: Sequence[build.Experiment], workdirs: Sequence[Workdir], labels: Sequence[str],
+                time_limit: Optional[float], config_spec: Optional[str]) -> List[RunResult]:
+  """Trains `exps` in `workdirs`, each resumed from its newest checkpoint."""
   deadline = None if time_limit is None else time.monotonic() + float(time_limit)
-  results: Dict[int, Dict[str, Any]] = {}
   with contextlib.ExitStack() as stack:
     runs, progresses = _start_runs(exps, workdirs, labels, config_spec, stack)
-    active = []
-    for i, (run, progress) in enumerate(zip(runs, progresses)):
-      if progress.step >= run.exp.total_steps:
-        results[i] = _report_finished(run, progress)
-      else:
-        active.append(i)
-    # Runs restored at different steps (one joined later) train as one group per step.
-    by_step: Dict[int, List[int]] = {}
-    for i in active:
-      by_step.setdefault(progresses[i].step, []).append(i)
-    with Preemption() as preemption:
-      for members in by_step.values():
-        group = Group([runs[i] for i in members], [progresses[i] for i in members], packed)
-        _run_schedule(group, preemption, deadline, config_spec)
-        for i in members:
-          own = group.runs.index(runs[i]) if runs[i] in group.runs else None
-          results[i] = runs[i].result(group.of_run(own) if own is not None else progresses[i])
-        stopped = next((r.session.stopped for r in group.runs if r.session.stopped), "")
-        if stopped:  # the runs of later groups wait for the next command too
-          for later in active:
-            if later not in results:
-              runs[later].session.stopped = stopped
-          break
+    results = {i: _report_finished(run, progress) for i, (run, progress) in enumerate(zip(runs, progresses))
+               if progress.step >= run.exp.total_steps}
+    results.update(_train_groups(runs, progresses, deadline, config_spec))
   return [results.get(i) or runs[i].result(progresses[i]) for i in range(len(runs))]
 
 
 @contextlib.contextmanager
-def _locked(workdirs: Sequence[pathlib.Path]):
+def _locked(workdirs: Sequence[Workdir]):
   """One writer per workdir: every run's lock, taken before anything is written."""
   locks = []
   try:
     if jax.process_index() == 0:
       for workdir in workdirs:
-        locks.append(workdir_lib.lock(workdir))
+        locks.append(workdir.lock())
     yield
   finally:
     for lock in locks:
       lock.release()
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Workdir,
           mesh: Optional[Mesh] = None, config_spec: Optional[str] = None,
-          time_limit: Optional[float] = None) -> Dict[str, Any]:
+          time_limit: Optional[float] = None) -> RunResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-  Returns the last train and eval metrics, the final step and whether the run stopped
-  early on SIGTERM (`preempted`) or at `time_limit` seconds (`stopped`: "time limit"; it
-  saved, and the same call again continues). `config_spec` (the `--config` value) names the
-  config in the commands of the CPU-only notice (`cpu_notice`). Raises `NonFiniteLossError`
-  if the loss or a gradient becomes NaN/Inf.
+  Returns the last train and eval metrics and the final step (`RunResult`), and whether the
+  run stopped early on SIGTERM (`preempted`) or at `time_limit` seconds (`stopped`: "time
+  limit"; it saved, and the same call again continues). `config_spec` (the `--config`
+  value) names the config in the commands of the CPU-only notice (`cpu_notice`). Raises
+  `NonFiniteLossError` if the loss or a gradient becomes NaN/Inf.
   """
-  object_store.check_reachable(workdir)  # a missing bucket fails before the data is opened
-  workdir = workdir_io.as_path(workdir)
+  workdir = Workdir(workdir)
+  workdir.check_reachable()  # a missing bucket fails before the data is opened
   exp = build.experiment(config, mesh)  # validates the config: everything below trusts it
   with _locked([workdir]):
-    result = _train_runs([exp], [workdir], packed=False, labels=[""], time_limit=time_limit,
-                         config_spec=config_spec)[0]
-  if "error" in result:
-    raise result["error"]
+    result = _train_runs([exp], [workdir], labels=[""], time_limit=time_limit, config_spec=config_spec)[0]
+  if result.error is not None:
+    raise result.error
   return result
 
 
-def train_packed(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str | pathlib.Path],
+def train_packed(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str | os.PathLike | Workdir],
                  mesh: Optional[Mesh] = None, time_limit: Optional[float] = None,
-                 labels: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
-  """Trains R runs in one program (`packing.py` says which configs can share one), each in
-  its own workdir, resuming each from its newest checkpoint.
+                 labels: Optional[Sequence[str]] = None) -> List[RunResult]:
+  """Trains R runs together (`packing.py` says which configs can), each in its own workdir,
+  resuming each from its newest checkpoint.
 
   Returns each run's result as `train` does; a run whose loss became NaN/Inf has its
-  `NonFiniteLossError` under "error" (the other runs went on). A packed run's workdir is an
+  `NonFiniteLossError` as `error` (the other runs went on). A packed run's workdir is an
   ordinary one: it resumes alone, or packed with other runs.
   """
   if len(configs) != len(workdirs):
-    raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
+    raise errors.InputError(f"{len(configs)} configs for {len(workdirs)} workdirs")
   packing.check_packable(configs)
+  workdirs = [Workdir(w) for w in workdirs]
   for workdir in workdirs:
-    object_store.check_reachable(workdir)
-  workdirs = [workdir_io.as_path(w) for w in workdirs]
+    workdir.check_reachable()
   labels = list(labels) if labels is not None else [f"[{w.name}] " for w in workdirs]
   first = build.experiment(configs[0], mesh)
   exps = [first] + [build.experiment(c, first.mesh, first.pipeline) for c in configs[1:]]
   with _locked(workdirs):
-    return _train_runs(exps, workdirs, packed=True, labels=labels, time_limit=time_limit, config_spec=None)
+    return _train_runs(exps, workdirs, labels=labels, time_limit=time_limit, config_spec=None)

@@ -21,8 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from resnet_jax.train.config import (SCHEDULE_UNITS as UNITS, SCHEDULES, WARMUP_MODES,
-                                     WEIGHT_DECAY_MODES, choice)
 
 
 def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
@@ -47,8 +45,6 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_e
   iterations (the CIFAR papers) or epochs (ImageNet, ResNeXt CIFAR).
   """
   s = config.schedule
-  for name, valid in (("name", SCHEDULES), ("unit", UNITS), ("warmup_mode", WARMUP_MODES)):
-    choice(f"schedule.{name}", s[name], valid)
   scale = config.global_batch_size / float(s.reference_batch_size) if s.reference_batch_size else 1.0
   peak = peak_learning_rate(config)
   warmup_steps = _to_steps(s.warmup_length, s.unit, steps_per_epoch)
@@ -100,7 +96,6 @@ def create_optimizer(config: ml_collections.ConfigDict,
   the decay term.
   """
   o = config.optimizer
-  choice("optimizer.weight_decay_mode", o.weight_decay_mode, WEIGHT_DECAY_MODES)
   # An empty pattern decays everything: no mask at all (nothing to trace or to time).
   mask: Optional[Callable[[Any], Any]] = (
       (lambda params: weight_decay_mask(params, o.weight_decay_exclude)) if o.weight_decay_exclude else None)

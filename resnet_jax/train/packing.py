@@ -1,8 +1,12 @@
-"""Which runs can share one program (packed training), and the one line that says why not.
+"""Which runs can train together (packed training), and the one line that says why not.
 
-Packed runs are trained by one jitted program, their states stacked on a leading run axis
-(`step.make_train_step(runs=R)`): every kernel does the work of R runs. That needs one
-network structure and one step structure, so configs may differ only in
+A group of runs trains in lockstep (`group.py`). On an accelerator its runs share one jitted
+program, their states stacked on a leading run axis (`step.build_packed_train_step`,
+`over_runs`): every kernel does the work of R runs. On a CPU, which is compute-bound (R runs
+packed cost what R runs alone cost), the group dispatches each run's own program in turn,
+so a run's arithmetic is that of the run trained alone, whatever its group
+(`stacks_runs`). Either way the runs need one network structure and one step structure,
+so configs may differ only in
 
 * `seed`: initial weights, augmentation and dropout randomness, data order;
 * what is read only to initialise: `init_from`, `model.zero_init_residual`,
@@ -24,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from resnet_jax.storage.workdir import flat_fields
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import workdir as workdir_lib
 
 PER_RUN_FIELDS = frozenset({"seed", "init_from", "model.zero_init_residual",
                             "model.shortcut_options.gate_bias_init"})
@@ -42,7 +46,7 @@ def _optimizer_structure(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def program_key(config: ml_collections.ConfigDict) -> str:
   """Equal for configs that can share one program."""
-  flat = workdir_lib.flat_fields(config)
+  flat = flat_fields(config)
   shared = {k: v for k, v in flat.items()
             if k not in PER_RUN_FIELDS and not k.startswith(PER_RUN_PREFIXES)}
   shared["optimizer structure"] = _optimizer_structure(config)
@@ -52,9 +56,9 @@ def program_key(config: ml_collections.ConfigDict) -> str:
 def check_packable(configs: Sequence[ml_collections.ConfigDict]) -> None:
   """Raises `ConfigError` naming the first field in which a config differs from the first
   in a way that cannot share a program."""
-  first = workdir_lib.flat_fields(configs[0])
+  first = flat_fields(configs[0])
   for other in configs[1:]:
-    theirs = workdir_lib.flat_fields(other)
+    theirs = flat_fields(other)
     for key in sorted(set(first) | set(theirs)):
       if key in PER_RUN_FIELDS or key.startswith(PER_RUN_PREFIXES) or first.get(key) == theirs.get(key):
         continue
@@ -78,29 +82,12 @@ def groups(configs: Sequence[ml_collections.ConfigDict]) -> List[List[int]]:
   return list(out.values())
 
 
-MAPPINGS = ("vmap", "map")
+def over_runs(fn: Callable, in_axes: Sequence[Optional[int]]) -> Callable:
+  """`fn` of one run, applied to every run of a leading run axis in the same kernels (`jax.vmap`).
 
-
-def over_runs(fn: Callable, mapping: str, in_axes: Sequence[Optional[int]]) -> Callable:
-  """`fn` of one run, applied to every run of a leading run axis.
-
-  "vmap" batches the runs into the same kernels (what packing is for on an accelerator);
-  "map" runs them one after another inside the program (`lax.map`): on a CPU, which is
-  compute-bound, batching buys nothing and XLA:CPU's grouped convolutions (what `vmap` makes
-  of R runs' convolutions) are slower than R plain ones.
   `in_axes`: 0 for a per-run argument, None for one shared by every run.
   """
-  if mapping == "vmap":
-    return jax.vmap(fn, in_axes=tuple(in_axes))
-
-  def mapped(*args):
-    per_run = [a for a, axis in zip(args, in_axes) if axis == 0]
-
-    def one(xs):
-      it = iter(xs)
-      return fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
-    return jax.lax.map(one, tuple(per_run))
-  return mapped
+  return jax.vmap(fn, in_axes=tuple(in_axes))
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -111,9 +98,17 @@ def stack(trees: Sequence[Any]) -> Any:
 def packs_by_default() -> bool:
   """Whether `pack="auto"` packs: on an accelerator; a CPU is compute-bound, so R runs packed
   cost what R runs alone cost there."""
-  return jax.default_backend() != "cpu"
+  return stacks_runs(jax.default_backend())
 
 
-def default_mapping(platform: str) -> str:
-  """"map" on a CPU, "vmap" on an accelerator (see `over_runs`)."""
-  return "map" if platform == "cpu" else "vmap"
+def stacks_runs(platform: str) -> bool:
+  """Whether a group of several runs on `platform` shares one program (`over_runs`): on an
+  accelerator. A CPU trains them one after another, each with its own program (module docstring)."""
+  return platform != "cpu"
+
+
+def program_of(config: ml_collections.ConfigDict) -> str:
+  """Equal for configs whose one-run train steps are the same program (they differ only in
+  the seed and what is read only to initialise)."""
+  flat = flat_fields(config)
+  return json.dumps({k: v for k, v in flat.items() if k not in PER_RUN_FIELDS}, sort_keys=True, default=str)

@@ -10,7 +10,7 @@ import threading
 
 from jax.experimental import multihost_utils
 
-from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.runtime import mesh as mesh_lib
 
 
 class Preemption:

@@ -5,9 +5,10 @@ One function per line, so the loop states *when* to report and this module *what
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Mapping, Optional
 
-from resnet_jax.train import metrics as metrics_lib
+from resnet_jax import errors
 
 
 def start_line(name: str, num_params: int, num_devices: int, num_processes: int, bn_mode: str,
@@ -23,7 +24,7 @@ def train_line(step: int, total_steps: int, record: Mapping[str, float], eta_sec
   A process's first line has no speed yet (its first steps compiled): it gives their time.
   """
   if "images_per_sec" in record and eta_seconds is not None:
-    speed = f"{record['images_per_sec']:.0f} img/s | ETA {metrics_lib.format_duration(eta_seconds)}"
+    speed = f"{record['images_per_sec']:.0f} img/s | ETA {format_duration(eta_seconds)}"
   else:
     speed = f"compiled, first step in {first_seconds or 0.0:.1f} s"
   return (f"step {step}/{total_steps} | epoch {record['epoch']:.2f} | loss {record['loss']:.4f} | "
@@ -71,3 +72,28 @@ def diverged_advice(workdir: Any, checkpoint_dir: Any, good_step: Any, config_sp
           f"`resnet-jax train {config} --workdir NEW_DIR --config.init_from={workdir}:{good_step} "
           "--config.optimizer.learning_rate=LOWER` (or add --config.schedule.warmup_length=N), with the run's "
           "other --config flags")
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: float | int | str) -> float:
+  """Seconds from a number (seconds) or text such as "90s", "10m", "1h30m", "2.5h"."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    seconds = float(value)
+  else:
+    text = str(value).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text)
+    if not text or "".join(n + u for n, u in parts) != text or (len(parts) > 1 and not all(u for _, u in parts)):
+      raise errors.InputError(f"time limit {value!r} is not a duration: a number of seconds, or e.g. 90s, 10m, 1h30m")
+    seconds = sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+  if seconds < 0:
+    raise errors.InputError(f"time limit {value!r} must not be negative")
+  return seconds
+
+
+def format_duration(seconds: float) -> str:
+  seconds = max(int(seconds), 0)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -11,27 +11,26 @@ error that ended the run.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import os
 from typing import Any, Dict, Optional
 
 import jax
 
+from resnet_jax import errors
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.storage import integrity
+from resnet_jax.storage.workdir import Workdir
 from resnet_jax.train import build
-from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import load as load_lib
-from resnet_jax.train import mesh as mesh_lib
-from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import report
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
-from resnet_jax.train import workdir as workdir_lib
 
 Metrics = Dict[str, Any]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.Error, RuntimeError):
   """The training loss or gradient became NaN or Inf; the run stops instead of continuing."""
 
 
@@ -48,28 +47,28 @@ class TrainingSession:
   """See the module docstring; `exp` is the built (validated) experiment, `config_spec` the
   `--config` value (named in the advice after a NaN)."""
 
-  def __init__(self, exp: build.Experiment, workdir: pathlib.Path, label: str = "",
+  def __init__(self, exp: build.Experiment, workdir: "Workdir | str | os.PathLike", label: str = "",
                config_spec: Optional[str] = None):
     config = exp.config
+    workdir = Workdir(workdir)
     self.exp, self.workdir, self.config_spec = exp, workdir, config_spec
     self.is_chief = jax.process_index() == 0
-    workdir_lib.check_format(workdir, write=self.is_chief)
+    workdir.check_format(write=self.is_chief)
     self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
-    self.meta = {**ckpt_lib.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
-                                        self.abstract_state),
-                 ckpt_lib.CONFIG_KEY: config_lib.to_json_value(config)}  # the recipe a resume must keep
-    self.checkpointer = ckpt_lib.Checkpointer(workdir / load_lib.CHECKPOINT_DIR, keep=config.keep_checkpoints,
-                                              keep_best=config.keep_best_checkpoints,
-                                              async_save=config.async_checkpoints)
+    self.meta = {**integrity.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
+                                         self.abstract_state),
+                 integrity.CONFIG_KEY: config_lib.to_json_value(config)}  # the recipe a resume must keep
+    self.checkpointer = workdir.checkpointer(keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
+                                             async_save=config.async_checkpoints)
     try:  # Orbax's threads keep a process alive until the checkpointer is closed
       if self.checkpointer.latest_step() is not None:
-        workdir_lib.check_resumable(config, workdir, self.checkpointer.saved_config())
-      self.writer = metrics_lib.MetricWriter(workdir, prefix=label)
+        workdir.check_resumable(config_lib.to_json_value(config), self.checkpointer.saved_config())
+      self.writer = workdir.metric_writer(prefix=label)
     except BaseException:
       self.checkpointer.close()
       raise
-    self.sessions = metrics_lib.SessionLog(workdir)
-    self.progress: Optional[Progress] = None
+    self.sessions = workdir.session_log()
+    self.step = 0           # the run's step: set at the start, kept current by its group
     self.stopped = ""       # why the run stopped before its end: "preempted" | "time limit"
     self._finished = False
     self._closed = False
@@ -82,11 +81,12 @@ class TrainingSession:
     replicated = mesh_lib.replicated(exp.mesh)
     abstract_sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                                  jax.eval_shape(step_lib.zero_train_metrics))
-    restored = self.checkpointer.restore_newest(self.abstract_state, abstract_sums, self.meta, log=self.writer.print,
-                                                set_aside=self.is_chief)
+    restored = self.checkpointer.restore_newest(
+        lambda step: self.checkpointer.restore(step, self.abstract_state, abstract_sums, self.meta),
+        log=self.writer.print, set_aside=self.is_chief)
     resumed_from = None
     if restored is not None:
-      step, state, sums, data_state = restored
+      step, (state, sums, data_state) = restored
       train_iter.set_state(data_state)
       resumed_from = str(self.checkpointer.directory / str(step))
       self.writer.print(f"resumed from {resumed_from}")
@@ -99,10 +99,11 @@ class TrainingSession:
     if self.is_chief:
       config_lib.save_config(config, self.workdir)
       if exp.pipeline.eval_preprocessing is not None:  # what `load_network` hands back with the weights
-        exp.pipeline.eval_preprocessing.save(self.workdir)
-    self.progress = Progress(state, sums, int(jax.device_get(state.step)))
-    self.sessions.start(self.progress.step, resumed_from)
-    return self.progress
+        load_lib.record_preprocessing_of(self.workdir, exp.pipeline.eval_preprocessing)
+    progress = Progress(state, sums, int(jax.device_get(state.step)))
+    self.step = progress.step
+    self.sessions.start(self.step, resumed_from)
+    return progress
 
   # -- during ------------------------------------------------------------------------
   def check_finite(self, sums: Metrics) -> None:
@@ -116,7 +117,7 @@ class TrainingSession:
   def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
     """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
     self.check_finite(progress.sums)
-    lease_lib.check(self.workdir)  # a gs:// workdir whose lease another process took over
+    self.workdir.check_lease()  # a gs:// workdir whose lease another process took over
     self.writer.flush()  # every record up to the checkpoint is written before it
     self.checkpointer.save(progress.step, progress.state, progress.sums, train_iter.get_state(), self.meta,
                            eval_metrics)
@@ -134,7 +135,7 @@ class TrainingSession:
     self._finished = True
 
   def last_record(self, kind: str) -> Metrics:
-    return metrics_lib.last_record(self.workdir, kind, log=self.writer.print)
+    return self.workdir.last_record(kind, log=self.writer.print)
 
   # -- end ---------------------------------------------------------------------------
   def __enter__(self) -> "TrainingSession":
@@ -160,8 +161,7 @@ class TrainingSession:
     all) are dropped so that the error in flight is the one reported."""
     self._closed = True
     ended_well = reason in ("finished", "preempted", report.TIME_LIMIT)
-    step = self.progress.step if self.progress is not None else 0
-    closing = (lambda: self.sessions.end(step, int(self.exp.config.global_batch_size), reason),
+    closing = (lambda: self.sessions.end(self.step, int(self.exp.config.global_batch_size), reason),
                self.checkpointer.close, self.writer.close)
     first_error = None
     for close in closing:

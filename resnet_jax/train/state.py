@@ -10,7 +10,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from resnet_jax.train import mesh as mesh_lib
+from resnet_jax.runtime import mesh as mesh_lib
 
 
 class TrainState(struct.PyTreeNode):

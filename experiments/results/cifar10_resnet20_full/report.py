@@ -16,7 +16,8 @@ import pathlib
 import sys
 
 from resnet_jax import paper
-from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.storage import records
+from resnet_jax.storage.workdir import Workdir
 
 HERE = pathlib.Path(__file__).resolve().parent
 MODEL = "cifar_resnet20"
@@ -102,13 +103,13 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   config = json.loads((args.workdir / "config.json").read_text())
-  metrics = metrics_lib.read_metrics(args.workdir)
-  sessions = metrics_lib.read_sessions(args.workdir)
+  metrics = Workdir(args.workdir).read_metrics()
+  sessions = Workdir(args.workdir).read_sessions()
   if not metrics or not sessions:
-    raise SystemExit(f"error: no {metrics_lib.METRICS_FILE} or {metrics_lib.SESSIONS_FILE} records in "
+    raise SystemExit(f"error: no {Workdir.METRICS} or {Workdir.SESSIONS} records in "
                      f"{args.workdir}; is --workdir the run's workdir?")
-  train = metrics_lib.latest_per_step(metrics, "train")
-  evals = metrics_lib.latest_per_step(metrics, "eval")
+  train = records.latest_per_step(metrics, "train")
+  evals = records.latest_per_step(metrics, "eval")
   if not evals:
     raise SystemExit(f"error: no eval record in {args.workdir / 'metrics.jsonl'}")
   num_steps = config["num_steps"]

@@ -29,8 +29,8 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from resnet_jax.runtime import object_store
-from resnet_jax.train.workdir_io import WorkdirError
+from resnet_jax.storage import object_store
+from resnet_jax.storage.files import WorkdirError
 
 LEASE_SECONDS = 120.0
 _HELD: Dict[str, "Lease"] = {}  # workdir -> the lease this process holds on it

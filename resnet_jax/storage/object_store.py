@@ -9,7 +9,7 @@ errors, and the conditional writes the workdir lease needs.
   `storage_error(url, error)` turns a client's failure into the same kind of line.
 * `read_object`, `write_object(..., if_generation=)`, `delete_object`: GCS's generation
   preconditions (create-if-absent is `if_generation=0`), the primitives of the lease lock
-  (`resnet_jax.train.lease`); only `gs://` has them here.
+  (`resnet_jax.storage.lease`); only `gs://` has them here.
 
 Emulators are reached through the clients' own settings: `STORAGE_EMULATOR_HOST` (gcsfs,
 the Python clients) and `TENSORSTORE_GCS_HTTP_URL` with `GOOGLE_AUTH_TOKEN_FOR_TESTING`
@@ -23,11 +23,13 @@ import socket
 import urllib.parse
 from typing import Any, Optional, Tuple
 
+from resnet_jax import errors
+
 GCS_ENDPOINT = "https://storage.googleapis.com"
 _CONNECT_TIMEOUT_S = 5.0
 
 
-class StorageError(OSError):
+class StorageError(errors.Error, OSError):
   """An object store refused or could not serve a path; the message says why and what to do."""
 
   def __str__(self) -> str:

@@ -1,8 +1,10 @@
-"""Metric writers: JSONL, TensorBoard event files (tensorboardX, no TensorFlow) and the console.
+"""A run's records: metrics as JSON lines and TensorBoard events (tensorboardX, no TensorFlow),
+the console lines, and one line per training process in `sessions.jsonl`.
 
 Only process 0 writes; the other processes get a writer that does nothing. The JSON-lines
-files go through `workdir_io` (never through links; a line cut short by a crash is
-skipped by the readers, and new records start on a fresh line).
+files go through the workdir's `files` backend (never through links; a line cut short by a
+crash is skipped by the readers, and new records start on a fresh line). `Workdir` (which
+names the files) opens the writers and reads the records.
 """
 from __future__ import annotations
 
@@ -10,12 +12,11 @@ import logging
 import os
 import pathlib
 import platform
-import re
 import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Mapping, Optional, TextIO
+from typing import Callable, Dict, List, Mapping, Optional, TextIO
 
 import jax
 from tensorboardX import summary as tb_summary
@@ -24,14 +25,12 @@ from tensorboardX.proto import event_pb2
 
 from resnet_jax.runtime import provenance
 from resnet_jax.runtime.allocator import ACTIVE_ENV
-from resnet_jax.train import workdir_io
+from resnet_jax.storage import files as files_lib
 
 METRICS_FILE = "metrics.jsonl"
 SESSIONS_FILE = "sessions.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_FLUSH_SECS = 120  # as tensorboardX's SummaryWriter
-# tensorboardX warns for each NaN/Inf scalar; a diverged run is reported once, by the loop.
-logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 class TensorBoardWriter:
@@ -47,21 +46,24 @@ class TensorBoardWriter:
   `gs://` reads them.
   """
 
-  def __init__(self, directory):
-    self.directory = directory
-    self._local = pathlib.Path(tempfile.mkdtemp(prefix="resnet_jax_tb_")) if workdir_io.is_url(directory) else None
+  def __init__(self, directory, files: files_lib.LocalFiles | files_lib.ObjectFiles):
+    self.directory, self._files = directory, files
+    # tensorboardX warns for each NaN/Inf scalar; a diverged run is reported once, by the loop.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+    remote = isinstance(files, files_lib.ObjectFiles)
+    self._local = pathlib.Path(tempfile.mkdtemp(prefix="resnet_jax_tb_")) if remote else None
     try:
-      workdir_io.make_dirs(directory)
+      self._files.make_dirs(directory)
       self._events = EventsWriter(str((self._local or directory) / "events"))
     except OSError as e:
-      raise workdir_io.WorkdirWriteError(f"cannot write TensorBoard events in {directory}: {e.strerror}") from None
+      raise files_lib.WorkdirWriteError(f"cannot write TensorBoard events in {directory}: {e.strerror}") from None
     self._last_flush = time.monotonic()
 
   def _guard(self, action: Callable[[], object]) -> None:
     try:
       action()
     except OSError as e:
-      raise workdir_io.WorkdirWriteError(
+      raise files_lib.WorkdirWriteError(
           f"cannot write TensorBoard events in {self.directory}: {e.strerror or e}") from None
 
   def add_scalars(self, step: int, scalars: Mapping[str, float], prefix: str) -> None:
@@ -75,7 +77,7 @@ class TensorBoardWriter:
   def _upload(self) -> None:
     if self._local is not None:
       for file in self._local.iterdir():
-        workdir_io.write_atomic(self.directory / file.name, file.read_bytes())
+        self._files.write_atomic(self.directory / file.name, file.read_bytes())
 
   def flush(self) -> None:
     self._guard(self._events.flush)
@@ -91,26 +93,30 @@ class TensorBoardWriter:
         shutil.rmtree(self._local, ignore_errors=True)
 
 
+def warn(line: str) -> None:
+  """How the readers report lines a crash cut short, by default."""
+  logging.getLogger("resnet_jax").warning(line)
+
+
 class MetricWriter:
-  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`.
+  """Writes scalars to `metrics.jsonl` and TensorBoard events under `tensorboard/` of a workdir.
 
   `console` receives the printed lines (stdout by default), including the report of a
   metrics file whose last line a crash cut short.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None,
+  def __init__(self, workdir, files: files_lib.LocalFiles | files_lib.ObjectFiles, enabled: Optional[bool] = None,
                console: Optional[TextIO] = None, prefix: str = ""):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.console = console
     self.prefix = prefix  # e.g. "[seed3] ": which of several runs a console line is about
-    self._jsonl = None  # a workdir_io appender
+    self._jsonl = None  # a files_lib appender
     self._tb: Optional[TensorBoardWriter] = None
     if self.enabled:
-      workdir = workdir_io.as_path(workdir)
-      workdir_io.make_dirs(workdir)
-      self._jsonl = workdir_io.open_jsonl(workdir / METRICS_FILE, log=self.print)
+      files.make_dirs(workdir)
+      self._jsonl = files.open_jsonl(workdir / METRICS_FILE, log=self.print)
       try:
-        self._tb = TensorBoardWriter(workdir / TENSORBOARD_DIR)
+        self._tb = TensorBoardWriter(workdir / TENSORBOARD_DIR, files)
       except BaseException:
         self._jsonl.close()
         raise
@@ -156,17 +162,16 @@ class SessionLog:
   allocator and XLA flags, and where and how fast it ended.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None):
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = workdir_io.as_path(workdir) / SESSIONS_FILE
+  def __init__(self, path, files: files_lib.LocalFiles | files_lib.ObjectFiles, enabled: bool = True):
+    self.enabled, self.path, self._files = enabled, path, files
     self._start_time = time.time()
     self._start_step = 0
     self.started = False
 
   def _append(self, record: Dict) -> None:
     if self.enabled:
-      workdir_io.make_dirs(self.path.parent)
-      workdir_io.append_jsonl(self.path, record)
+      self._files.make_dirs(self.path.parent)
+      self._files.append_jsonl(self.path, record)
 
   def start(self, step: int, resumed_from: Optional[str] = None) -> None:
     self._start_time, self._start_step, self.started = time.time(), int(step), True
@@ -187,27 +192,6 @@ class SessionLog:
                   "images_per_sec": steps * images_per_step / wall if wall > 0 else 0.0})
 
 
-def read_sessions(workdir: str | pathlib.Path, log: Optional[Callable[[str], None]] = logging.warning
-                  ) -> list[Dict]:
-  """All records of `workdir/sessions.jsonl`, in order; lines cut short by a crash are
-  skipped (and reported through `log`)."""
-  return workdir_io.read_jsonl(workdir_io.as_path(workdir) / SESSIONS_FILE, log)
-
-
-def read_metrics(workdir: str | pathlib.Path, log: Optional[Callable[[str], None]] = logging.warning
-                 ) -> list[Dict[str, float]]:
-  """All records of `workdir/metrics.jsonl`, in order; lines cut short by a crash are
-  skipped (and reported through `log`)."""
-  return workdir_io.read_jsonl(workdir_io.as_path(workdir) / METRICS_FILE, log)
-
-
-def last_record(workdir: str | pathlib.Path, kind: str, log: Optional[Callable[[str], None]] = logging.warning
-                ) -> Dict[str, float]:
-  """The scalars of the last record of `kind` ("train" | "eval"), without step, kind and time."""
-  records = [r for r in read_metrics(workdir, log) if r.get("kind") == kind]
-  return {k: v for k, v in records[-1].items() if k not in ("step", "kind", "time")} if records else {}
-
-
 def latest_per_step(records: list[Dict], kind: str, key: Optional[str] = None) -> Dict[int, Dict]:
   """Step -> record of that `kind` (and holding `key`, if given), in step order.
 
@@ -218,28 +202,3 @@ def latest_per_step(records: list[Dict], kind: str, key: Optional[str] = None) -
     if rec.get("kind") == kind and (key is None or key in rec):
       out[int(rec["step"])] = rec
   return dict(sorted(out.items()))
-
-
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def parse_duration(value: float | int | str) -> float:
-  """Seconds from a number (seconds) or text such as "90s", "10m", "1h30m", "2.5h"."""
-  if isinstance(value, (int, float)) and not isinstance(value, bool):
-    seconds = float(value)
-  else:
-    text = str(value).strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text)
-    if not text or "".join(n + u for n, u in parts) != text or (len(parts) > 1 and not all(u for _, u in parts)):
-      raise ValueError(f"time limit {value!r} is not a duration: a number of seconds, or e.g. 90s, 10m, 1h30m")
-    seconds = sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
-  if seconds < 0:
-    raise ValueError(f"time limit {value!r} must not be negative")
-  return seconds
-
-
-def format_duration(seconds: float) -> str:
-  seconds = max(int(seconds), 0)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,8 +1,7 @@
-"""Devices, processes and the 1-D data-parallel mesh.
+"""Devices, processes and the 1-D data-parallel mesh: the one mesh constructor.
 
-The mesh has one axis, `DATA_AXIS` (defined with the input pipeline, which shards
-batches on it): the state is replicated, and the "per_device" BatchNorm mode maps
-over it.
+The mesh has one axis, `DATA_AXIS`: the input pipeline shards batches on it, the state is
+replicated, and the "per_device" BatchNorm mode maps over it.
 """
 from __future__ import annotations
 
@@ -15,8 +14,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# The input pipeline shards batches on this axis; it is defined once, there.
-from resnet_jax.data.pipeline import DATA_AXIS  # pylint: disable=g-bad-import-order
+from resnet_jax import errors
+
+DATA_AXIS = "data"
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
@@ -31,7 +31,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   """
   if coordinator_address or (num_processes and num_processes > 1):
     if coordinator_address is None or num_processes is None or process_id is None:
-      raise ValueError(
+      raise errors.InputError(
           "multi-process run needs all of --coordinator_address, --num_processes and "
           f"--process_id (got {coordinator_address!r}, {num_processes!r}, {process_id!r})")
     jax.distributed.initialize(coordinator_address=coordinator_address,
