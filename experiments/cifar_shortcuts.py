@@ -19,7 +19,7 @@ def main() -> None:
   p.add_argument("--model", default="cifar10_resnet32", help="base config (a CIFAR ResNet)")
   args = p.parse_args()
   variants = {f"option_{o}": {"model.shortcut": o} for o in ("A", "B", "C")}
-  run("cifar_shortcuts", [Comparison("shortcuts", args.model, variants, {})], args,
+  run("cifar_shortcuts", [Comparison("shortcuts", args.model, variants, {}, baseline="option_A")], args,
       "Shortcut options A/B/C on CIFAR-10 (He et al. 2015, Table 3 analogue)",
       notes=["paper reference (ImageNet ResNet-34, 10-crop top-1): A 25.03, B 24.52, C 24.19"])
 

@@ -46,7 +46,8 @@ class Comparison:
 
   `overrides` apply to every variant of the group (e.g. `{"data.ten_crop": True}`);
   `metric` is the eval metric compared with the paper (`"error"`, or `"ten_crop_error"`
-  for the papers' 10-crop tables), described in the table by `metric_label`.
+  for the papers' 10-crop tables), described in the table by `metric_label`; `baseline`,
+  the variant the others are compared with, paired by seed (`Study.paired_table`).
   """
   name: str
   base: str
@@ -55,6 +56,7 @@ class Comparison:
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   metric: str = "error"
   metric_label: str = ""
+  baseline: Optional[str] = None
 
 
 def parser(description: str, default_workdir: str) -> argparse.ArgumentParser:
@@ -153,7 +155,8 @@ def _studies(groups: Sequence[Comparison], args, splits: tuple[str, str, str], d
     studies.append((group, group.base + suffix, rj.compare(
         base=group.base + suffix, variants=variants, seeds=args.seeds, workdir=workdir / group.name,
         overrides=overrides, paper=group.paper, error_label=label, metric=group.metric, run=False,
-        on_change="rerun" if getattr(args, "rerun_changed", False) else "error")))
+        on_change="rerun" if getattr(args, "rerun_changed", False) else "error",
+        baseline=group.baseline if group.baseline in variants else None)))
   if not studies:
     raise errors.InputError(f"--only {args.only} matches no variant of this experiment")
   return studies

@@ -3,7 +3,7 @@
 >>> study = rj.compare(base="cifar10_resnet110",
 ...                    variants={"identity": {"model.shortcut": "B"}, "gate": {"model.shortcut": "gate"}},
 ...                    seeds=(0, 1, 2), workdir="runs/skip", overrides={"num_steps": 64000})
->>> print(study.table())
+>>> print(study.table(baseline="identity"))   # and each variant minus the baseline, paired by seed
 >>> study.plot("curves.png")
 
 Every run trains in ``workdir/<variant>/seed<k>`` and resumes from its checkpoint
@@ -15,18 +15,18 @@ moved aside to ``<run>.replaced-<time>`` and trained anew).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import pathlib
 import statistics
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import matplotlib
 import ml_collections
 
 from resnet_jax import errors
 from resnet_jax import configs
+from resnet_jax import stats
+from resnet_jax import study_plot
 from resnet_jax.paper import PaperResult
 from resnet_jax.runtime.provenance import device_description, git_commit
 from resnet_jax.storage import files as files_lib
@@ -82,7 +82,8 @@ class Study:
                workdir: str | pathlib.Path,
                overrides: Optional[Mapping[str, Any] | Callable[[ml_collections.ConfigDict], Mapping[str, Any]]] = None,
                paper: Optional[Mapping[str, PaperResult | float | None]] = None,
-               error_label: str = "test error", metric: str = "error", on_change: str = "error"):
+               error_label: str = "test error", metric: str = "error", on_change: str = "error",
+               baseline: Optional[str] = None):
     if on_change not in ON_CHANGE:
       raise errors.InputError(f"on_change={on_change!r} is not one of {ON_CHANGE}")
     self.on_change = on_change
@@ -98,7 +99,10 @@ class Study:
     self.paper = dict(paper or {})
     self.error_label = error_label
     self.metric = metric
-    self.configs = {}
+    if baseline is not None and baseline not in self.variants:
+      raise errors.InputError(f"baseline={baseline!r} is not a variant; valid: {', '.join(self.variants)}")
+    self.baseline = baseline
+    self.configs, self.base_configs = {}, {}  # each variant's config, and the config it starts from
     for name, variant in self.variants.items():
       if "/" in name or name in ("", ".", ".."):
         raise errors.InputError(f"variant name {name!r} must be usable as a folder name")
@@ -106,6 +110,7 @@ class Study:
       base_config = configs.load(variant.pop(CONFIG_KEY, base))
       common = self.overrides(base_config) if callable(self.overrides) else self.overrides
       self.configs[name] = configs.apply_overrides(base_config, {**common, **variant})
+      self.base_configs[name] = base_config
     self.runs = [StudyRun(v, s, Workdir(self.workdir / v / f"seed{s}")) for v in self.variants for s in self.seeds]
 
   def config_for(self, run: StudyRun) -> ml_collections.ConfigDict:
@@ -207,21 +212,48 @@ class Study:
   def results(self) -> list[dict]:
     return [r.result() for r in self.runs if r.finished]
 
-  def summary(self) -> dict[str, dict[str, Any]]:
+  def summary(self, baseline: Optional[str] = None) -> dict[str, dict[str, Any]]:
     """Per variant, over its finished seeds: best, mean, std and median of the final eval error,
-    the number finished of all seeds, the unfinished runs' steps and the paper's figure."""
+    the number finished of all seeds, the unfinished runs' steps and the paper's figure; with a
+    `baseline` (default: the study's), also `vs_baseline`, the paired difference
+    (`stats.PairedDifference`) of every other variant."""
+    baseline = self._baseline(baseline)
+    paired = self.paired(baseline) if baseline else {}
     out = {}
     for variant in self.variants:
       runs = [r for r in self.runs if r.variant == variant]
-      errors = [self._final(r) for r in runs if r.finished]
+      errors_ = [self._final(r) for r in runs if r.finished]
       paper = self.paper.get(variant)
       if isinstance(paper, (int, float)):
         paper = PaperResult(float(paper), "given")
-      mean, std = _mean_std(errors) if errors else (float("nan"), float("nan"))
-      out[variant] = {"runs": len(errors), "seeds": len(runs), "mean": mean, "std": std,
-                      "best": min(errors) if errors else float("nan"),
-                      "median": statistics.median(errors) if errors else float("nan"), "paper": paper,
+      mean, std = _mean_std(errors_) if errors_ else (float("nan"), float("nan"))
+      out[variant] = {"runs": len(errors_), "seeds": len(runs), "mean": mean, "std": std,
+                      "best": min(errors_) if errors_ else float("nan"),
+                      "median": statistics.median(errors_) if errors_ else float("nan"), "paper": paper,
                       "unfinished": {r.seed: r.saved_step() for r in runs if not r.finished}}
+      if variant in paired:
+        out[variant]["vs_baseline"] = paired[variant]
+    return out
+
+  def _baseline(self, baseline: Optional[str]) -> Optional[str]:
+    baseline = self.baseline if baseline is None else baseline
+    if baseline is not None and baseline not in self.variants:
+      raise errors.InputError(f"baseline={baseline!r} is not a variant; valid: {', '.join(self.variants)}")
+    return baseline
+
+  def final_errors(self, variant: str) -> dict[int, float]:
+    """Seed -> the final eval error of each finished run of `variant`."""
+    return {r.seed: self._final(r) for r in self.runs if r.variant == variant and r.finished}
+
+  def paired(self, baseline: str) -> dict[str, stats.PairedDifference]:
+    """Every other variant minus `baseline`, paired by seed (runs of one seed share their data
+    order and augmentation); variants without a finished seed in common are left out."""
+    base = self.final_errors(self._baseline(baseline))
+    out = {}
+    for variant in self.variants:
+      own = self.final_errors(variant)
+      if variant != baseline and set(own) & set(base):
+        out[variant] = stats.paired_difference(base, own, variant, baseline)
     return out
 
   def _final(self, run: StudyRun) -> float:
@@ -230,11 +262,12 @@ class Study:
       raise KeyError(f"{run.result_path} has no eval metric {self.metric!r}; it has {sorted(evaluation)}")
     return float(evaluation[self.metric])
 
-  def table(self) -> str:
+  def table(self, baseline: Optional[str] = None) -> str:
     """A markdown table as the papers report their runs: per variant the finished seeds, our best,
     mean ± std and median, the paper's figure in its own format, and the difference of the
     statistic the paper reports (our median against a median, our best against a best); then
-    the runs not finished yet, with the step each has reached."""
+    the runs not finished yet, with the step each has reached; then, with a `baseline`
+    (default: the study's), each variant minus the baseline, paired by seed (`paired_table`)."""
     lines = [f"| variant | seeds finished | ours, {self.error_label} (%): best | mean ± std | median | paper (%) | "
              "difference |", "|---|---|---:|---:|---:|---|---:|"]
     pending = []
@@ -254,49 +287,36 @@ class Study:
                   for seed, step in s["unfinished"].items()]
     if pending:
       lines += ["", "Not finished (run the same command again to continue): " + "; ".join(pending) + "."]
+    baseline = self._baseline(baseline)
+    if baseline is not None:
+      lines += ["", self.paired_table(baseline)]
+    return "\n".join(lines)
+
+  def paired_table(self, baseline: str) -> str:
+    """Each variant minus `baseline`, paired by seed: the mean difference with its 95 %
+    confidence interval (percentage points), whether it is resolved (the interval excludes 0),
+    and how many seeds would resolve a difference of that size at that spread (80 % power)."""
+    lines = [f"| variant − {baseline} | paired seeds | difference, points (95 % CI) | resolved | "
+             "seeds for 80 % power |", "|---|---:|---:|---|---:|"]
+    for variant, d in self.paired(baseline).items():
+      needed = "–" if d.seeds_for_power is None else f"{d.seeds_for_power:,}"
+      verdict = "yes" if d.resolved else "not resolved"
+      lines.append(f"| {variant} | {len(d.seeds)} | {d.text()} | {verdict} | {needed} |")
     return "\n".join(lines)
 
   def plot(self, path: str | pathlib.Path, title: Optional[str] = None) -> pathlib.Path:
-    """Training loss and eval error vs iteration, one line per variant (mean over seeds)."""
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after choosing the backend)
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for variant in self.variants:
-      runs = [r for r in self.runs if r.variant == variant]
-      for kind, key, ax in (("train", "loss", ax_loss), ("eval", self.metric, ax_err)):
-        by_step: dict[int, list[float]] = {}
-        for run in runs:
-          for step, rec in records.latest_per_step(run.curves(), kind, key).items():
-            by_step.setdefault(step, []).append(rec[key])
-        if by_step:
-          steps = sorted(by_step)
-          done = sum(r.finished for r in runs)
-          label = variant if done == len(runs) else f"{variant} ({done} of {len(runs)} finished)"
-          ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=label,
-                  marker="." if len(steps) < 30 else None)
-    ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss")
-    ax_err.set(xlabel="iteration", ylabel=f"{self.error_label} (%)", title=self.error_label)
-    for ax in (ax_loss, ax_err):
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=8)
-    if title:
-      fig.suptitle(title)
-    fig.tight_layout()
-    path = files_lib.as_path(path)
-    files = files_lib.files_for(path)
-    files.make_dirs(path.parent)
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=120)
-    plt.close(fig)
-    files.write_atomic(path, image.getvalue())
-    return path
+    """Training loss and eval error vs iteration, one colour per variant: each seed a thin line,
+    their mean a thick one; the eval axis names the split and its size, chance level is drawn
+    where the errors come near it, and a reduced budget is marked (`study_plot`)."""
+    return study_plot.plot(self, path, title)
 
 
 def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0,),
             workdir: str | pathlib.Path = "runs/compare", overrides: Any = None,
             paper: Optional[Mapping[str, Any]] = None, run: bool = True,
             error_label: str = "test error", metric: str = "error", on_change: str = "error",
-            pack: bool | str = "auto", time_limit: Optional[float | str] = None) -> Study:
+            pack: bool | str = "auto", time_limit: Optional[float | str] = None,
+            baseline: Optional[str] = None) -> Study:
   """Trains every variant of ``base`` with every seed (resuming, skipping finished runs).
 
   Args:
@@ -320,6 +340,8 @@ def compare(base: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequenc
       values, not shapes): ``True``, ``False``, or ``"auto"`` (when the backend is an accelerator).
     time_limit: seconds or text ("10m"): at the limit every run saves and `compare` returns;
       the table marks the unfinished runs; calling it again continues them.
+    baseline: the variant the others are compared with, paired by seed (`Study.paired`), in
+      `table()` and `summary()`.
   """
-  study = Study(base, variants, seeds, workdir, overrides, paper, error_label, metric, on_change)
+  study = Study(base, variants, seeds, workdir, overrides, paper, error_label, metric, on_change, baseline)
   return study.run(pack=pack, time_limit=time_limit) if run else study
