@@ -49,7 +49,7 @@ def test_train_then_eval_json(data_dir, tmp_path, capsys):
     ("--config.num_epochs=3", "exactly one of num_steps=20 and num_epochs=3.0 must be positive"),
     ("--config.model.num_classes=100", "model.num_classes cannot be set: it comes from the dataset"),
     ("--config.model.dtype=bfloat16", "model.dtype cannot be set: set the top-level --config.dtype"),
-    ("--config.model.bn_group_size=8", "model.bn_group_size cannot be set"),
+    ("--config.model.norm_options.group_size=8", "model.norm_options.group_size cannot be set"),
     ("--config.num_steps=many", "num_steps"),
 ])
 def test_config_errors_are_one_line(flag, message, tmp_path, capsys):
