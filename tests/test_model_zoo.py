@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import cli, errors, models
+from resnet_jax import cli, errors, models, paper
 from resnet_jax.models import attention as attention_lib
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
@@ -189,3 +189,19 @@ def test_models_lists_the_new_networks(capsys):
   lines = capsys.readouterr().out.splitlines()
   assert [line.split()[0] for line in lines[1:]] == ["resnetrs101", "resnetrs152", "resnetrs200", "resnetrs50"]
   assert lines[-1].split()[2] == "35,691,912"   # timm's resnetrs50: 35,691,912 parameters
+
+
+# The networks issue 33 adds, by timm's names.
+NEW_NETWORKS = ("resnet18d", "resnet34d", "resnet26d", "resnet50d", "resnet101d", "resnet152d", "resnet200d",
+                "resnext50d_32x4d", "resnet50c", "seresnet50", "seresnet101", "seresnext50_32x4d",
+                "seresnext101_32x4d", "ecaresnet50d", "ecaresnet101d", "resnetrs50", "resnetrs101", "resnetrs152",
+                "resnetrs200", "resnetv2_50x1_bit", "resnetv2_101x1_bit", "resnetv2_50x3_bit", "resnetv2_50")
+
+
+def test_every_new_network_has_published_imagenet_numbers():
+  for name in NEW_NETWORKS:
+    results = [paper.IMAGENET_2018_2021.get((name, kind)) for kind in ("paper", "timm")]
+    assert any(results), name
+    for result in filter(None, results):
+      assert 10.0 < result.error < 30.0 and ("Table" in result.source or "results-imagenet.csv" in result.source
+                                             or "Bello et al. 2021" in result.source), (name, result)
