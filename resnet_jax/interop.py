@@ -422,7 +422,7 @@ def read(path: str | pathlib.Path) -> Dict[str, Any]:
     state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
     state_dict = state_dict.get("state_dict", state_dict) if isinstance(state_dict, dict) else state_dict
   else:
-    raise ValueError(f"unknown checkpoint format {path.suffix!r} of {path}; valid: .safetensors, .npz, .pth, .pt")
+    raise InputError(f"unknown checkpoint format {path.suffix!r} of {path}; valid: .safetensors, .npz, .pth, .pt")
   state_dict = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}  # DataParallel prefixes
   _warn_suspicious(path, state_dict)
   return state_dict

@@ -230,6 +230,7 @@ class ResNet(nn.Module):
     self._check_stages()
     self._check_drop_path()
     self._check_output_stride()
+    self._check_anti_alias()
     super().__post_init__()
 
   def _check_values(self) -> None:
@@ -281,6 +282,11 @@ class ResNet(nn.Module):
     if self.anti_alias is not None:
       raise InputError(f"anti_alias={self.anti_alias!r} with output_stride={self.output_stride} is not "
                        "supported: build the dilated backbone without anti-aliasing")
+
+  def _check_anti_alias(self) -> None:
+    if self.anti_alias is not None and not _declares(STEMS.resolve(self.stem), "anti_alias"):
+      raise InputError(f"anti_alias={self.anti_alias!r}: stem {self.stem!r} has no strided pooling to "
+                       "anti-alias (use a stem that declares an anti_alias field, e.g. 'imagenet')")
 
   def _shortcut_options(self) -> Dict[str, Any]:
     """``shortcut_options``, checked for the named shortcut."""
@@ -383,12 +389,7 @@ class ResNet(nn.Module):
 
   def _stem(self, x: jax.Array, conv, norm, act, train: bool) -> jax.Array:
     stem_cls = STEMS.resolve(self.stem)
-    extra = {}
-    if self.anti_alias is not None:
-      if not _declares(stem_cls, "anti_alias"):
-        raise InputError(f"anti_alias={self.anti_alias!r}: stem {self.stem!r} has no strided pooling to "
-                         "anti-alias (use a stem that declares an anti_alias field, e.g. 'imagenet')")
-      extra["anti_alias"] = ANTI_ALIASING.resolve(self.anti_alias)
+    extra = {} if self.anti_alias is None else {"anti_alias": ANTI_ALIASING.resolve(self.anti_alias)}
     stem = stem_cls(width=self.stem_width, conv=conv, norm=norm, act=act, name="stem", **extra)
     if STEMS.name_of(stem_cls) is not None:
       nn.share_scope(self, stem)  # the built-in stems: ``stem_conv``, ``stem_bn`` at the top level
