@@ -4,6 +4,13 @@ Errors are top-1 test error in percent, as printed in the papers. ``None`` marks
 result the paper reports only as a curve or as "fail" (>20 % error). Sources:
 He et al. 2015 (arXiv:1512.03385), He et al. 2016 (arXiv:1603.05027), Xie et al.
 2017 (arXiv:1611.05431); table numbers in each entry's ``source``.
+
+``IMAGENET_2018_2021``: the networks after 2017 (timm's names), single-crop ImageNet
+top-1 error: the paper's own number where its paper reports one for that network (He et al.
+2019, arXiv:1812.01187; Hu et al. 2018, arXiv:1709.01507; Wang et al. 2020, arXiv:1910.03151;
+Bello et al. 2021, arXiv:2103.07579), and for every one the published evaluation of timm's
+default checkpoint of it (`results/results-imagenet.csv` of pytorch-image-models, the weights
+`rj.interop.pretrained` loads), at the checkpoint's own resolution.
 """
 from __future__ import annotations
 
@@ -125,4 +132,51 @@ IMAGENET = {
     ("resnext50_32x4d", "1-crop"): PaperResult(22.2, "Xie et al. 2017, Table 3"),
     ("resnet101", "1-crop"): PaperResult(22.0, "Xie et al. 2017, Table 3"),
     ("resnext101_32x4d", "1-crop"): PaperResult(21.2, "Xie et al. 2017, Table 3"),
+}
+
+# The ResNets of 2018–2021: (name, "paper") where the network's paper prints its error, (name,
+# "timm") for timm's default checkpoint of it (1-crop, the resolution and crop in the source).
+IMAGENET_2018_2021 = {
+    ("resnet50c", "paper"): PaperResult(23.13, "He et al. 2019, Table 5 (ResNet-50-C, 76.87 top-1)"),
+    ("resnet50d", "paper"): PaperResult(22.84, "He et al. 2019, Table 5 (ResNet-50-D, 77.16 top-1)",
+                                        "the paper's baseline recipe; 20.71 with all its refinements, Table 6"),
+    ("seresnet50", "paper"): PaperResult(23.29, "Hu et al. 2018, Table 2 (SE-ResNet-50)"),
+    ("seresnet101", "paper"): PaperResult(22.38, "Hu et al. 2018, Table 2 (SE-ResNet-101)"),
+    ("seresnext50_32x4d", "paper"): PaperResult(21.10, "Hu et al. 2018, Table 2 (SE-ResNeXt-50, 32×4d)"),
+    ("seresnext101_32x4d", "paper"): PaperResult(20.70, "Hu et al. 2018, Table 2 (SE-ResNeXt-101, 32×4d)"),
+    ("ecaresnet50d", "paper"): PaperResult(22.52, "Wang et al. 2020, Table 2 (ECA-Net50, 77.48 top-1)",
+                                           "ECA on the plain ResNet-50, not ResNet-D"),
+    ("ecaresnet101d", "paper"): PaperResult(21.35, "Wang et al. 2020, Table 2 (ECA-Net101, 78.65 top-1)",
+                                            "ECA on the plain ResNet-101, not ResNet-D"),
+    ("resnetrs50", "paper"): PaperResult(21.2, "Bello et al. 2021, ResNet-RS-50 at 160px (78.8 top-1; the "
+                                         "models of its speed-accuracy Pareto curve, Fig. 1)"),
+    ("resnetrs101", "paper"): PaperResult(18.8, "Bello et al. 2021, ResNet-RS-101 at 192px (81.2 top-1)"),
+    ("resnetrs152", "paper"): PaperResult(17.0, "Bello et al. 2021, ResNet-RS-152 at 256px (83.0 top-1)"),
+    ("resnetrs200", "paper"): PaperResult(16.6, "Bello et al. 2021, ResNet-RS-200 at 256px (83.4 top-1)"),
+    ("resnet18d", "timm"): PaperResult(27.704, "timm results-imagenet.csv: resnet18d.ra2_in1k, 224px, crop 0.875"),
+    ("resnet34d", "timm"): PaperResult(22.892, "timm results-imagenet.csv: resnet34d.ra2_in1k, 224px, crop 0.875"),
+    ("resnet26d", "timm"): PaperResult(23.302, "timm results-imagenet.csv: resnet26d.bt_in1k, 224px, crop 0.875"),
+    ("resnet50d", "timm"): PaperResult(19.454, "timm results-imagenet.csv: resnet50d.ra2_in1k, 224px, crop 0.875"),
+    ("resnet101d", "timm"): PaperResult(17.746, "timm results-imagenet.csv: resnet101d.ra2_in1k, 256px, crop 0.950"),
+    ("resnet152d", "timm"): PaperResult(16.840, "timm results-imagenet.csv: resnet152d.ra2_in1k, 256px, crop 0.950"),
+    ("resnet200d", "timm"): PaperResult(16.750, "timm results-imagenet.csv: resnet200d.ra2_in1k, 256px, crop 0.950"),
+    ("resnet50c", "timm"): PaperResult(21.984, "timm results-imagenet.csv: resnet50c.gluon_in1k, 224px, crop 0.875"),
+    ("resnext50d_32x4d", "timm"): PaperResult(20.328, "timm results-imagenet.csv: resnext50d_32x4d.bt_in1k, 224px, crop 0.875"),
+    ("seresnet50", "timm"): PaperResult(19.988, "timm results-imagenet.csv: seresnet50.a1_in1k, 224px, crop 0.950"),
+    ("seresnext50_32x4d", "timm"): PaperResult(18.732, "timm results-imagenet.csv: seresnext50_32x4d.racm_in1k, 224px, crop 0.875"),
+    ("seresnext101_32x4d", "timm"): PaperResult(19.114, "timm results-imagenet.csv: seresnext101_32x4d.gluon_in1k, 224px, crop 0.875"),
+    ("ecaresnet50d", "timm"): PaperResult(19.366, "timm results-imagenet.csv: ecaresnet50d.miil_in1k, 224px, crop 0.875"),
+    ("ecaresnet101d", "timm"): PaperResult(17.820, "timm results-imagenet.csv: ecaresnet101d.miil_in1k, 224px, crop 0.875"),
+    ("resnetrs50", "timm"): PaperResult(22.142, "timm results-imagenet.csv: resnetrs50.tf_in1k, 160px, crop 0.910"),
+    ("resnetrs101", "timm"): PaperResult(19.294, "timm results-imagenet.csv: resnetrs101.tf_in1k, 192px, crop 0.940"),
+    ("resnetrs152", "timm"): PaperResult(17.100, "timm results-imagenet.csv: resnetrs152.tf_in1k, 256px, crop 1.000"),
+    ("resnetrs200", "timm"): PaperResult(16.116, "timm results-imagenet.csv: resnetrs200.tf_in1k, 256px, crop 1.000"),
+    ("resnetv2_50x1_bit", "timm"): PaperResult(19.614, "timm results-imagenet.csv: resnetv2_50x1_bit.goog_in21k_ft_in1k, 448px, crop 1.000"),
+    ("resnetv2_101x1_bit", "timm"): PaperResult(17.668, "timm results-imagenet.csv: resnetv2_101x1_bit.goog_in21k_ft_in1k, 448px, crop 1.000"),
+    ("resnetv2_50x3_bit", "timm"): PaperResult(16.018, "timm results-imagenet.csv: resnetv2_50x3_bit.goog_in21k_ft_in1k, 448px, crop 1.000"),
+    ("resnetv2_50", "timm"): PaperResult(19.590, "timm results-imagenet.csv: resnetv2_50.a1h_in1k, 224px, crop 0.950"),
+    ("resnetblur50", "timm"): PaperResult(20.694, "timm results-imagenet.csv: resnetblur50.bt_in1k, 224px, crop 0.875"),
+    ("resnetaa50", "timm"): PaperResult(19.386, "timm results-imagenet.csv: resnetaa50.a1h_in1k, 224px, crop 0.950"),
+    ("resnet50_gn", "timm"): PaperResult(19.926, "timm results-imagenet.csv: resnet50_gn.a1h_in1k, 224px, crop 0.940"),
+    ("resnext101_32x16d", "timm"): PaperResult(15.834, "timm results-imagenet.csv: resnext101_32x16d.fb_wsl_ig1b_ft_in1k, 224px, crop 0.875"),
 }

@@ -49,7 +49,7 @@ def test_train_then_eval_json(data_dir, tmp_path, capsys):
     ("--config.num_epochs=3", "exactly one of num_steps=20 and num_epochs=3.0 must be positive"),
     ("--config.model.num_classes=100", "model.num_classes cannot be set: it comes from the dataset"),
     ("--config.model.dtype=bfloat16", "model.dtype cannot be set: set the top-level --config.dtype"),
-    ("--config.model.bn_group_size=8", "model.bn_group_size cannot be set"),
+    ("--config.model.norm_options.group_size=8", "model.norm_options.group_size cannot be set"),
     ("--config.num_steps=many", "num_steps"),
 ])
 def test_config_errors_are_one_line(flag, message, tmp_path, capsys):
@@ -64,11 +64,11 @@ def test_any_model_field_can_be_overridden(data_dir, tmp_path, capsys):
   rc = cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
                  "--config.data.train_split=train", "--config.data.eval_split=test",
                  "--config.num_steps=2", "--config.eval_batch_size=16",
-                 "--config.model.shortcut=gate", "--config.model.gate_bias_init", "-2.0",
+                 "--config.model.shortcut=gate", "--config.model.zero_init_residual", "true",
                  "--config.model.unit_order=full_preact"])
   assert rc == 0, capsys.readouterr().err
   saved = json.loads((workdir / "config.json").read_text())
-  assert saved["model"]["shortcut"] == "gate" and saved["model"]["gate_bias_init"] == -2.0
+  assert saved["model"]["shortcut"] == "gate" and saved["model"]["zero_init_residual"] is True
   assert saved["model"]["unit_order"] == "full_preact"
 
 
@@ -153,7 +153,8 @@ def test_train_help_lists_options_and_config_fields(capsys):
   out = capsys.readouterr().out
   assert out.startswith("usage: resnet-jax train") and "--workdir WORKDIR" in out
   assert "  optimizer.learning_rate = 0.1\n" in out and "  num_steps = 64000\n" in out
-  assert "--config.model.FIELD: act, block," in out and "num_classes" not in out.split("--config.model.FIELD:")[1]
+  listed = out.split("--config.model.FIELD:")[1]
+  assert listed.startswith(" act, ") and " block," in listed and "num_classes" not in listed
   # With a config (and overrides): that config's values.
   assert cli.main(["train", "--config", SMOKE, "--config.num_steps=7", "-h"]) == 0
   out = capsys.readouterr().out

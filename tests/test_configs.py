@@ -107,8 +107,9 @@ def test_load_by_name_path_and_smoke_with_overrides(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     ({"model.num_classes": 100}, "model.num_classes cannot be set: it comes from the dataset"),
     ({"model.dtype": "bfloat16"}, "model.dtype cannot be set: set the top-level --config.dtype"),
-    ({"model.bn_group_size": 32}, "model.bn_group_size cannot be set: set --config.bn.mode=ghost"),
-    ({"model.bn_axis_name": "data"}, "model.bn_axis_name cannot be set: set --config.bn.mode"),
+    ({"model.norm_options.group_size": 32}, "model.norm_options.group_size cannot be set: set --config.bn.mode=ghost"),
+    ({"model.norm_options.axis_name": "data"}, "model.norm_options.axis_name cannot be set: set --config.bn.mode"),
+    ({"model.norm_options": {"unbiased_variance": False}}, "model.norm_options.unbiased_variance cannot be set"),
     ({"num_stepz": 3}, "unknown config field 'num_stepz'; did you mean num_steps"),
     ({"num_steps": "abc"}, "num_steps=abc: invalid literal for int"),
     ({"num_steps": 1.5}, "cannot be casted to type <class 'int'>"),

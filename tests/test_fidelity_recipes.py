@@ -29,9 +29,9 @@ def test_batchnorm_groups_are_the_papers_per_gpu_batches():
   for name, group in expected.items():
     c = configs.load(name)
     assert (c.bn.mode, c.bn.ghost_batch_size, c.bn.unbiased_variance) == ("ghost", group, True), name
-    assert rt.build.model(c, 10).bn_group_size == group
+    assert rt.build.model(c, 10).norm_options["group_size"] == group
   # Synchronised statistics over the whole batch stay one override away.
-  assert rt.build.model(configs.load("cifar10_resnet20", {"bn.mode": "global"}), 10).bn_group_size is None
+  assert rt.build.model(configs.load("cifar10_resnet20", {"bn.mode": "global"}), 10).norm_options["group_size"] is None
 
 
 def test_every_identity_mappings_cifar_run_warms_up():

@@ -53,7 +53,7 @@ def _random_variables(model, seed=0):
 def test_tiny_torchvision_networks_compute_the_same_function(variant):
   name, small = VARIANTS[variant]
   variables = interop.from_torchvision(_state_dict(variant), name, **small)
-  model = interop.torchvision_model(name, num_classes=7, bn_unbiased_variance=True, **small)
+  model = interop.torchvision_model(name, num_classes=7, norm_options={"unbiased_variance": True}, **small)
   x = jnp.asarray(REFERENCE["images"])
   want = REFERENCE[f"{variant}/eval_logits"]
   np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
@@ -200,7 +200,7 @@ def test_full_size_networks_equal_torchvision(name):
       elif key.endswith("running_mean") or (key.endswith(".bias") and "bn" in key):
         tensor.copy_(torch.from_numpy(0.1 * rng.standard_normal(tensor.shape).astype(np.float32)))
   variables = interop.from_torchvision(net.state_dict(), name)
-  model = interop.torchvision_model(name, bn_unbiased_variance=True)
+  model = interop.torchvision_model(name, norm_options={"unbiased_variance": True})
   x = rng.standard_normal((2, 224, 224, 3)).astype(np.float32)
   net.eval()
   with torch.no_grad():

@@ -1,7 +1,6 @@
 """Named model parts (one table per kind, one resolver) and shortcut options as one mapping."""
 from __future__ import annotations
 
-import warnings
 
 import flax.linen as nn
 import jax
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import models
+from resnet_jax import errors, models
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # what the networks are, not their speed
 X = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -45,23 +44,16 @@ def test_a_registered_norm_is_usable_by_name_from_a_config():
     models.NORMS.register("bad", "not a constructor")
 
 
-@pytest.mark.parametrize("shortcut, options, legacy", [
-    ("scale", {"scale": 0.3, "scale_residual": True}, {"shortcut_scale": 0.3, "scale_residual": True}),
-    ("gate", {"gate_bias_init": -2.0, "downsample": "B"}, {"gate_bias_init": -2.0, "downsample": "B"}),
-    ("dropout", {"rate": 0.25}, {"shortcut_dropout_rate": 0.25}),
+@pytest.mark.parametrize("field, group", [
+    ("downsample", "shortcut_options"), ("shortcut_scale", "shortcut_options"), ("scale_residual", "shortcut_options"),
+    ("gate_bias_init", "shortcut_options"), ("shortcut_dropout_rate", "shortcut_options"),
+    ("bn_momentum", "norm_options"), ("bn_epsilon", "norm_options"), ("bn_axis_name", "norm_options"),
+    ("bn_group_size", "norm_options"), ("bn_unbiased_variance", "norm_options"),
 ])
-def test_shortcut_options_build_what_the_deprecated_fields_built(shortcut, options, legacy):
-  new = tiny(shortcut=shortcut, shortcut_options=options)
-  with pytest.warns(DeprecationWarning, match="use shortcut_options="):
-    old = tiny(shortcut=shortcut, **legacy)
-    old_vars = _init(old)
-  new_vars = _init(new)
-  assert jax.tree.map(jnp.shape, new_vars) == jax.tree.map(jnp.shape, old_vars)
-  rngs = {"dropout": jax.random.key(3)}
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    want = old.apply(old_vars, X, train=True, mutable=["batch_stats"], rngs=rngs)[0]
-  np.testing.assert_array_equal(new.apply(new_vars, X, train=True, mutable=["batch_stats"], rngs=rngs)[0], want)
+def test_the_flat_shortcut_and_bn_fields_are_gone_and_their_option_groups_are_named(field, group):
+  with pytest.raises(errors.InputError, match=rf"unknown model field '{field}'.*valid fields: .*{group}") as info:
+    tiny(**{field: 1})
+  assert "\n" not in str(info.value)
 
 
 def test_the_options_reach_the_shortcut_module():
@@ -85,11 +77,6 @@ def test_bad_shortcut_options_are_one_line_errors(shortcut, options, pattern):
   with pytest.raises(ValueError, match=pattern) as info:
     tiny(shortcut=shortcut, shortcut_options=options)
   assert "\n" not in str(info.value)
-
-
-def test_an_option_set_twice_is_refused():
-  with pytest.raises(ValueError, match="'scale' is set twice"), pytest.warns(DeprecationWarning):
-    tiny(shortcut="scale", shortcut_scale=0.3, shortcut_options={"scale": 0.4})
 
 
 def test_a_user_shortcut_factory_receives_the_options():

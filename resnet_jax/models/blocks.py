@@ -12,20 +12,29 @@ Mappings"), Fig. 4, chosen with ``unit_order``:
 The shortcut is a module of its own (``shortcuts.py``) that merges input and
 residual branch, so every shortcut combines with every order and block.
 
+Three additions act on the residual branch F(x) in every order: channel attention
+(``attention``, e.g. Squeeze-and-Excitation, Hu et al. 2018) rescales its output, stochastic
+depth (``drop_path_rate``, Huang et al. 2016) drops it for some examples in training, both
+before the shortcut adds it; anti-aliasing (``anti_alias``, Zhang 2019) moves a convolution's
+stride into a blur after it. Dilation (``dilation``, ``first_dilation``) replaces strides in
+dilated backbones. Each costs nothing where it is off: the unit then builds the same ops.
+
 A new block subclasses ``ResidualUnit``: it says which convolutions form its
 branch (``branch``) and how much wider than its stage width it is (``expansion``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 
-from resnet_jax import errors
+from resnet_jax.errors import InputError
+from resnet_jax.models.drop_path import drop_path
 from resnet_jax.models.layers import Activation, he_conv
 from resnet_jax.models.norm import BatchNorm
+from resnet_jax.models.parts import part_class
 from resnet_jax.models.shortcuts import ProjectionShortcut
 
 ModuleDef = Any
@@ -37,11 +46,19 @@ STRIDE_PLACEMENTS = ("conv1x1", "conv3x3")
 
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
-  """One convolution of a residual branch."""
+  """One convolution of a residual branch (``dilation`` > 1: an atrous one, padded to keep size)."""
   features: int
   kernel: int
   strides: int = 1
   groups: int = 1
+  dilation: int = 1
+
+
+def _declares(factory: Any, field: str) -> bool:
+  """Whether the module class behind `factory` (a class or a partial of one) has `field`."""
+  cls = part_class(factory)
+  return cls is not None and dataclasses.is_dataclass(cls) and any(
+      f.name == field for f in dataclasses.fields(cls))
 
 
 class ResidualUnit(nn.Module):
@@ -68,6 +85,16 @@ class ResidualUnit(nn.Module):
     zero_init_residual: initialise the branch's last BN scale (or, for orders whose
       branch ends in a convolution, its last kernel) to zero, so the unit starts as
       its shortcut (Goyal et al. 2017). Off by default, as in the papers.
+    attention: None, or a constructor ``attention(name=)`` of a module applied to the
+      branch's output (``attention.py``: Squeeze-and-Excitation, ECA).
+    drop_path_rate: stochastic depth (Huang et al. 2016): in training, each example skips
+      the branch with this probability, kept branches divided by 1 − rate (``drop_path.py``;
+      needs a ``"dropout"`` rng).
+    anti_alias: None, or a function ``aa(x, strides)``: a strided convolution then keeps
+      stride 1 and ``aa`` subsamples after its norm and activation (Zhang 2019; ``anti_alias.py``).
+    dilation: dilation of the 3×3 convolutions (a dilated backbone's later stages).
+    first_dilation: the dilation of the unit's first 3×3 where it differs (the first unit
+      of a newly dilated stage keeps the previous stage's, as timm and DeepLab); None: ``dilation``.
   """
   expansion: ClassVar[int] = 1
 
@@ -80,16 +107,29 @@ class ResidualUnit(nn.Module):
   unit_order: str = "original"
   first_unit: bool = False
   zero_init_residual: bool = False
+  attention: Optional[ModuleDef] = None
+  drop_path_rate: float = 0.0
+  anti_alias: Optional[Callable[..., jax.Array]] = None
+  dilation: int = 1
+  first_dilation: Optional[int] = None
 
   def branch(self, in_features: int) -> Sequence[ConvSpec]:  # overridden by every block
     raise TypeError(f"{type(self).__name__} must define branch(); use BasicBlock or BottleneckBlock")
 
+  @property
+  def entry_dilation(self) -> int:
+    """The dilation of the branch's first 3×3 (``first_dilation``, else ``dilation``)."""
+    return self.first_dilation or self.dilation
+
   def _conv(self, spec: ConvSpec, index: int, last: bool):
-    pad = spec.kernel // 2
+    pad = spec.dilation * (spec.kernel // 2)
     kwargs = {}
     if last and self.zero_init_residual and self.unit_order in ("full_preact", "bn_after_add"):
       kwargs["kernel_init"] = nn.initializers.zeros
-    return self.conv(spec.features, (spec.kernel, spec.kernel), (spec.strides, spec.strides),
+    if spec.dilation > 1:
+      kwargs["kernel_dilation"] = (spec.dilation, spec.dilation)
+    strides = 1 if self._blurred(spec) else spec.strides
+    return self.conv(spec.features, (spec.kernel, spec.kernel), (strides, strides),
                      padding=((pad, pad), (pad, pad)), feature_group_count=spec.groups,
                      name=f"conv{index}", **kwargs)
 
@@ -98,43 +138,72 @@ class ResidualUnit(nn.Module):
       return self.norm(name=name, scale_init=nn.initializers.zeros)
     return self.norm(name=name)
 
+  def _blurred(self, spec: ConvSpec) -> bool:
+    """Whether `spec`'s stride moves into the anti-aliasing filter after it."""
+    return self.anti_alias is not None and spec.strides > 1
+
+  def _subsample(self, y: jax.Array, spec: ConvSpec) -> jax.Array:
+    return self.anti_alias(y, spec.strides) if self._blurred(spec) else y
+
+  def _preact_branch(self, x: jax.Array, specs: Sequence[ConvSpec], train: bool) -> Tuple[jax.Array, jax.Array]:
+    """(BN-)ReLU before each convolution (Identity Mappings, Fig. 4d-e): (pre-activated x, F(x))."""
+    n = len(specs)
+    full = self.unit_order == "full_preact"
+    if self.first_unit:
+      preactivated = x
+    else:
+      preactivated = self.act(self._norm("bn1")(x, train=train)) if full else self.act(x)
+    y = preactivated
+    for i, spec in enumerate(specs, start=1):
+      if i > 1:
+        y = self.act(self._norm(f"bn{i}")(y, train=train)) if full else self.act(y)
+      y = self._conv(spec, i, last=i == n)(y)
+      if not full:
+        y = self._norm(f"bn{i}", zero=i == n)(y, train=train)
+      y = self._subsample(y, spec)
+    return preactivated, y
+
+  def _postact_branch(self, x: jax.Array, specs: Sequence[ConvSpec], train: bool) -> jax.Array:
+    """Conv-BN-ReLU steps (Fig. 4a-c); the last step's BN and ReLU depend on the order."""
+    n = len(specs)
+    order = self.unit_order
+    y = x
+    for i, spec in enumerate(specs, start=1):
+      last = i == n
+      y = self._conv(spec, i, last=last)(y)
+      if not (last and order == "bn_after_add"):
+        y = self._norm(f"bn{i}", zero=last)(y, train=train)
+      if not last or order == "relu_before_add":
+        y = self.act(y)
+      y = self._subsample(y, spec)
+    return y
+
+  def _on_branch(self, y: jax.Array, train: bool) -> jax.Array:
+    """Attention, then stochastic depth, on the branch's output F(x) (timm's order)."""
+    if self.attention is not None:
+      y = self.attention(name="attention")(y)
+    if train and self.drop_path_rate > 0:
+      y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
+    return y
+
+  def _shortcut(self):
+    """The shortcut module; the stage's dilation reaches one that reads it (ResNet-D's pooling)."""
+    extra = {"dilation": self.dilation} if self.dilation > 1 and _declares(self.shortcut, "dilation") else {}
+    return self.shortcut(features=self.features, strides=self.strides, conv=self.conv,
+                         norm=None if self.unit_order in PREACT_ORDERS else self.norm, name="shortcut", **extra)
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.unit_order not in UNIT_ORDERS:
-      raise errors.InputError(f"unknown unit_order {self.unit_order!r}: valid choices are {', '.join(UNIT_ORDERS)}")
+      raise InputError(f"unknown unit_order {self.unit_order!r}: valid choices are {', '.join(UNIT_ORDERS)}")
     specs = list(self.branch(x.shape[-1]))
-    n = len(specs)
     order = self.unit_order
-
-    if order == "full_preact":
-      preactivated = x if self.first_unit else self.act(self._norm("bn1")(x, train=train))
-      y = preactivated
-      for i, spec in enumerate(specs, start=1):
-        if i > 1:
-          y = self.act(self._norm(f"bn{i}")(y, train=train))
-        y = self._conv(spec, i, last=i == n)(y)
-    elif order == "relu_preact":
-      preactivated = x if self.first_unit else self.act(x)
-      y = preactivated
-      for i, spec in enumerate(specs, start=1):
-        if i > 1:
-          y = self.act(y)
-        y = self._conv(spec, i, last=i == n)(y)
-        y = self._norm(f"bn{i}", zero=i == n)(y, train=train)
+    if order in PREACT_ORDERS:
+      preactivated, y = self._preact_branch(x, specs, train)
     else:
-      preactivated = x
-      y = x
-      for i, spec in enumerate(specs, start=1):
-        last = i == n
-        y = self._conv(spec, i, last=last)(y)
-        if not (last and order == "bn_after_add"):
-          y = self._norm(f"bn{i}", zero=last)(y, train=train)
-        if not last or order == "relu_before_add":
-          y = self.act(y)
-
-    out = self.shortcut(features=self.features, strides=self.strides, conv=self.conv,
-                        norm=None if order in PREACT_ORDERS else self.norm,
-                        name="shortcut")(x, y, train=train, preactivated=preactivated)
+      preactivated, y = x, self._postact_branch(x, specs, train)
+    y = self._on_branch(y, train)
+    out = self._shortcut()(x, y, train=train, preactivated=preactivated)
     if order == "original":
       out = self.act(out)
     elif order == "bn_after_add":
@@ -147,7 +216,8 @@ class BasicBlock(ResidualUnit):
   expansion: ClassVar[int] = 1
 
   def branch(self, in_features: int) -> Sequence[ConvSpec]:
-    return (ConvSpec(self.features, 3, self.strides), ConvSpec(self.features, 3, 1))
+    return (ConvSpec(self.features, 3, self.strides, dilation=self.entry_dilation),
+            ConvSpec(self.features, 3, 1, dilation=self.dilation))
 
 
 class BottleneckBlock(ResidualUnit):
@@ -171,12 +241,13 @@ class BottleneckBlock(ResidualUnit):
 
   def branch(self, in_features: int) -> Sequence[ConvSpec]:
     if self.stride_on not in STRIDE_PLACEMENTS:
-      raise errors.InputError(f"unknown stride_on {self.stride_on!r}: valid choices are {', '.join(STRIDE_PLACEMENTS)}")
+      raise InputError(f"unknown stride_on {self.stride_on!r}: valid choices are {', '.join(STRIDE_PLACEMENTS)}")
     inner = self.bottleneck_features or self.features // 4
     if inner % self.cardinality:
-      raise errors.InputError(f"bottleneck width {inner} is not divisible by cardinality {self.cardinality}")
+      raise InputError(f"bottleneck width {inner} is not divisible by cardinality {self.cardinality}")
     s1, s3 = (self.strides, 1) if self.stride_on == "conv1x1" else (1, self.strides)
-    return (ConvSpec(inner, 1, s1), ConvSpec(inner, 3, s3, self.cardinality), ConvSpec(self.features, 1, 1))
+    return (ConvSpec(inner, 1, s1), ConvSpec(inner, 3, s3, self.cardinality, dilation=self.entry_dilation),
+            ConvSpec(self.features, 1, 1))
 
 
 class ResNeXtBlock(BottleneckBlock):

@@ -20,6 +20,11 @@ Statistics are computed and stored in float32 (float64 for a float64 network).
 Every norm of the models follows one protocol: ``norm(name=..., dtype=...,
 param_dtype=..., [scale_init=...])`` builds a module applied as ``m(x, train=bool)``.
 ``flax_norm`` adapts the stock Flax norms (GroupNorm, LayerNorm, ...) to it.
+
+A network passes its ``norm_options`` to the norm it builds: the fields of the norm's class
+but dtypes and initialisers (``BatchNorm``: ``momentum``, ``epsilon``, ``axis_name``,
+``group_size``, ``unbiased_variance``, ``fast_variance``; GroupNorm: ``num_groups``,
+``epsilon``, ...). ``check_norm_options`` refuses one the norm does not read.
 """
 from __future__ import annotations
 
@@ -30,8 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import errors
-from resnet_jax.models.parts import PartTable
+from resnet_jax.errors import InputError
+
+from resnet_jax.models.parts import PartTable, check_options, is_number, option_names
 
 Initializer = Callable[..., jax.Array]
 
@@ -87,7 +93,7 @@ class BatchNorm(nn.Module):
     if self.group_size is not None:
       batch = x.shape[0]
       if self.group_size <= 0 or batch % self.group_size:
-        raise errors.InputError(
+        raise InputError(
             f"ghost batch norm group_size={self.group_size} must be a positive divisor of the "
             f"(per-device) batch {batch}")
       grouped = xs.reshape((batch // self.group_size, self.group_size) + x.shape[1:])
@@ -179,3 +185,39 @@ NORMS = PartTable("norm", {
     "group": flax_norm(nn.GroupNorm, num_groups=32),
     "layer": flax_norm(nn.LayerNorm),
 }, "a norm constructor (see flax_norm)")
+
+
+def _positive_int_or_none(value: Any) -> bool:
+  return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def _flag(value: Any) -> bool:
+  return isinstance(value, bool)
+
+
+# How each norm option's value is checked (by name: BatchNorm's and Flax's norms share names).
+NORM_OPTION_CHECKS = {
+    "momentum": (lambda v: is_number(v) and 0.0 <= v <= 1.0, "a number in [0.0, 1.0]"),
+    "epsilon": (lambda v: is_number(v) and v > 0, "a positive number (it keeps 1/sqrt(var + eps) finite)"),
+    "group_size": (_positive_int_or_none, "a positive integer or None"),
+    "num_groups": (_positive_int_or_none, "a positive integer or None"),
+    "axis_name": (lambda v: v is None or isinstance(v, str), "a mesh axis name or None"),
+    "unbiased_variance": (_flag, "True or False"),
+    "fast_variance": (_flag, "True or False"),
+    "use_fast_variance": (_flag, "True or False"),
+    "use_bias": (_flag, "True or False"),
+    "use_scale": (_flag, "True or False"),
+}
+
+
+def norm_option_names(norm: Any) -> Optional[tuple]:
+  """The options `norm` (a name in ``NORMS`` or a constructor) reads; None if it is no
+  dataclass (a plain function: its options are its own business)."""
+  # The network sets the dtypes, and the unit the zero-init scale (initialisers are no plain data).
+  return option_names(NORMS.resolve(norm), common=("dtype", "param_dtype", "scale_init", "bias_init"))
+
+
+def check_norm_options(norm: Any, options: Any) -> None:
+  """One-line `InputError` for a ``norm_options`` entry `norm` does not read, or a bad value."""
+  check_options("norm", norm if isinstance(norm, str) else getattr(norm, "__name__", norm),
+                norm_option_names(norm), NORM_OPTION_CHECKS, options if options is not None else {})

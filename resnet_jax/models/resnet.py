@@ -2,55 +2,51 @@
 
 One module covers every network of the three papers: ImageNet ResNets (He et al.
 2015, Table 1), CIFAR 6n+2 ResNets and plain nets (§4.2), pre-activation ResNets
-(He et al. 2016) and ResNeXt (Xie et al. 2017). Named configurations live in
+(He et al. 2016) and ResNeXt (Xie et al. 2017); and the ResNets of 2018–2021 built from
+the same parts: ResNet-C/D (He et al. 2019), SE/ECA channel attention (Hu et al. 2018,
+Wang et al. 2020), stochastic depth (Huang et al. 2016), ResNet-RS (Bello et al. 2021),
+BiT (Kolesnikov et al. 2020), anti-aliased downsampling (Zhang 2019) and dilated
+backbones (``output_stride``, Chen et al. 2017). Named configurations live in
 ``registry.py``; every field here can be overridden to build a variant.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
-import warnings
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import errors
+from resnet_jax.errors import InputError
+from resnet_jax.models import anti_alias as anti_alias_lib
+from resnet_jax.models import attention as attention_lib
 from resnet_jax.models import blocks as blocks_lib
+from resnet_jax.models import drop_path as drop_path_lib
 from resnet_jax.models import layers
 from resnet_jax.models import shortcuts as shortcuts_lib
 from resnet_jax.models import stems as stems_lib
 from resnet_jax.models.layers import conv_kernel_init  # noqa: F401  (re-exported)
-from resnet_jax.models.norm import NORMS, BatchNorm
-from resnet_jax.models.parts import PartTable
+from resnet_jax.models.norm import NORMS, check_norm_options
+from resnet_jax.models.parts import PartTable, is_number
 
 BLOCKS = PartTable("block", {"basic": blocks_lib.BasicBlock, "bottleneck": blocks_lib.BottleneckBlock},
                    "a ResidualUnit subclass",
                    accepts=lambda v: isinstance(v, type) and issubclass(v, blocks_lib.ResidualUnit))
 STEMS = stems_lib.STEMS
+ATTENTIONS = attention_lib.ATTENTIONS
+ANTI_ALIASING = anti_alias_lib.ANTI_ALIASING
+DROP_PATH_RULES = drop_path_lib.DROP_PATH_RULES
 # Policies of ``jax.checkpoint_policies`` that ``remat`` accepts by name.
 REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
-
-# ResNet fields from before ``shortcut_options`` (deprecated): field -> (the shortcut option it
-# sets, its old default). An old default is ignored where the shortcut does not read it.
-LEGACY_SHORTCUT_FIELDS = {
-    "downsample": ("downsample", "A"),
-    "shortcut_scale": ("scale", 0.5),
-    "scale_residual": ("scale_residual", False),
-    "gate_bias_init": ("gate_bias_init", -6.0),
-    "shortcut_dropout_rate": ("rate", 0.5),
-}
 
 
 def _check_choice(field: str, value: Any, choices: Sequence[Any], other: str = "") -> None:
   if value not in choices:
-    raise errors.InputError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}{other}")
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    raise InputError(f"unknown {field} {value!r}: valid choices are {', '.join(map(str, choices))}{other}")
 
 
 def _check_number(field: str, value: Any, low: float, high: float = float("inf"),
@@ -58,7 +54,7 @@ def _check_number(field: str, value: Any, low: float, high: float = float("inf")
   """`value` is a number in [low, high] (or [low, high)), an int if `integer`, or None if `optional`."""
   if optional and value is None:
     return
-  ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) if integer else _is_number(value)
+  ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) if integer else is_number(value)
   if ok:
     ok = low <= value and (value <= high if closed_high else value < high)
   if not ok:
@@ -67,33 +63,20 @@ def _check_number(field: str, value: Any, low: float, high: float = float("inf")
       bound = f" in [{low}, {high}{']' if closed_high else ')'}"
     else:
       bound = f" >= {low}" if low != float("-inf") else ""
-    raise errors.InputError(f"{field}={value!r} must be {kind}{bound}{' or None' if optional else ''}")
+    raise InputError(f"{field}={value!r} must be {kind}{bound}{' or None' if optional else ''}")
 
 
 def _declares(cls: type, field: str) -> bool:
   return dataclasses.is_dataclass(cls) and any(f.name == field for f in dataclasses.fields(cls))
 
 
-def _legacy_shortcut_options(net: "ResNet") -> Dict[str, Any]:
-  """The shortcut options set through the deprecated flat fields, checked under their old names."""
-  options = {}
-  for field, (option, default) in LEGACY_SHORTCUT_FIELDS.items():
-    value = getattr(net, field)
-    if value is None:
-      continue
-    warnings.warn(f"ResNet field {field} is deprecated: use shortcut_options={{{option!r}: {value!r}}}",
-                  DeprecationWarning, stacklevel=4)
-    if field == "downsample":
-      _check_choice("downsample", value, shortcuts_lib.DOWNSAMPLES)
-    readers = [n for n in shortcuts_lib.SHORTCUTS if option in shortcuts_lib.shortcut_class(n)[0].option_names()]
-    if isinstance(net.shortcut, str) and net.shortcut not in readers:
-      if value != default:
-        raise errors.InputError(f"{field}={value!r} has no effect with shortcut={net.shortcut!r}: it applies to "
-                         f"shortcut={' or '.join(map(repr, readers))} (leave it unset otherwise)")
-      continue
-    shortcuts_lib.shortcut_class(readers[0])[0].check_option(option, value, label=field)
-    options[option] = value
-  return options
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+  """How a stage's first unit downsamples: its stride, the stage's dilation, and the
+  dilation its first 3×3 keeps from the stage before (``first_dilation``)."""
+  strides: int
+  dilation: int = 1
+  first_dilation: Optional[int] = None
 
 
 class ResNet(nn.Module):
@@ -101,31 +84,35 @@ class ResNet(nn.Module):
 
   Layer choices are names (configs stay plain data) or callables:
 
-  * ``norm``: ``"batch"`` (``BatchNorm`` with the ``bn_*`` fields), ``"group"``
-    (GroupNorm, 32 groups), ``"layer"``, or a constructor called as
-    ``norm(name=, dtype=, param_dtype=, [scale_init=])`` whose module is applied
-    as ``m(x, train=bool)``; wrap stock Flax norms with ``flax_norm``, e.g.
-    ``flax_norm(nn.GroupNorm, num_groups=8)``.
-  * ``conv``: ``"conv"`` (bias-free, He-normal fan-out) or a ``flax.linen.Conv``-
-    compatible constructor ``conv(features, kernel_size, strides, padding=,
-    feature_group_count=, name=, dtype=, param_dtype=, [kernel_init=, use_bias=,
-    bias_init=])``.
+  * ``norm``: ``"batch"`` (``BatchNorm``), ``"group"`` (GroupNorm, 32 groups), ``"layer"``,
+    or a constructor called as ``norm(name=, dtype=, param_dtype=, [scale_init=])`` whose
+    module is applied as ``m(x, train=bool)``; wrap stock Flax norms with ``flax_norm``,
+    e.g. ``flax_norm(nn.GroupNorm, num_groups=8)``. ``norm_options`` are passed to it.
+  * ``conv``: ``"conv"`` (bias-free, He-normal fan-out), ``"weight_standardized"`` (BiT) or a
+    ``flax.linen.Conv``-compatible constructor ``conv(features, kernel_size, strides,
+    padding=, feature_group_count=, name=, dtype=, param_dtype=, [kernel_init=, use_bias=,
+    bias_init=, kernel_dilation=])``.
   * ``act``: a name in ``layers.ACTIVATIONS`` (``"relu"``, ``"gelu"``, ``"silu"``, ...)
     or a function of one array.
-  * ``stem``: ``"imagenet"``, ``"cifar"`` or a module class built as
-    ``stem(width=stem_width, conv=, norm=, act=, name="stem")`` and applied as
-    ``stem(x, train)``; the built-in stems keep ``stem_conv``/``stem_bn`` at the top level.
+  * ``stem``: a name in ``STEMS`` (``"imagenet"``, ``"cifar"``, ``"deep"``, ``"deep_strided"``,
+    ``"preact"``, ``"bit"``) or a module class built as ``stem(width=stem_width, conv=,
+    norm=, act=, name="stem")`` and applied as ``stem(x, train)``; the built-in stems keep
+    ``stem_conv``/``stem_bn`` (``stem_conv1``, ...) at the top level.
   * ``block``: ``"basic"``, ``"bottleneck"`` or a ``ResidualUnit`` subclass; its
     class attribute ``expansion`` sets the unit widths, and it receives
     ``bottleneck_features``/``cardinality``/``stride_on`` only if it declares them.
   * ``shortcut``: a name below or a factory called as ``shortcut(features=,
     strides=, conv=, norm=, name=)`` whose module is applied as
     ``m(x, residual, train=, preactivated=)``; ``shortcut_options`` are passed to it.
+  * ``attention``: None, ``"se"``, ``"eca"`` or a constructor ``attention(name=, dtype=,
+    param_dtype=)`` of a module applied as ``m(x)`` to each residual branch's output;
+    ``attention_options`` are passed to it.
+  * ``anti_alias``: None, ``"blur"``, ``"avg"`` or a function ``aa(x, strides)``.
 
   Each kind's names live in one ``PartTable`` (``NORMS``, ``CONVS``, ``ACTIVATIONS``,
-  ``STEMS``, ``BLOCKS``, ``SHORTCUTS``), which also resolves them.
-
-  The network binds its ``dtype`` and ``param_dtype`` into ``conv`` and ``norm``.
+  ``STEMS``, ``BLOCKS``, ``SHORTCUTS``, ``ATTENTIONS``, ``ANTI_ALIASING``), which also
+  resolves them. The network binds its ``dtype`` and ``param_dtype`` into ``conv``,
+  ``norm`` and ``attention``.
 
   Attributes:
     stage_sizes: residual units per stage, e.g. (3, 4, 6, 3) for ResNet-50.
@@ -135,8 +122,11 @@ class ResNet(nn.Module):
     num_classes: classifier outputs; 0 for no classifier: the output is then the
       pooled float32 features of shape (batch, channels), as in timm.
     stem: see above. ``"imagenet"``: 7×7/2 conv, BN, ReLU, 3×3/2 max-pool;
-      ``"cifar"``: 3×3 conv, BN, ReLU.
-    stem_width: channels of the stem convolution.
+      ``"cifar"``: 3×3 conv, BN, ReLU; ``"deep"``: three 3×3 convs (ResNet-C, He et al.
+      2019) then the max-pool; ``"deep_strided"``: the same with a stride-2 3×3 conv for the
+      max-pool (ResNet-RS); ``"preact"``/``"bit"``: 7×7/2 conv and max-pool without norm,
+      for pre-activation networks whose first unit normalises (timm's ResNetV2, BiT).
+    stem_width: output channels of the stem.
     stage_strides: stride of each stage's first unit; default 1 for the first stage, 2 after.
     expansion: unit output / stage width; None takes the block's ``expansion``
       (1 basic, 4 bottleneck, as in all three papers).
@@ -150,27 +140,41 @@ class ResNet(nn.Module):
       ``"gate"``, ``"shortcut_gate"``, ``"conv1x1"``, ``"dropout"``, ``"none"`` (plain
       net), or a factory (see above).
     shortcut_options: the shortcut's own options, as one mapping (an option the named
-      shortcut does not read is refused): for the Identity-Mappings variants (scale,
-      gate, shortcut_gate, dropout) ``downsample`` (``"A"`` or ``"B"``: how shapes are
-      matched where they change); ``scale`` (λ) and ``scale_residual`` (F scaled too) of
-      ``"scale"``; ``gate_bias_init`` (b_g, −6 in the paper) of the gates; ``rate`` of
-      ``"dropout"``. E.g. ``shortcut="gate", shortcut_options={"gate_bias_init": -6.0}``.
-    downsample, shortcut_scale, scale_residual, gate_bias_init, shortcut_dropout_rate:
-      deprecated spellings of ``shortcut_options`` (None: unset).
+      shortcut does not read is refused): ``avg_down`` (ResNet-D, He et al. 2019: 2×2
+      average pool before a stride-1 projection) of every shortcut that projects; for the
+      Identity-Mappings variants (scale, gate, shortcut_gate, dropout) ``downsample``
+      (``"A"`` or ``"B"``: how shapes are matched where they change); ``scale`` (λ) and
+      ``scale_residual`` (F scaled too) of ``"scale"``; ``gate_bias_init`` (b_g, −6 in the
+      paper) of the gates; ``rate`` of ``"dropout"``. E.g. ``shortcut="gate",
+      shortcut_options={"gate_bias_init": -6.0}``.
     unit_order: one of ``blocks.UNIT_ORDERS``; the pre-activation orders add the
       final norm-activation (``full_preact``) or activation (``relu_preact``) before pooling.
     zero_init_residual: zero-initialise each unit's last norm scale (off, as in the papers).
     norm, conv, act: see above.
+    norm_options: the norm's own options, as one mapping (an option the norm does not read
+      is refused). ``"batch"``: ``momentum`` (0.9) and ``epsilon`` (1e-5); ``axis_name``
+      (average the moments over this named mesh axis inside ``jax.shard_map``);
+      ``group_size`` (ghost BN: statistics over groups of this many examples);
+      ``unbiased_variance`` (the running variance tracks the unbiased batch variance, as
+      PyTorch, Torch7 and Caffe do; False: the biased one, as Flax). ``"group"``:
+      ``num_groups``, ``epsilon`` (Flax's 1e-6; PyTorch's and timm's 1e-5), ...
+    attention, attention_options: see above; ``"se"``: ``ratio`` (1/16), ``divisor`` (8);
+      ``"eca"``: ``kernel_size`` (None: from the channels), ``gamma``, ``beta``.
+    drop_path_rate: stochastic depth (Huang et al. 2016): the last unit's probability of
+      skipping its residual branch in training (timm's ``drop_path_rate``); earlier units'
+      grow linearly to it (``drop_path_rule``). 0: off. Needs a ``"dropout"`` rng in training.
+    drop_path_rule: ``"linear"`` (the paper: unit l of L drops with rate·l/L) or ``"timm"``
+      (rate·(l−1)/(L−1)); see ``drop_path.py``.
+    anti_alias: see above (Zhang 2019): strided convolutions keep stride 1 and the filter
+      subsamples after their norm and activation; the stem's max-pool too.
+    output_stride: None, or the network's total stride for dense prediction (8 or 16 for
+      the ImageNet stems): the stages that would go beyond it keep their resolution, and
+      their 3×3 convolutions dilate instead (DeepLab, Chen et al. 2017; timm's rule).
     remat: rematerialise each residual unit in the backward pass (``nn.remat``) to
       save memory: False, True, a name in ``REMAT_POLICIES`` or a
       ``jax.checkpoint_policies`` policy. Parameters and results are unchanged.
     input_channels: expected channels of the input images.
     dtype, param_dtype: compute and parameter dtypes (e.g. bfloat16 / float32).
-    bn_momentum, bn_epsilon: BatchNorm running-average momentum and epsilon (``norm="batch"``).
-    bn_axis_name: average BN moments over this named mesh axis (inside ``jax.shard_map``).
-    bn_group_size: ghost BN: statistics over groups of this many examples.
-    bn_unbiased_variance: the running variance tracks the unbiased batch variance, as
-      PyTorch, Torch7 and Caffe (the papers' frameworks) do; False: the biased one (Flax).
   """
   stage_sizes: Sequence[int]
   stage_widths: Sequence[int] = (64, 128, 256, 512)
@@ -186,51 +190,54 @@ class ResNet(nn.Module):
   stride_on: str = "conv1x1"
   shortcut: Union[str, Callable[..., nn.Module]] = "B"
   shortcut_options: Optional[Mapping[str, Any]] = None
-  downsample: Optional[str] = None
-  shortcut_scale: Optional[float] = None
-  scale_residual: Optional[bool] = None
-  gate_bias_init: Optional[float] = None
-  shortcut_dropout_rate: Optional[float] = None
   unit_order: str = "original"
   zero_init_residual: bool = False
   norm: Union[str, Callable[..., nn.Module]] = "batch"
+  norm_options: Optional[Mapping[str, Any]] = None
   conv: Union[str, Callable[..., nn.Module]] = "conv"
   act: Union[str, layers.Activation] = "relu"
+  attention: Union[None, str, Callable[..., nn.Module]] = None
+  attention_options: Optional[Mapping[str, Any]] = None
+  drop_path_rate: float = 0.0
+  drop_path_rule: str = "linear"
+  anti_alias: Union[None, str, Callable[..., jax.Array]] = None
+  output_stride: Optional[int] = None
   remat: Union[bool, str, Callable[..., bool]] = False
   input_channels: int = 3
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: Optional[str] = None
-  bn_group_size: Optional[int] = None
-  bn_unbiased_variance: bool = False
 
   def __post_init__(self):
-    for table, value in ((BLOCKS, self.block), (STEMS, self.stem), (shortcuts_lib.SHORTCUTS, self.shortcut), (NORMS, self.norm),
-                         (layers.CONVS, self.conv), (layers.ACTIVATIONS, self.act)):
+    for table, value in ((BLOCKS, self.block), (STEMS, self.stem), (shortcuts_lib.SHORTCUTS, self.shortcut),
+                         (NORMS, self.norm), (layers.CONVS, self.conv), (layers.ACTIVATIONS, self.act)):
       table.check(value)
+    for table, value in ((ATTENTIONS, self.attention), (ANTI_ALIASING, self.anti_alias)):
+      if value is not None:
+        table.check(value)
     if not (isinstance(self.remat, bool) or callable(self.remat)):
       _check_choice("remat", self.remat, REMAT_POLICIES, ", True, False or a jax.checkpoint_policies policy")
     self._shortcut_options()  # one-line errors now, not at the first call
+    check_norm_options(self.norm, self.norm_options)
+    if self.attention is not None:
+      attention_lib.check_attention_options(self.attention, self.attention_options)
+    elif self.attention_options:
+      raise InputError(f"attention_options={dict(self.attention_options)!r} need an attention "
+                       f"(attention={' or '.join(map(repr, ATTENTIONS))})")
     _check_choice("unit_order", self.unit_order, blocks_lib.UNIT_ORDERS)
     _check_choice("stride_on", self.stride_on, blocks_lib.STRIDE_PLACEMENTS)
+    _check_choice("drop_path_rule", self.drop_path_rule, DROP_PATH_RULES)
     self._check_values()
-    if len(self.stage_widths) != len(self.stage_sizes):
-      raise errors.InputError(f"stage_widths {tuple(self.stage_widths)} and stage_sizes {tuple(self.stage_sizes)} "
-                       "must have the same length")
-    if self.stage_strides is not None and len(self.stage_strides) != len(self.stage_sizes):
-      raise errors.InputError(f"stage_strides {tuple(self.stage_strides)} must have one entry per stage "
-                       f"({len(self.stage_sizes)})")
-    if self.num_classes < 0:
-      raise errors.InputError(f"num_classes {self.num_classes} must be >= 0 (0: no classifier, pooled features out)")
+    self._check_stages()
+    self._check_drop_path()
+    self._check_output_stride()
+    self._check_anti_alias()
     super().__post_init__()
 
   def _check_values(self) -> None:
     """One-line errors for values that would otherwise fail deep inside JAX, or do nothing."""
     for field in ("stage_sizes", "stage_widths") + (("stage_strides",) if self.stage_strides is not None else ()):
       if not isinstance(getattr(self, field), (tuple, list)):
-        raise errors.InputError(f"{field}={getattr(self, field)!r} must be a sequence of integers, e.g. (3, 4, 6, 3)")
+        raise InputError(f"{field}={getattr(self, field)!r} must be a sequence of integers, e.g. (3, 4, 6, 3)")
       for v in getattr(self, field):
         _check_number(f"{field} entry", v, 1, integer=True)
     _check_number("num_classes", self.num_classes, 0, integer=True)  # 0: no classifier, pooled features out
@@ -240,25 +247,50 @@ class ResNet(nn.Module):
     _check_number("bottleneck_width", self.bottleneck_width, 1, integer=True, optional=True)
     _check_number("width_multiplier", self.width_multiplier, 0, closed_high=True)
     if self.width_multiplier == 0:
-      raise errors.InputError("width_multiplier=0 must be positive")
+      raise InputError("width_multiplier=0 must be positive")
     _check_number("input_channels", self.input_channels, 1, integer=True)
     if not isinstance(self.zero_init_residual, bool):
-      raise errors.InputError(f"zero_init_residual={self.zero_init_residual!r} must be True or False")
-    _check_number("bn_momentum", self.bn_momentum, 0.0, 1.0)
-    _check_number("bn_epsilon", self.bn_epsilon, 0.0)
-    if self.bn_epsilon == 0:
-      raise errors.InputError("bn_epsilon=0 must be positive (it keeps 1/sqrt(var + eps) finite)")
-    _check_number("bn_group_size", self.bn_group_size, 1, integer=True, optional=True)
+      raise InputError(f"zero_init_residual={self.zero_init_residual!r} must be True or False")
+    _check_number("drop_path_rate", self.drop_path_rate, 0.0, 1.0, closed_high=False)
+
+  def _check_stages(self) -> None:
+    if len(self.stage_widths) != len(self.stage_sizes):
+      raise InputError(f"stage_widths {tuple(self.stage_widths)} and stage_sizes {tuple(self.stage_sizes)} "
+                       "must have the same length")
+    if self.stage_strides is not None and len(self.stage_strides) != len(self.stage_sizes):
+      raise InputError(f"stage_strides {tuple(self.stage_strides)} must have one entry per stage "
+                       f"({len(self.stage_sizes)})")
+
+  def _check_drop_path(self) -> None:
+    if self.drop_path_rate > 0 and self.shortcut == "none":
+      raise InputError(f"drop_path_rate={self.drop_path_rate} drops residual branches, and a plain net "
+                       "(shortcut='none') has none: use a residual shortcut or drop_path_rate=0")
+
+  def _check_output_stride(self) -> None:
+    """`output_stride`: None, or a power of two the stages reach before the network's own stride."""
+    if self.output_stride is None:
+      return
+    reduction = getattr(STEMS.resolve(self.stem), "reduction", None)
+    if reduction is None:
+      raise InputError(f"output_stride={self.output_stride!r} needs a stem that states its stride "
+                       "(a class attribute `reduction`, as the built-in stems have)")
+    natural = reduction * math.prod(self.strides_of(i) for i in range(len(self.stage_sizes)))
+    valid = [2 ** k for k in range(12) if reduction <= 2 ** k < natural]
+    if self.output_stride not in valid:
+      raise InputError(f"output_stride={self.output_stride!r} must be None or one of "
+                       f"{', '.join(map(str, valid)) or 'nothing'} (this network's stride is {natural})")
+    if self.anti_alias is not None:
+      raise InputError(f"anti_alias={self.anti_alias!r} with output_stride={self.output_stride} is not "
+                       "supported: build the dilated backbone without anti-aliasing")
+
+  def _check_anti_alias(self) -> None:
+    if self.anti_alias is not None and not _declares(STEMS.resolve(self.stem), "anti_alias"):
+      raise InputError(f"anti_alias={self.anti_alias!r}: stem {self.stem!r} has no strided pooling to "
+                       "anti-alias (use a stem that declares an anti_alias field, e.g. 'imagenet')")
 
   def _shortcut_options(self) -> Dict[str, Any]:
-    """``shortcut_options`` merged with the deprecated flat fields, checked for the shortcut."""
-    legacy = _legacy_shortcut_options(self)
-    given = dict(self.shortcut_options or {})
-    both = sorted(set(legacy) & set(given))
-    if both:
-      raise errors.InputError(f"shortcut option {both[0]!r} is set twice: in shortcut_options and by a deprecated "
-                       "field; keep the shortcut_options one")
-    options = {**legacy, **given}
+    """``shortcut_options``, checked for the named shortcut."""
+    options = dict(self.shortcut_options or {})
     if isinstance(self.shortcut, str):
       shortcuts_lib.check_shortcut_options(self.shortcut, options)
     return options
@@ -283,27 +315,48 @@ class ResNet(nn.Module):
     return width * expansion, inner
 
   def strides_of(self, stage: int) -> int:
+    """The stride the stage table gives stage ``stage``'s first unit (before ``output_stride``)."""
     if self.stage_strides is not None:
       return self.stage_strides[stage]
     return 1 if stage == 0 else 2
+
+  def stage_plan(self) -> List[StagePlan]:
+    """Each stage's stride and dilation. With ``output_stride``, a stage whose input is already
+    at that stride keeps its resolution and multiplies the dilation by its stride instead
+    (timm's and DeepLab's rule); its first unit's first 3×3 keeps the previous dilation."""
+    if self.output_stride is None:
+      return [StagePlan(self.strides_of(i)) for i in range(len(self.stage_sizes))]
+    stride, dilation, plan = STEMS.resolve(self.stem).reduction, 1, []
+    for stage in range(len(self.stage_sizes)):
+      s, previous = self.strides_of(stage), dilation
+      if stride >= self.output_stride:
+        dilation, s = dilation * s, 1
+      stride *= s
+      plan.append(StagePlan(s, dilation, previous))
+    return plan
+
+  def drop_path_rates(self) -> List[float]:
+    """The stochastic-depth drop rate of every unit, first to last (``drop_path.drop_rates``)."""
+    return drop_path_lib.drop_rates(self.drop_path_rate, sum(self.stage_sizes), self.drop_path_rule)
 
   # -- layer choices -----------------------------------------------------------
   def _layers(self):
     """(conv, norm, act, shortcut) constructors with the network's dtype and options bound."""
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     conv = functools.partial(layers.CONVS.resolve(self.conv), **dtypes)
-    norm = NORMS.resolve(self.norm)
-    if self.norm == "batch":  # the network's BatchNorm fields (set by the engine from `config.bn`)
-      norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               axis_name=self.bn_axis_name, group_size=self.bn_group_size,
-                               unbiased_variance=self.bn_unbiased_variance)
-    norm = functools.partial(norm, **dtypes)
+    norm = functools.partial(NORMS.resolve(self.norm), **dict(self.norm_options or {}), **dtypes)
     options = self._shortcut_options()
     if isinstance(self.shortcut, str):
       shortcut = shortcuts_lib.shortcut_factory(self.shortcut, options)
     else:  # a factory of the user's: its options are its own business
       shortcut = functools.partial(self.shortcut, **options) if options else self.shortcut
     return conv, norm, layers.ACTIVATIONS.resolve(self.act), shortcut
+
+  def _attention(self) -> Optional[Callable[..., nn.Module]]:
+    if self.attention is None:
+      return None
+    return functools.partial(ATTENTIONS.resolve(self.attention), dtype=self.dtype, param_dtype=self.param_dtype,
+                             **dict(self.attention_options or {}))
 
   def _unit_class(self) -> type:
     """The block class, wrapped in ``nn.remat`` (``train`` static) if asked."""
@@ -318,40 +371,55 @@ class ResNet(nn.Module):
     # (self, x, train): train decides Python control flow, so it must be static.
     return nn.remat(block, static_argnums=(2,), policy=policy)
 
+  def _unit_fields(self, stage: int, unit: int, plan: StagePlan, drop_rate: float) -> Dict[str, Any]:
+    """The fields of one unit beyond the layer choices; the new parts' only where they are on."""
+    block = self.block_class
+    _, inner = self.unit_features(stage)
+    options = dict(bottleneck_features=inner, cardinality=self.cardinality, stride_on=self.stride_on)
+    fields = {k: v for k, v in options.items() if _declares(block, k)}
+    fields.update(strides=plan.strides if unit == 0 else 1, unit_order=self.unit_order,
+                  zero_init_residual=self.zero_init_residual)
+    if drop_rate > 0:
+      fields["drop_path_rate"] = drop_rate
+    if plan.dilation > 1:
+      fields.update(dilation=plan.dilation, first_dilation=plan.first_dilation if unit == 0 else None)
+    if self.anti_alias is not None:
+      fields["anti_alias"] = ANTI_ALIASING.resolve(self.anti_alias)
+    return fields
+
+  def _stem(self, x: jax.Array, conv, norm, act, train: bool) -> jax.Array:
+    stem_cls = STEMS.resolve(self.stem)
+    extra = {} if self.anti_alias is None else {"anti_alias": ANTI_ALIASING.resolve(self.anti_alias)}
+    stem = stem_cls(width=self.stem_width, conv=conv, norm=norm, act=act, name="stem", **extra)
+    if STEMS.name_of(stem_cls) is not None:
+      nn.share_scope(self, stem)  # the built-in stems: ``stem_conv``, ``stem_bn`` at the top level
+    return stem(x, train)
+
   # -- forward -----------------------------------------------------------------
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
     if x.ndim != 4 or x.shape[-1] != self.input_channels:
-      raise errors.InputError(f"expected images of shape (batch, height, width, {self.input_channels}) (NHWC), "
+      raise InputError(f"expected images of shape (batch, height, width, {self.input_channels}) (NHWC), "
                        f"got shape {tuple(x.shape)}")
     conv, norm, act, shortcut = self._layers()
-    features = {}
-
-    x = x.astype(self.dtype)
-    stem_cls = STEMS.resolve(self.stem)
-    stem = stem_cls(width=self.stem_width, conv=conv, norm=norm, act=act, name="stem")
-    if STEMS.name_of(stem_cls) is not None:
-      nn.share_scope(self, stem)  # the papers' stems: ``stem_conv``, ``stem_bn`` at the top level
-    x = stem(x, train)
-    features["stem"] = x
-
-    block = self.block_class
-    unit_cls = self._unit_class()
-    for stage, num_units in enumerate(self.stage_sizes):
-      out_features, inner = self.unit_features(stage)
-      options = dict(bottleneck_features=inner, cardinality=self.cardinality, stride_on=self.stride_on)
-      extra = {k: v for k, v in options.items() if _declares(block, k)}
+    x = self._stem(x.astype(self.dtype), conv, norm, act, train)
+    features = {"stem": x}
+    stem_activates = getattr(STEMS.resolve(self.stem), "activates", True)
+    unit_cls, attention, rates = self._unit_class(), self._attention(), iter(self.drop_path_rates())
+    for stage, (num_units, plan) in enumerate(zip(self.stage_sizes, self.stage_plan())):
+      out_features, _ = self.unit_features(stage)
       for unit in range(num_units):
-        x = unit_cls(
-            features=out_features,
-            strides=self.strides_of(stage) if unit == 0 else 1,
-            conv=conv, norm=norm, act=act, shortcut=shortcut,
-            unit_order=self.unit_order,
-            first_unit=stage == 0 and unit == 0,
-            zero_init_residual=self.zero_init_residual,
-            name=f"stage{stage + 1}_unit{unit + 1}", **extra)(x, train)
+        extra = self._unit_fields(stage, unit, plan, next(rates))
+        if attention is not None:
+          extra["attention"] = attention
+        x = unit_cls(features=out_features, conv=conv, norm=norm, act=act, shortcut=shortcut,
+                     first_unit=stage == 0 and unit == 0 and stem_activates,
+                     name=f"stage{stage + 1}_unit{unit + 1}", **extra)(x, train)
       features[f"stage{stage + 1}"] = x
+    return self._head(x, features, norm, act, train, return_features)
 
+  def _head(self, x: jax.Array, features: Dict[str, jax.Array], norm, act, train: bool, return_features: bool):
+    """The pre-activation networks' final norm-activation, global average pooling, classifier."""
     if self.unit_order == "full_preact":
       x = act(norm(name="final_bn")(x, train=train))
     elif self.unit_order == "relu_preact":

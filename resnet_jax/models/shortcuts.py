@@ -20,6 +20,9 @@ He et al. 2016 ("Identity Mappings"), Fig. 2 / Table 1:
   * ``NoShortcut``: plain networks.
 For the variants, h is the identity, and where shapes change it is option A or B
 (``downsample``).
+He et al. 2019 ("Bag of Tricks"), §4.1, "ResNet-D": the projection shortcut (B, C) can
+average-pool 2×2 before a stride-1 1×1 convolution (``avg_down``) instead of striding the 1×1,
+which skips three quarters of its input.
 
 Every shortcut shares the fields of ``Shortcut`` (``features``, ``strides``, ``conv``,
 ``norm``); its own fields are its *options*, which a network passes as one mapping
@@ -30,15 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import errors
-from resnet_jax.models.parts import PartTable
+from resnet_jax.errors import InputError
+from resnet_jax.models.parts import PartTable, check_options, is_number, option_names
 
 ModuleDef = Any
 DOWNSAMPLES = ("A", "B")
@@ -50,7 +52,7 @@ def zero_pad_identity(x: jax.Array, features: int, strides: int) -> jax.Array:
     x = x[:, ::strides, ::strides, :]
   extra = features - x.shape[-1]
   if extra < 0:
-    raise errors.InputError(
+    raise InputError(
         f"option A (zero-padding) shortcut cannot shrink {x.shape[-1]} channels to {features}; "
         "use a projection shortcut ('B' or 'C')")
   if extra:
@@ -58,8 +60,21 @@ def zero_pad_identity(x: jax.Array, features: int, strides: int) -> jax.Array:
   return x
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def avg_down_pool(x: jax.Array, strides: int, dilation: int = 1) -> jax.Array:
+  """ResNet-D's pooling before a projection (He et al. 2019, Fig. 2c), as timm computes it.
+
+  Strided: a 2×2 average with stride `strides` whose last window on an odd side covers what
+  is left (PyTorch's ``ceil_mode=True``, the padding not counted). In a dilated stage
+  (``output_stride``) the projection does not stride: timm still averages 2×2 with stride 1,
+  zero-padded after the last row and column ("SAME", the zeros counted).
+  """
+  if strides > 1:
+    extra = [(0, max(-(-(n - 2) // strides) * strides + 2 - n, 0)) for n in x.shape[1:3]]
+    padding = extra if any(e for _, e in extra) else "VALID"
+    return nn.avg_pool(x, (2, 2), (strides, strides), padding=padding, count_include_pad=False)
+  if dilation > 1:
+    return nn.avg_pool(x, (2, 2), (1, 1), padding=((0, 1), (0, 1)), count_include_pad=True)
+  return x
 
 
 class Shortcut(nn.Module):
@@ -80,25 +95,23 @@ class Shortcut(nn.Module):
   def shape_changes(self, x: jax.Array) -> bool:
     return self.strides != 1 or x.shape[-1] != self.features
 
-  def project(self, x: jax.Array, preactivated: Optional[jax.Array], train: bool) -> jax.Array:
-    """A 1×1 convolution (+ norm, unless pre-activated units pass none) of the unit's input."""
+  def project(self, x: jax.Array, preactivated: Optional[jax.Array], train: bool, avg_down: bool = False,
+              dilation: int = 1) -> jax.Array:
+    """A 1×1 convolution (+ norm, unless pre-activated units pass none) of the unit's input;
+    with `avg_down` after ResNet-D's average pooling, the convolution then not strided."""
     source = x if preactivated is None else preactivated
-    h = self.conv(self.features, (1, 1), (self.strides, self.strides), name="projection_conv")(source)
+    strides = self.strides
+    if avg_down:
+      source, strides = avg_down_pool(source, self.strides, dilation), 1
+    h = self.conv(self.features, (1, 1), (strides, strides), name="projection_conv")(source)
     if self.norm is not None:
       h = self.norm(name="projection_bn")(h, train=train)
     return h
 
   @classmethod
   def option_names(cls) -> Tuple[str, ...]:
-    base = {f.name for f in dataclasses.fields(Shortcut)} | set(cls.NAMED_BY)
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in base and f.name not in ("parent", "name"))
-
-  @classmethod
-  def check_option(cls, key: str, value: Any, label: Optional[str] = None) -> None:
-    """One-line ValueError for a bad value of one of `cls`'s options (called `label` in it)."""
-    test, must = cls.OPTION_CHECKS.get(key, (lambda v: True, ""))
-    if not test(value):
-      raise errors.InputError(f"{label or 'shortcut option ' + key}={value!r} must be {must}")
+    common = {f.name for f in dataclasses.fields(Shortcut)} | set(cls.NAMED_BY) | {"dilation"}
+    return option_names(cls, common)
 
 
 class _IdentityVariant(Shortcut):
@@ -127,23 +140,28 @@ class ProjectionShortcut(Shortcut):
   """Options B and C: 1×1 convolution + BN where shapes change (B) or always (C).
 
   ``norm=None`` gives the conv-only projection of pre-activation units, whose
-  input is already batch-normalised.
+  input is already batch-normalised. ``avg_down``: ResNet-D (He et al. 2019, Fig. 2c), a 2×2
+  average pool and a stride-1 1×1 convolution instead of the strided 1×1.
+  ``dilation``: the stage's dilation in a dilated backbone (set by the unit, not an option).
   """
+  OPTION_CHECKS: ClassVar = {"avg_down": (lambda v: isinstance(v, bool), "True or False")}
   NAMED_BY: ClassVar = ("always",)
 
   always: bool = False
+  avg_down: bool = False
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x, residual, *, train: bool, preactivated=None):
     if not (self.always or self.shape_changes(x)):
       return x + residual
-    return self.project(x, preactivated, train) + residual
+    return self.project(x, preactivated, train, self.avg_down, self.dilation) + residual
 
 
 class ScaledShortcut(_IdentityVariant):
   """Constant scaling λ·h(x) + (λ or 1)·F (Identity Mappings, Table 1)."""
   OPTION_CHECKS: ClassVar = {**_IdentityVariant.OPTION_CHECKS,
-                             "scale": (_is_number, "a number"),
+                             "scale": (is_number, "a number"),
                              "scale_residual": (lambda v: isinstance(v, bool), "True or False")}
 
   scale: float = 0.5
@@ -164,7 +182,7 @@ class GatedShortcut(_IdentityVariant):
   results used b_g initialised to −6.
   """
   OPTION_CHECKS: ClassVar = {**_IdentityVariant.OPTION_CHECKS,
-                             "gate_bias_init": (_is_number, "a number")}
+                             "gate_bias_init": (is_number, "a number")}
   NAMED_BY: ClassVar = ("exclusive",)
 
   exclusive: bool = True
@@ -197,7 +215,7 @@ class DropoutShortcut(_IdentityVariant):
   Needs a ``"dropout"`` rng when ``train=True``.
   """
   OPTION_CHECKS: ClassVar = {**_IdentityVariant.OPTION_CHECKS,
-                             "rate": (lambda v: _is_number(v) and 0.0 <= v < 1.0, "a number in [0.0, 1.0)")}
+                             "rate": (lambda v: is_number(v) and 0.0 <= v < 1.0, "a number in [0.0, 1.0)")}
 
   rate: float = 0.5
 
@@ -239,14 +257,9 @@ def shortcut_class(name: str) -> Tuple[type, Dict[str, Any]]:
 
 
 def check_shortcut_options(name: str, options: Mapping[str, Any]) -> None:
-  """One-line ValueError for an option the named shortcut does not take, or a bad value."""
+  """One-line `InputError` for an option the named shortcut does not take, or a bad value."""
   cls, _ = shortcut_class(name)
-  free = cls.option_names()
-  for key, value in options.items():
-    if key not in free:
-      takes = f"takes {', '.join(free)}" if free else "takes no options"
-      raise errors.InputError(f"shortcut_options {key!r} does not apply to shortcut={name!r} ({takes})")
-    cls.check_option(key, value)
+  check_options("shortcut", name, cls.option_names(), cls.OPTION_CHECKS, options)
 
 
 def shortcut_factory(name: str, options: Optional[Mapping[str, Any]] = None) -> Callable[..., nn.Module]:
@@ -267,7 +280,7 @@ def make_shortcut(kind: str, *, downsample: str = "A", scale: float = 0.5,
   option the shortcut does not read instead of ignoring it.
   """
   if downsample not in DOWNSAMPLES:
-    raise errors.InputError(f"unknown downsample {downsample!r}: valid choices are 'A' (zero-pad) and 'B' (projection)")
+    raise InputError(f"unknown downsample {downsample!r}: valid choices are 'A' (zero-pad) and 'B' (projection)")
   given = {"downsample": downsample, "scale": scale, "scale_residual": scale_residual,
            "gate_bias_init": gate_bias_init, "rate": dropout_rate}
   cls, _ = shortcut_class(kind)

@@ -8,7 +8,8 @@ build through here, so a config field means the same thing everywhere:
   downstream checks again).
 * `model`: `config.model.name` plus any `ResNet` field, with the number of classes from
   the dataset, the compute dtype from `config.dtype` (parameters float32) and the
-  BatchNorm grouping from `config.bn` (the engine owns those fields).
+  BatchNorm grouping from `config.bn` (`norm_options`' axis_name, group_size and
+  unbiased_variance: the engine owns those, and `num_classes`, `dtype`, `param_dtype`).
 * `optimizer`: the learning-rate schedule and Optax SGD of `config.optimizer` /
   `config.schedule`.
 * `pipeline`: the input pipeline of `config.data` for a mesh.
@@ -36,15 +37,26 @@ from resnet_jax.train import step as step_lib
 from resnet_jax.train.config import ConfigError, choice
 
 
-def bn_model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The `ResNet` BatchNorm fields that realise `config.bn.mode`.
+def bn_norm_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The `BatchNorm` options (`ResNet.norm_options`) that realise `config.bn.mode`.
 
   "global" and "per_device" need none: under `jax.jit` a BatchNorm sees the whole
   batch, under the step's `jax.shard_map` ("per_device") its device's shard.
   """
   group_size = int(config.bn.ghost_batch_size) if config.bn.mode == "ghost" else None
-  return {"bn_axis_name": None, "bn_group_size": group_size,
-          "bn_unbiased_variance": bool(config.bn.get("unbiased_variance", False))}
+  return {"axis_name": None, "group_size": group_size,
+          "unbiased_variance": bool(config.bn.get("unbiased_variance", False))}
+
+
+def model_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`config.model`'s fields with the engine's BatchNorm options in `norm_options`, where the
+  network's norm is `BatchNorm` (a GroupNorm network has no batch statistics to group)."""
+  fields = config_lib.model_fields(config)
+  norm = models.part_class(models.NORMS.resolve(
+      fields.get("norm", models.config(config.model.name).get("norm", "batch"))))
+  if norm is not None and issubclass(norm, models.BatchNorm):
+    fields["norm_options"] = {**(fields.get("norm_options") or {}), **bn_norm_options(config)}
+  return fields
 
 
 def model_spec(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -55,7 +67,7 @@ def model_spec(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 def model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
   """The configured network for a dataset of `num_classes` classes (`config` is a valid one)."""
   return models.create(config.model.name, num_classes=num_classes, dtype=config_lib.DTYPES[config.dtype],
-                       param_dtype=jnp.float32, **bn_model_fields(config), **config_lib.model_fields(config))
+                       param_dtype=jnp.float32, **model_fields(config))
 
 
 # -- validation ------------------------------------------------------------------------
@@ -131,7 +143,9 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
 
 def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
   """The network of `config` for its dataset's classes, or a `ConfigError` naming the field."""
-  config_lib.check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"])
+  norm_options = config.model.get("norm_options") or {}
+  config_lib.check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"]
+                                 + [f"model.norm_options.{k}" for k in norm_options])
   try:
     num_classes = rjd.dataset_info(config.data.name).num_classes
   except ValueError as e:

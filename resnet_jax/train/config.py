@@ -38,7 +38,7 @@ BN_MODES = ("global", "per_device", "ghost")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DTYPE_NAMES = tuple(DTYPES)
 # A model field that is a group of its own: `--config.model.shortcut_options.rate=0.3`.
-MODEL_OPTION_GROUPS = ("shortcut_options",)
+MODEL_OPTION_GROUPS = ("shortcut_options", "norm_options", "attention_options")
 SCHEDULES = ("step", "cosine", "constant")
 SCHEDULE_UNITS = ("steps", "epochs")
 WARMUP_MODES = ("constant", "linear")
@@ -52,9 +52,12 @@ ENGINE_MODEL_FIELDS = {
     "dtype": "set the top-level --config.dtype (float32 | bfloat16)",
     "param_dtype": "parameters are kept in float32 for training; set --config.dtype for the "
                    "compute dtype",
-    "bn_axis_name": "set --config.bn.mode (global | per_device | ghost)",
-    "bn_group_size": "set --config.bn.mode=ghost and --config.bn.ghost_batch_size",
-    "bn_unbiased_variance": "set --config.bn.unbiased_variance",
+}
+# BatchNorm options (`model.norm_options.*`) that the engine sets from `config.bn`.
+ENGINE_NORM_OPTIONS = {
+    "axis_name": "set --config.bn.mode (global | per_device | ghost)",
+    "group_size": "set --config.bn.mode=ghost and --config.bn.ghost_batch_size",
+    "unbiased_variance": "set --config.bn.unbiased_variance",
 }
 
 
@@ -97,6 +100,9 @@ def check_override_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) 
     field = _model_field(key)
     if field in ENGINE_MODEL_FIELDS:
       raise ConfigError(f"model.{field} cannot be set: {ENGINE_MODEL_FIELDS[field]}")
+    option = key.split(".")[2] if field == "norm_options" and key.count(".") >= 2 else None
+    if option in ENGINE_NORM_OPTIONS:
+      raise ConfigError(f"model.norm_options.{option} cannot be set: {ENGINE_NORM_OPTIONS[option]}")
     if key in valid or key in groups or field in model_fields:
       continue
     group, _, leaf = key.rpartition(".")
@@ -189,7 +195,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   # Training fields live at the top level (`num_steps`); `train.num_steps` names the same field.
   if "train" not in config:
     overrides = {(k[len("train."):] if k.startswith("train.") else k): v for k, v in overrides.items()}
-  check_override_keys(config, overrides)
+  # A model option group given whole (`{"model.norm_options": {...}}`): its options are keys too.
+  check_override_keys(config, list(overrides) + [f"{k}.{o}" for k, v in overrides.items()
+                                                 if _model_field(k) in MODEL_OPTION_GROUPS and isinstance(v, Mapping)
+                                                 for o in v])
   _add_model_groups(config, overrides)
   text = {}
   for key, value in overrides.items():
