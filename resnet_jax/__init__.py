@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = ["BasicBlock", "BatchNorm", "BottleneckBlock", "Conv1x1Shortcut", "DropoutShortcut", "GatedShortcut",
            "NoShortcut", "PlainNet", "ProjectionShortcut", "ResNeXtBlock", "ResNet", "ResidualUnit", "ScaledShortcut",
            "ZeroPadShortcut", "models"]
-_LAZY_MODULES = {name: name for name in ("configs", "data", "train", "study", "paper", "interop", "reproduce",
+_LAZY_MODULES = {name: name for name in ("configs", "data", "train", "study", "stats", "paper", "interop", "reproduce",
                                           "runtime", "storage", "errors")}
 _LAZY_MODULES["allocator"] = "runtime.allocator"  # `rj.allocator`, from before the runtime package
 _LAZY_NAMES = {"compare": "study", "Study": "study", "TrainedNetwork": "train.trained"}

@@ -406,7 +406,7 @@ def read(path: str | pathlib.Path) -> Dict[str, Any]:
   """The state dict of a torchvision/timm checkpoint file.
 
   `.safetensors` (what timm and the model hubs publish) and `.npz` need no torch;
-  `.pth` / `.pt` need torch (`pip install 'resnet-jax[torch]'`).
+  `.pth` / `.pt` need torch (`pip install 'resnetax[torch]'`).
   """
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
@@ -433,12 +433,12 @@ def _torch_for_pth(path: pathlib.Path) -> Any:
   try:
     import torch  # pylint: disable=g-import-not-at-top  (optional, and seconds to import)
   except ImportError:
-    raise ImportError(f"reading {path.name} needs PyTorch: pip install 'resnet-jax[torch]' (or convert "
+    raise ImportError(f"reading {path.name} needs PyTorch: pip install 'resnetax[torch]' (or convert "
                       "it to .safetensors, which needs no torch)") from None
   if Version(torch.__version__) < MIN_TORCH_FOR_PTH:
     raise ImportError(f"reading {path.name} needs torch >= {MIN_TORCH_FOR_PTH}, found {torch.__version__}: older "
                       "torch.load can run code from the file even with weights_only=True (CVE-2025-32434); "
-                      "pip install -U 'resnet-jax[torch]', or convert the file to .safetensors elsewhere")
+                      "pip install -U 'resnetax[torch]', or convert the file to .safetensors elsewhere")
   return torch
 
 

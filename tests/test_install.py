@@ -1,9 +1,12 @@
-"""A non-editable install outside the repository works: configs ship inside the package.
+"""The built distribution works installed by name, outside the repository.
 
-Builds a wheel of the repository, installs it (without dependencies) into a fresh venv in a
-temporary folder that borrows this environment's dependencies, and from a folder that is
-not the repository loads a config by name, prepares a tiny CIFAR-10 and trains the smoke
-config with the installed `resnet-jax` command and with `rj.compare`.
+Builds the sdist and the wheel of the repository (`python -m build`), checks what each
+carries (the license, `py.typed`, the configs and their README), installs the wheel
+(without dependencies) into a fresh venv in a temporary folder that borrows this
+environment's dependencies (downloading jax, flax and TFDS again would take minutes), and
+from a folder that is not the repository does what a user does first: list networks and
+configs, prepare a tiny CIFAR-10, train the smoke config with the installed `resnet-jax`
+command and with `rj.compare`, evaluate the run and load it with `load_network`.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import pathlib
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import textwrap
+import zipfile
 
 import pytest
 
@@ -25,14 +30,36 @@ def _run(cmd, cwd, env, timeout=600):
   return out.stdout
 
 
-@pytest.mark.slow
-def test_wheel_installed_outside_the_repository_trains_a_named_config(tmp_path):
-  wheels = tmp_path / "wheels"
-  built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
-                         cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=600)
-  assert built.returncode == 0, built.stderr[-3000:]
+DIST = "resnetax"
+CARRIED = ("LICENSE", "resnet_jax/py.typed", "resnet_jax/configs/README.md", "resnet_jax/configs/cifar10_resnet20.py")
+
+
+def _built(tmp_path):
+  """(wheel, sdist) of the repository, built as a release would be."""
+  out = tmp_path / "dist"
+  built = subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(ROOT)],
+                         cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=900)
+  assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
   assert "Warning" not in built.stderr, built.stderr[-3000:]  # no SetuptoolsDeprecationWarning and the like
-  wheel = next(wheels.glob("resnet_jax-*.whl"))
+  return next(out.glob(f"{DIST}-*.whl")), next(out.glob(f"{DIST}-*.tar.gz"))
+
+
+def _check_contents(wheel, sdist):
+  import resnet_jax  # pylint: disable=import-outside-toplevel
+  version = resnet_jax.__version__
+  assert wheel.name == f"{DIST}-{version}-py3-none-any.whl" and sdist.name == f"{DIST}-{version}.tar.gz"
+  in_wheel = zipfile.ZipFile(wheel).namelist()
+  in_sdist = [n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n]
+  for name in CARRIED:
+    assert name in in_sdist, name
+    assert (name in in_wheel) or (name == "LICENSE" and f"{DIST}-{version}.dist-info/licenses/LICENSE" in in_wheel), name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_built_wheel_installed_outside_the_checkout_trains_evaluates_and_loads(tmp_path):
+  wheel, sdist = _built(tmp_path)
+  _check_contents(wheel, sdist)
   venv = tmp_path / "venv"
   _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, env=os.environ)
   python = venv / "bin" / "python"
@@ -50,11 +77,12 @@ def test_wheel_installed_outside_the_repository_trains_a_named_config(tmp_path):
   work = tmp_path / "elsewhere"
   work.mkdir()
   script = textwrap.dedent(f"""
-      import pathlib
+      import importlib.metadata, pathlib
       import resnet_jax as rj
       from resnet_jax.data import testing
       assert "site-packages" in rj.__file__ and {str(ROOT)!r} not in rj.__file__, rj.__file__
-      assert "cifar10_resnet110" in rj.configs.names()
+      assert importlib.metadata.version({DIST!r}) == rj.__version__
+      assert "cifar10_resnet110" in rj.configs.names() and "resnet50d" in rj.models.names()
       print(rj.configs.load("cifar10_resnet110").model.name)
       source = testing.write_cifar10_binary(pathlib.Path("src"), num_train_per_batch=32, num_test=20, seed=0)
       rj.data.prepare("cifar10", source, {str(tmp_path / "tfds")!r}, allow_partial=True)
@@ -65,7 +93,14 @@ def test_wheel_installed_outside_the_repository_trains_a_named_config(tmp_path):
   """)
   out = _run([str(python), "-c", script], cwd=work, env=env)
   assert "cifar_resnet110" in out and "study 1" in out
-  out = _run([str(venv / "bin" / "resnet-jax"), "train", "--config", "cifar10_resnet20:smoke", "--workdir", "run",
+  command = str(venv / "bin" / "resnet-jax")
+  assert "resnet50d" in _run([command, "models", "--filter", "resnet50d"], cwd=work, env=env)
+  out = _run([command, "train", "--config", "cifar10_resnet20:smoke", "--workdir", "run",
               "--config.num_steps=2", "--config.data.train_split=train", "--config.data.eval_split=test",
               "--config.eval_batch_size=20"], cwd=work, env=env)
   assert "finished at step 2" in out
+  assert "on 20 images of 'test'" in _run([command, "eval", "--workdir", "run"], cwd=work, env=env)
+  loaded = _run([str(python), "-c", "import numpy as np, resnet_jax as rj\n"
+                 "net = rj.train.load_network('run')\n"
+                 "print(net.name, net.step, net(np.zeros((2, 32, 32, 3), np.uint8)).shape)"], cwd=work, env=env)
+  assert "cifar_resnet20 2 (2, 10)" in loaded

@@ -26,7 +26,7 @@ def available() -> Optional[str]:
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import  # heavy optional dependency
   except ImportError as e:
-    return f"torch is not installed ({e}); pip install 'resnet-jax[reference]'"
+    return f"torch is not installed ({e}); pip install 'resnetax[reference]'"
   return None
 
 

@@ -61,7 +61,7 @@ def _filesystem(url: Any):
   try:
     return fsspec.core.url_to_fs(str(url))
   except ImportError as e:  # fsspec names the package its protocol needs
-    raise StorageError(f"cannot use {url}: {e}; gs:// needs gcsfs: pip install 'resnet-jax[gcs]'") from None
+    raise StorageError(f"cannot use {url}: {e}; gs:// needs gcsfs: pip install 'resnetax[gcs]'") from None
 
 
 def endpoint(url: Any) -> str:
