@@ -2,18 +2,19 @@
 is a link to this folder).
 
 Each `<name>.py` here has `get_config(arg=None)`; `arg="smoke"` gives its tiny CPU
-variant. Load one by name, file path or either with `:smoke`, optionally with overrides:
-
->>> import resnet_jax as rj
->>> config = rj.configs.load("cifar10_resnet110")
->>> config = rj.configs.load("cifar10_resnet20:smoke", overrides={"model.shortcut": "gate"})
->>> config = rj.configs.load("my_configs/wide.py", overrides=["optimizer.learning_rate=0.05"])
->>> rj.configs.names()[:2]
-['cifar100_preact_resnet1001', 'cifar100_preact_resnet164']
+variant. Load one by name, file path or either with `:smoke`, optionally with overrides.
 
 Overrides are a mapping of dotted keys to values (strings are parsed as on the command
 line) or a list of `"key=value"` strings; unknown keys, and the model fields the engine
 owns (`num_classes`, `dtype`, BatchNorm grouping), are one-line `ConfigError`s.
+
+Examples:
+    >>> import resnet_jax as rj
+    >>> config = rj.configs.load("cifar10_resnet110")
+    >>> config = rj.configs.load("cifar10_resnet20:smoke", overrides={"model.shortcut": "gate"})
+    >>> config = rj.configs.load("my_configs/wide.py", overrides=["optimizer.learning_rate=0.05"])
+    >>> rj.configs.names()[:2]
+    ['cifar100_preact_resnet1001', 'cifar100_preact_resnet164']
 """
 from __future__ import annotations
 

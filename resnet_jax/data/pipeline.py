@@ -120,12 +120,19 @@ def _local_rows(sharding: NamedSharding, global_batch: int) -> Tuple[int, int]:
 class Pipeline:
   """Train and eval batches of one registered dataset for a mesh; see `create_pipeline`.
 
+  `config`, `seed`, `global_batch_size`, `mesh` and `sharding` are as given.
+
   Attributes:
-    config, seed, global_batch_size, mesh, sharding: as given.
     eval_batch_size: as given, at most the eval split (rounded up to the devices).
-    source: the dataset's registered `DatasetSource`; dataset: its opened splits.
-    num_classes, image_shape (the network input), eval_image_shape.
-    num_train_examples, num_eval_examples, steps_per_epoch, num_eval_batches.
+    source: the dataset's registered `DatasetSource`.
+    dataset: its opened splits.
+    num_classes: the dataset's classes.
+    image_shape: the network input.
+    eval_image_shape: the eval batches' images.
+    num_train_examples: the train split's examples.
+    num_eval_examples: the eval split's examples.
+    steps_per_epoch: whole global batches per epoch.
+    num_eval_batches: eval batches per pass, the last padded.
     placement: "device" (train batches gathered on the devices) or "host" (Grain), from
       `config.placement` ("auto" | "device" | "host"; see `device_resident.py`).
     preprocess: `preprocess(images_uint8, rng, train) -> float32 [B, H, W, C]`, pure and

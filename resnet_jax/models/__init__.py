@@ -1,11 +1,12 @@
 """Residual networks as pure Flax Linen modules.
 
->>> from resnet_jax import models
->>> model = models.create("cifar_resnet110", shortcut="gate")
->>> models.names()[:3]
-['cifar_plain20', 'cifar_plain32', 'cifar_plain44']
->>> import flax.linen as nn
->>> headless = models.create("resnet50", norm=models.flax_norm(nn.GroupNorm, num_groups=32), num_classes=0)
+Examples:
+    >>> from resnet_jax import models
+    >>> model = models.create("cifar_resnet110", shortcut="gate")
+    >>> models.names()[:3]
+    ['cifar_plain20', 'cifar_plain32', 'cifar_plain44']
+    >>> import flax.linen as nn
+    >>> headless = models.create("resnet50", norm=models.flax_norm(nn.GroupNorm, num_groups=32), num_classes=0)
 """
 from resnet_jax.models.anti_alias import ANTI_ALIASING, avg_pool, blur_pool
 from resnet_jax.models.attention import ATTENTIONS, EfficientChannelAttention, SqueezeExcitation
