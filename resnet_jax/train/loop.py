@@ -20,6 +20,7 @@ report) and the others go on. What a workdir holds across processes is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -221,9 +222,10 @@ def _train_groups(runs: List[Run], progresses: List[Progress], deadline: Optiona
     for members in groups:
       group = Group([runs[i] for i in members], [progresses[i] for i in members])
       _run_schedule(group, preemption, deadline, config_spec)
-      for i in members:
+      for i in members:  # a run that left the group early (NaN) ends at the step its session recorded
         own = group.runs.index(runs[i]) if runs[i] in group.runs else None
-        results[i] = runs[i].result(group.of_run(own) if own is not None else progresses[i])
+        results[i] = runs[i].result(group.of_run(own) if own is not None else
+                                    dataclasses.replace(progresses[i], step=runs[i].session.step))
       stopped = next((r.session.stopped for r in group.runs if r.session.stopped), "")
       if stopped:  # the runs of later groups wait for the next command too
         for later in (i for g in groups for i in g if i not in results):
