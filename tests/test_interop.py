@@ -114,7 +114,7 @@ def test_load_safetensors_npz_and_a_clear_error_for_pth_without_torch(tmp_path, 
     np.testing.assert_array_equal(x, y)
   (tmp_path / "w.pth").write_bytes(b"")
   monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ImportError, match=r"needs PyTorch: pip install 'resnet-jax\[torch\]'"):
+  with pytest.raises(ImportError, match=r"needs PyTorch: pip install 'resnetax\[torch\]'"):
     interop.load(tmp_path / "w.pth", "resnet50_v1_5", **SMALL)
   with pytest.raises(ValueError, match=r"unknown checkpoint format '.h5'"):
     (tmp_path / "w.h5").write_bytes(b"")
