@@ -214,6 +214,29 @@ def test_the_lease_is_renewed_and_a_holder_that_lost_it_says_so(gcs):
   assert object_store.read_object(holder.url)[0] == b'{"host": "other", "pid": 1}'  # not deleted by the loser
 
 
+def test_a_lease_object_deleted_under_its_holder_is_written_again_or_stops_it_before_its_next_write(gcs):
+  """`rm` of a gs:// `.lock` (issue 37): the holder writes it again at once when it looks (every
+  CHECK_SECONDS, and before each checkpoint), so a second trainer is refused; one that created it
+  first holds it, and the first stops before its next write."""
+  workdir = f"gs://{BUCKET}/deleted-lease"
+  logged = []
+  holder = lease_lib.Lease(workdir, log=logged.append).acquire()
+  try:
+    object_store.as_path(holder.url).unlink()
+    lease_lib.check(workdir)  # before a checkpoint: it is written again, and the holder goes on
+    assert json.loads(object_store.read_object(holder.url)[0])["pid"] == os.getpid()
+    assert logged == [f"the lease {holder.url} was deleted while this process held it; wrote it again"]
+    with pytest.raises(storage.WorkdirBusyError, match="is in use by another training process"):
+      lease_lib.Lease(workdir, log=logged.append).acquire()
+    object_store.as_path(holder.url).unlink()
+    second = lease_lib.Lease(workdir, log=logged.append).acquire()  # before the holder looked again
+    holder.keep()  # what `check` does before the holder's next checkpoint (here `check` would find `second`)
+    assert holder.lost.startswith(f"the lease {holder.url} was taken over by pid {os.getpid()} on ")
+    second.release()
+  finally:
+    holder.release()
+
+
 def test_compare_on_gs_resumes_finished_runs_and_moves_changed_ones_aside(gs_data, capsys):
   workdir = f"gs://{BUCKET}/study"
   variants = {"a": {}, "b": {"optimizer.momentum": 0.0}}

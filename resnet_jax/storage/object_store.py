@@ -135,6 +135,18 @@ def move_prefix(source: Any, target: Any) -> None:
     fs.rm(source_path, recursive=True)
   except Exception as e:  # pylint: disable=broad-except
     raise storage_error(source, e, "move") from None
+  _forget_listings(fs, source_path)
+
+
+def _forget_listings(fs: Any, path: str) -> None:
+  """Drops the cached listings at and under `path` of every client of `fs`'s kind (etils, under
+  Orbax, has its own; gcsfs's `invalidate_cache` keeps the folders under a path): Orbax would
+  otherwise find a moved checkpoint that is gone."""
+  prefix = path.rstrip("/")
+  for client in list(getattr(type(fs), "_cache", {}).values()) or [fs]:
+    for key in [k for k in getattr(client, "dircache", {}) if k == prefix or k.startswith(prefix + "/")]:
+      client.dircache.pop(key, None)
+    client.invalidate_cache(prefix)
 
 
 def _gcs_object(url: Any) -> Tuple[Any, str, str, str]:

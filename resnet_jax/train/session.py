@@ -117,7 +117,7 @@ class TrainingSession:
   def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
     """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
     self.check_finite(progress.sums)
-    self.workdir.check_lease()  # a gs:// workdir whose lease another process took over
+    self.workdir.check_lock()  # a lock file removed, or a gs:// lease taken over, under this run
     self.writer.flush()  # every record up to the checkpoint is written before it
     self.checkpointer.save(progress.step, progress.state, progress.sums, train_iter.get_state(), self.meta,
                            eval_metrics)
