@@ -53,6 +53,7 @@ def _fault(command: str, error: errors.Error) -> int:
   if error.exit_code == 2:
     return _error(command, str(error))
   print(f"resnet-jax {command}: {error}", file=sys.stderr)
+  errors.end_if_it_must(error)
   return error.exit_code
 
 

@@ -211,12 +211,18 @@ def run(experiment: str, groups: Sequence[Comparison], args, title: str, notes: 
 
 def main_guard(fn) -> None:
   """Runs an experiment's `main`: its documented faults (bad flags, changed settings, busy or
-  damaged workdirs, a full disk) end in one line on stderr with their exit code, not a traceback."""
+  damaged workdirs, a full disk) end in one line on stderr with their exit code, not a traceback;
+  so do a signal that stopped its runs after saving (`errors.Stopped`, exit 0) and a second
+  Ctrl-C (exit 130), as for `resnet-jax`."""
   try:
     fn()
   except errors.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}" if e.exit_code else str(e), file=sys.stderr)
+    errors.end_if_it_must(e)
     raise SystemExit(e.exit_code) from None
   except OSError as e:  # storage outside resnet_jax's own files
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None
+  except KeyboardInterrupt:  # Ctrl-C outside training, or a second one
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130) from None

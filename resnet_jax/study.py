@@ -141,8 +141,10 @@ class Study:
         outs = [train_fn(self.config_for(group[0]), group[0].workdir, **({"time_limit": left} if left is not None else {}))]
       for run, out in zip(group, outs):
         self._record(run, out, time.time() - start, log)
-      if any(out.preempted for out in outs):
-        raise KeyboardInterrupt(f"{group[0].workdir} was preempted; rerun the study to resume")
+      stopped = next((out.stopped for out in outs if out.preempted), "")
+      if stopped:  # the process is asked to end: no other run starts
+        raise errors.Stopped(f"{stopped}: the runs in training saved; run the same command again to continue "
+                             "the study")
       if any(out.stopped for out in outs):
         break
     finished = sum(r.finished for r in self.runs)

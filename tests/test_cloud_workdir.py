@@ -312,6 +312,47 @@ def test_jsonl_on_an_object_is_rewritten_whole_and_keeps_every_record_once(gcs):
                     f"{url}: skipped 1 line(s) that are not complete records, cut short by a crash (line 2)"]
 
 
+SERVER_GOES_DOWN = r'''
+import sys, types, asyncio
+from gcsfs import retry
+sleep = asyncio.sleep
+retry.asyncio = types.SimpleNamespace(sleep=lambda seconds: sleep(0.01))  # gcsfs's backoff (~1 min), shortened
+from resnet_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_a_storage_server_down_mid_run_is_the_right_line_only(data_dir, tmp_path):
+  """The server stops answering while a gs:// run trains: the run ends with one line naming the
+  server, and nothing of the clients' retries (gcsfs and aiohttp tracebacks) or of the
+  clean-up that fails after it (it named the lease's deletion instead)."""
+  server = GcsEmulator()
+  if server.start() is None:
+    pytest.skip(f"no GCS API server on this machine: {server.why_not}")
+  server.create_bucket(BUCKET)
+  env = dict(os.environ, **server.env, RESNET_JAX_ALLOCATOR="system", JAX_PLATFORMS="cpu",
+             PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  fields = {**support.TINY_SPLITS, "data.data_dir": str(data_dir), "eval_batch_size": 25, "num_steps": 5000,
+            "log_every_steps": 1, "checkpoint_every_steps": 5000}
+  proc = subprocess.Popen([sys.executable, "-c", SERVER_GOES_DOWN, "train", "--config", SMOKE, "--workdir",
+                           f"gs://{BUCKET}/down", *[f"--config.{k}={v}" for k, v in fields.items()]],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.startswith("step 2/"):
+        break
+  finally:
+    server.stop()
+  out, err = proc.communicate(timeout=300)
+  err = "\n".join(line for line in err.splitlines() if "GOOGLE_AUTH_TOKEN_FOR_TESTING" not in line)  # TensorStore's
+  for noise in ("Traceback", "ERROR:", "Exception ignored", "Unclosed"):
+    assert noise not in err + out, err[-3000:]
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert proc.returncode == 1 and len(lines) == 1, err[-3000:]
+  assert lines[0].startswith(f"resnet-jax train: cannot ") and f"gs://{BUCKET}/down/" in lines[0] and (
+      f"the storage server {server.url} does not answer" in lines[0]) and ".lock" not in lines[0], lines[0]
+
+
 @pytest.mark.parametrize("status, advice", [
     (401, "no valid credentials: run `gcloud auth application-default login`"),
     (403, "permission denied: the account needs read and write access to objects of bucket runs"),

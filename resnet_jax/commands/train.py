@@ -121,7 +121,7 @@ def parse(argv: Sequence[str]):
 
 def _final_line(result: loop.RunResult, split: str, label: str = "") -> str:
   ev = result.eval
-  where = "preempted at" if result.preempted else "finished at"
+  where = f"{result.stopped} at" if result.preempted else "finished at"
   return (f"{label}{where} step {result.step}: error {ev['error']:.2f}% (top-5 {ev['top5_error']:.2f}%) on "
           f"{ev['num_examples']} images of {split!r}")
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import logging
 import pathlib
+import resource
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -178,6 +179,9 @@ class Checkpointer:
       pass
     elif (os_error is not None and os_error.errno in _DISK_FULL) or "No space left on device" in text:
       reason = "no space left on device"
+    elif (os_error is not None and os_error.errno == errno.EMFILE) or "Too many open files" in text:
+      reason = (f"too many open files: this process may open {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} "
+                "(ulimit -n); raise the limit")
     elif os_error is not None and os_error.strerror:
       reason = os_error.strerror.lower()  # "read-only file system", "permission denied"
     else:

@@ -134,14 +134,17 @@ class Lease:
 
   def _renew(self) -> None:
     interval = min(self.lease_seconds / 4, CHECK_SECONDS)
-    last_renewal = time.monotonic()
+    last_renewal, failing = time.monotonic(), False
     while not self._stop.wait(interval) and not self.lost:
       renew = time.monotonic() - last_renewal >= self.lease_seconds / 4 - 1e-3
       try:
         self.keep(renew)
       except OSError as e:  # a transient failure: the next turn tries again, within the lease
-        self.log(f"could not renew the lease {self.url} ({e}); trying again")
+        if not failing:  # said once per outage
+          self.log(f"could not renew the lease {self.url} ({e}); trying again")
+        failing = True
         continue
+      failing = False
       last_renewal = time.monotonic() if renew else last_renewal
 
   def keep(self, renew: bool = False) -> None:

@@ -133,7 +133,10 @@ class MetricWriter:
 
   def print(self, line: str) -> None:
     if self.enabled:
-      print(self.prefix + line, file=self.console or sys.stdout, flush=True)
+      try:
+        print(self.prefix + line, file=self.console or sys.stdout, flush=True)
+      except OSError:  # the console is gone (a closed pipe or terminal): the records still reach the workdir
+        pass
 
   def flush(self) -> None:
     """Writes what is pending (on an object store, `metrics.jsonl` is rewritten at most every

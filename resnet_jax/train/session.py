@@ -69,7 +69,7 @@ class TrainingSession:
       raise
     self.sessions = workdir.session_log()
     self.step = 0           # the run's step: set at the start, kept current by its group
-    self.stopped = ""       # why the run stopped before its end: "preempted" | "time limit"
+    self.stopped = ""       # why the run stopped before its end: "preempted" | "interrupted" | "time limit"
     self._finished = False
     self._closed = False
 
@@ -127,7 +127,7 @@ class TrainingSession:
     self.save(progress, train_iter)
     self.checkpointer.wait()
     self.writer.print(report.stopped_line(cause, progress.step, self.checkpointer.directory))
-    self.stopped = report.TIME_LIMIT if cause == report.TIME_LIMIT else "preempted"
+    self.stopped = report.stop_reason(cause)
 
   def finish(self) -> None:
     """Waits for the last asynchronous save (its failure is an error of the run)."""
@@ -160,7 +160,7 @@ class TrainingSession:
     """Records the end, then closes; after an error, cleanup errors (a full disk fails them
     all) are dropped so that the error in flight is the one reported."""
     self._closed = True
-    ended_well = reason in ("finished", "preempted", report.TIME_LIMIT)
+    ended_well = reason in ("finished", report.PREEMPTED, report.INTERRUPTED, report.TIME_LIMIT)
     closing = (lambda: self.sessions.end(self.step, int(self.exp.config.global_batch_size), reason),
                self.checkpointer.close, self.writer.close)
     first_error = None
