@@ -30,6 +30,8 @@ SAVED_CONFIG_KEYS = ("model", "data", "optimizer", "schedule", "global_batch_siz
 # Seeds reach NumPy's SeedSequence (non-negative) and JAX's PRNGKey (at most 64 bits): the
 # usual 32-bit range is accepted.
 MAX_SEED = 2**32 - 1
+# The step counter (the train state's, the schedules' count) is a 32-bit integer.
+MAX_STEPS = 2**31 - 1
 
 # Choices of the engine's fields (the modules that use them import them from here).
 BN_MODES = ("global", "per_device", "ghost")
@@ -238,6 +240,9 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
   if steps < 1:
     raise ConfigError(f"num_epochs={config.num_epochs} is {steps} steps at {steps_per_epoch} steps per epoch; "
                       f"train at least one step (num_epochs >= {1 / steps_per_epoch:.3g}, or num_steps)")
+  if steps > MAX_STEPS:
+    raise ConfigError(f"num_epochs={config.num_epochs} is {steps:,} steps at {steps_per_epoch} steps per epoch; "
+                      f"at most {MAX_STEPS:,} (2**31 - 1: the step counter is a 32-bit integer)")
   return steps
 
 
