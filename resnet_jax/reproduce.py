@@ -24,7 +24,7 @@ import resnet_jax as rj
 import resnet_jax.data as rjd
 from resnet_jax import study as study_lib
 from resnet_jax.paper import PaperResult
-from resnet_jax.runtime.provenance import device_description, git_commit
+from resnet_jax.runtime.provenance import code_version, describe_code, device_description
 from resnet_jax.storage import files as files_lib
 from resnet_jax.train import report
 
@@ -198,12 +198,12 @@ def run(experiment: str, groups: Sequence[Comparison], args, title: str, notes: 
     records.extend(study.results())
     print(f"\n### {group.name} ({base})\n\n{table}\n\nfigure: {figure}", flush=True)
   header = [f"# {title}", "", f"- budget: {_budget(args)}", f"- protocol: {protocol}",
-            f"- seeds: {args.seeds}", f"- commit: {git_commit()}",
+            f"- seeds: {args.seeds}", f"- code: {describe_code()}",
             f"- device: {device_description()}", *[f"- {n}" for n in notes], ""]
   results_files.write_atomic(results_dir / "table.md", "\n".join(header) + "\n" + "\n\n".join(tables) + "\n")
   summary = {"experiment": experiment, "title": title, "budget": _budget(args), "protocol": protocol,
              "error_label": splits[2], "seeds": args.seeds, "wall_time_s": time.time() - start,
-             "commit": git_commit(), "device": device_description(), "runs": records}
+             **code_version(), "device": device_description(), "runs": records}
   results_files.write_json(results_dir / "results.json", summary, indent=2)
   print(f"\nwrote {results_dir / 'table.md'} and {results_dir / 'results.json'}", flush=True)
   return summary

@@ -16,6 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax import errors
 
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
+
 DATA_AXIS = "data"
 
 
@@ -58,9 +60,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     try:
       jax.distributed.initialize()
     except ValueError as e:  # JAX found no cluster parameters after all: one process
-      logging.warning("running as a single process: jax.distributed.initialize() found no cluster (%s)", e)
+      _LOG.warning("running as a single process: jax.distributed.initialize() found no cluster (%s)", e)
       return
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    _LOG.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def _cluster_detected() -> bool:

@@ -56,6 +56,7 @@ from resnet_jax.storage.integrity import CHECKSUMS_KEY, CONFIG_KEY, SEAL_KEY  # 
 
 T = TypeVar("T")
 Log = Callable[[str], None]
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
 UNREADABLE_DIR = "checkpoints_unreadable"  # beside the checkpoints' directory
 
 
@@ -117,7 +118,7 @@ class _CheckpointManager(ocp.CheckpointManager):
     try:
       return super()._get_metrics(step)
     except ValueError as e:  # json.JSONDecodeError
-      logging.getLogger("resnet_jax").warning(
+      _LOG.warning(
           "the eval metrics of checkpoint %s are damaged (%s); reading it as not evaluated",
           self.directory / str(step), one_line(e))
       return None
@@ -250,7 +251,7 @@ class Checkpointer:
     self.manager.reload()
     return target
 
-  def restore_newest(self, restore_one: Callable[[int], T], log: Log = logging.warning,
+  def restore_newest(self, restore_one: Callable[[int], T], log: Log = _LOG.warning,
                      set_aside: bool = False, steps: Optional[List[int]] = None
                      ) -> Optional[Tuple[int, T]]:
     """`(step, restore_one(step))` of the newest readable checkpoint of `steps` (default: all
@@ -343,7 +344,7 @@ class Checkpointer:
     expected_data = saved_meta.get(CHECKSUMS_KEY, {}).get("data")
     if expected_data is not None and expected_data != files.json_digest(restored["data"]):
       raise self._mismatch(step, "the data-iterator position")
-    logging.getLogger("resnet_jax").info("restored checkpoint %s", self.directory / str(step))
+    _LOG.info("restored checkpoint %s", self.directory / str(step))
     return restored["state"]["train"], restored["state"]["metrics"], restored["data"]
 
   def restore_variables(self, step: int, abstract_variables: Dict[str, Any],

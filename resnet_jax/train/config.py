@@ -319,11 +319,12 @@ def with_local_data_dir(config: ml_collections.ConfigDict, data_dir: str | os.Pa
                         ) -> ml_collections.ConfigDict:
   """A run's saved config, to read its data on this machine: `data.data_dir` becomes
   `data_dir` when given; else it stays as recorded where that folder exists here (a bucket's
-  URL is the same everywhere); else $TFDS_DATA_DIR when set (the run was trained on another
-  machine); else as recorded (None: TFDS's default)."""
+  URL is the same everywhere); else (the run was trained on another machine) it is this
+  user's: $TFDS_DATA_DIR, else ~/tensorflow_datasets (None, TFDS's convention)."""
   recorded = config.data.data_dir
   here = recorded is None or object_store.is_url(recorded) or os.path.isdir(os.path.expanduser(str(recorded)))
   if not data_dir and here:
     return config
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  return apply_overrides(config, {"data.data_dir": str(data_dir)}) if data_dir else config
+  config = _copy(config)
+  config.data.data_dir = str(data_dir) if data_dir else None
+  return config

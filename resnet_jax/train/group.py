@@ -88,6 +88,7 @@ class RunResult:
   stopped: str = ""
   error: Optional[BaseException] = None
   state: Any = None
+  was_finished: bool = False  # it had reached its last step before this call, which reported it again
 
   @property
   def preempted(self) -> bool:

@@ -20,6 +20,7 @@ report) and the others go on. What a workdir holds across processes is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -133,7 +134,7 @@ def _report_finished(run: Run, progress: Progress) -> RunResult:
   result["num_examples"] = int(result["num_examples"])
   session.writer.print(report.finished_line(step, total, result, exp.config.data.eval_split))
   run.last_train, run.last_eval = session.last_record("train"), result
-  return run.result(progress)
+  return dataclasses.replace(run.result(progress), was_finished=True)
 
 
 def _time_is_up(deadline: Optional[float], log_step: bool) -> bool:

@@ -89,7 +89,8 @@ class TrainingSession:
       step, (state, sums, data_state) = restored
       train_iter.set_state(data_state)
       resumed_from = str(self.checkpointer.directory / str(step))
-      self.writer.print(f"resumed from {resumed_from}")
+      if step < exp.total_steps:  # a finished run says so in one line (`report.finished_line`)
+        self.writer.print(f"resumed from {resumed_from}")
     else:
       state = state_lib.create_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
       sums = step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
