@@ -236,12 +236,13 @@ CRASH_IN_A_PACKED_SAVE = r'''
 import os, signal, sys, time
 from resnet_jax import cli
 from resnet_jax.storage import checkpoints
+from resnet_jax.storage.workdir import Workdir
 save = checkpoints.Checkpointer.save
 def save_then_die(self, step, *args, **kwargs):
   """`kill -9` once seed 0 has saved step 4, before seeds 1 and 2 save it."""
   if step == 4 and self.directory.parent.name == "seed1":
     deadline = time.time() + 240
-    while 4 not in checkpoints.complete_steps(self.directory.parent.parent / "seed0" / "checkpoints"):
+    while 4 not in Workdir(self.directory.parent.parent / "seed0").saved_steps():
       assert time.time() < deadline
       time.sleep(0.01)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -75,7 +75,7 @@ def _signal_at(workdir, step: int, signum: int) -> threading.Thread:
 
 
 def test_sighup_a_closed_terminal_saves_and_stops_like_sigterm(data_dir, tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(preemption, "_is_terminal", lambda fd: False)  # pytest's own terminal stays
+  monkeypatch.setattr(preemption, "_is_terminal", lambda fd: False, raising=False)  # pytest's own terminal stays
   workdir = tmp_path / "run"
   _signal_at(workdir, 2, signal.SIGHUP)
   result = rt.train(support.smoke_config(data_dir, num_steps=500, log_every_steps=1, checkpoint_every_steps=1000),
