@@ -1,10 +1,10 @@
 """`resnet-jax`: train, evaluate, benchmark, list models, prepare datasets.
 
-  resnet-jax train --config cifar10_resnet20[:smoke] --workdir DIR [--config.x=v ...]
+  resnet-jax train --config cifar10_resnet20[:smoke] --workdir DIR [--config.x=v ...] [--seeds ...]
   resnet-jax eval --workdir DIR [--step N] [--split SPLIT] [--data-dir DIR] [--json]
   resnet-jax bench --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data real] ...
   resnet-jax models [--filter SUBSTR]
-  resnet-jax prepare cifar10 --source DIR [--data-dir TFDS_DIR]
+  resnet-jax prepare cifar10 [--source DIR] [--data-dir TFDS_DIR]
 
 Each command lives in its own module (`resnet_jax.commands`, `resnet_jax.bench`), imported
 only for the command that runs (the engine's TFDS, Grain and Orbax take seconds to import)
@@ -20,16 +20,18 @@ import sys
 from typing import Optional, Sequence
 
 from resnet_jax import errors
+from resnet_jax.commands import arguments
 from resnet_jax.runtime import allocator
 
 USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
 
-  train    --config NAME[:smoke] | PATH.py[:arg] --workdir DIR [--config.FIELD=VALUE ...]
+  train    --config NAME[:smoke] | PATH.py[:arg] | WORKDIR/config.json --workdir DIR [--config.FIELD=VALUE ...]
+           [--seeds SEED ...] [--pack auto|on|off] [--time-limit DURATION]
   eval     --workdir DIR [--step N|latest|best] [--split SPLIT] [--data-dir DIR] [--json]
   bench    --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data synthetic|real]
            [--steps-per-dispatch K ...] [--steps S] [--compare-minimal] [--json]
   models   [--filter SUBSTR]
-  prepare  NAME --source DIR [--data-dir TFDS_DIR]
+  prepare  NAME [--source DIR_OR_ARCHIVE] [--data-dir TFDS_DIR] [--allow-partial]
 
 `resnet-jax COMMAND --help` describes a command's flags.
 """
@@ -53,6 +55,7 @@ def _fault(command: str, error: errors.Error) -> int:
   if error.exit_code == 2:
     return _error(command, str(error))
   print(f"resnet-jax {command}: {error}", file=sys.stderr)
+  errors.end_if_it_must(error)
   return error.exit_code
 
 
@@ -76,6 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   asks_help = any(a in ("-h", "--help") for a in argv[1:])
   if from_command_line and argv[0] in _ALLOCATOR_COMMANDS and not asks_help:
     try:
+      arguments.check_usage(argv[0], argv[1:])  # a usage error at once, not after re-executing
       note = allocator.reexec_if_useful(argv)
     except errors.Error as e:
       return _fault(argv[0], e)

@@ -11,10 +11,30 @@ The classes keep a built-in base where callers catch one (`ConfigError` is a `Va
 """
 from __future__ import annotations
 
+import os
+import sys
+
 
 class Error(Exception):
-  """A documented fault: the message is one line; a command exits with `exit_code`."""
+  """A documented fault: the message is one line; a command exits with `exit_code`.
+
+  `exit_at_once`: the process must end without running its exit handlers, which would hang
+  (JAX's shutdown waits for a process of the job that died, then aborts with pages of logs).
+  """
   exit_code = 1
+  exit_at_once = False
+
+
+def end_if_it_must(error: Error) -> None:
+  """Ends the process now, with `error`'s exit code, when `error.exit_at_once` says so (after
+  the caller printed its message)."""
+  if error.exit_at_once:
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError):
+        pass
+    os._exit(error.exit_code)  # pylint: disable=protected-access
 
 
 class InputError(Error, ValueError):
@@ -28,6 +48,13 @@ def one_line(error: BaseException, limit: int = 240) -> str:
   text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
   text = f"{type(error).__name__}: {text}" if text else type(error).__name__
   return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Stopped(Error):
+  """Not a fault: the work in progress saved and stopped on a signal (SIGTERM, SIGHUP, Ctrl-C)
+  and the same command again continues it; raised where a caller would otherwise go on (a
+  study's next run), and ends a command like `train` after a preemption: exit 0."""
+  exit_code = 0
 
 
 class MissingError(Error, FileNotFoundError):

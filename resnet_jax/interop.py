@@ -56,6 +56,8 @@ from resnet_jax.errors import InputError, MissingError
 from resnet_jax.models import layers
 from resnet_jax.train.trained import TrainedNetwork
 
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
+
 # Our registry name -> torchvision's architecture function of the same network.
 TORCHVISION = {
     "resnet18": "resnet18", "resnet34": "resnet34", "resnet50_v1_5": "resnet50", "resnet101_v1_5": "resnet101",
@@ -527,7 +529,7 @@ def pretrained(name: str, path: str | pathlib.Path | Mapping[str, Any], num_clas
     head = nn.Dense(classes, kernel_init=layers.head_kernel_init, bias_init=nn.initializers.zeros,
                     param_dtype=model.param_dtype)
     variables["params"]["head"] = head.init(jax.random.key(seed), jnp.zeros((1, features)))["params"]
-    logging.warning("%s: the checkpoint's classifier was dropped; a new %d-class head is initialised "
+    _LOG.warning("%s: the checkpoint's classifier was dropped; a new %d-class head is initialised "
                     "(seed %d)", name, classes, seed)
   source = str(pathlib.Path(path).expanduser()) if from_file else "a state dict"
   return TrainedNetwork(model, variables, preprocessing or Preprocessing.imagenet(), name=name, source=source)

@@ -24,7 +24,7 @@ import resnet_jax as rj
 import resnet_jax.data as rjd
 from resnet_jax import study as study_lib
 from resnet_jax.paper import PaperResult
-from resnet_jax.runtime.provenance import device_description, git_commit
+from resnet_jax.runtime.provenance import code_version, describe_code, device_description
 from resnet_jax.storage import files as files_lib
 from resnet_jax.train import report
 
@@ -201,12 +201,12 @@ def run(experiment: str, groups: Sequence[Comparison], args, title: str, notes: 
     records.extend(study.results())
     print(f"\n### {group.name} ({base})\n\n{table}\n\nfigure: {figure}", flush=True)
   header = [f"# {title}", "", f"- budget: {_budget(args)}", f"- protocol: {protocol}",
-            f"- seeds: {args.seeds}", f"- commit: {git_commit()}",
+            f"- seeds: {args.seeds}", f"- code: {describe_code()}",
             f"- device: {device_description()}", *[f"- {n}" for n in notes], ""]
   results_files.write_atomic(results_dir / "table.md", "\n".join(header) + "\n" + "\n\n".join(tables) + "\n")
   summary = {"experiment": experiment, "title": title, "budget": _budget(args), "protocol": protocol,
              "error_label": splits[2], "seeds": args.seeds, "wall_time_s": time.time() - start,
-             "commit": git_commit(), "device": device_description(), "runs": records}
+             **code_version(), "device": device_description(), "runs": records}
   results_files.write_json(results_dir / "results.json", summary, indent=2)
   print(f"\nwrote {results_dir / 'table.md'} and {results_dir / 'results.json'}", flush=True)
   return summary
@@ -214,12 +214,18 @@ def run(experiment: str, groups: Sequence[Comparison], args, title: str, notes: 
 
 def main_guard(fn) -> None:
   """Runs an experiment's `main`: its documented faults (bad flags, changed settings, busy or
-  damaged workdirs, a full disk) end in one line on stderr with their exit code, not a traceback."""
+  damaged workdirs, a full disk) end in one line on stderr with their exit code, not a traceback;
+  so do a signal that stopped its runs after saving (`errors.Stopped`, exit 0) and a second
+  Ctrl-C (exit 130), as for `resnet-jax`."""
   try:
     fn()
   except errors.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}" if e.exit_code else str(e), file=sys.stderr)
+    errors.end_if_it_must(e)
     raise SystemExit(e.exit_code) from None
   except OSError as e:  # storage outside resnet_jax's own files
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None
+  except KeyboardInterrupt:  # Ctrl-C outside training, or a second one
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130) from None

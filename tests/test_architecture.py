@@ -8,7 +8,8 @@ These read the package's source (and import its modules), so they hold for every
 * the training loop and evaluation never ask whether runs are packed (a run alone is a group of
   one: `train/group.py` decides how a group dispatches, once);
 * every exception class the package defines derives from `resnet_jax.errors.Error`;
-* no function is longer than 60 lines.
+* no function is longer than 60 lines;
+* no message goes through Python's root logger.
 """
 from __future__ import annotations
 
@@ -123,3 +124,16 @@ def test_no_function_is_longer_than_60_lines():
         if lines > MAX_FUNCTION_LINES:
           long.append(f"{name}.{node.name}: {lines} lines")
   assert not long, long
+
+
+def test_library_messages_never_go_through_pythons_root_logger():
+  """`logging.warning(...)` logs on the root logger (configuring it on first use: every later
+  message of every library came out as "WARNING:root:..."/"WARNING:absl:..."): the package logs
+  through loggers of its own, under "resnet_jax" (issue 37)."""
+  root_calls = []
+  for name, path in MODULES.items():
+    for node in ast.walk(ast.parse(path.read_text())):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "logging"
+          and node.attr in ("debug", "info", "warning", "error", "exception", "critical", "log", "basicConfig")):
+        root_calls.append(f"{name}:{node.lineno}: logging.{node.attr}")
+  assert not root_calls, root_calls

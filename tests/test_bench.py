@@ -1,6 +1,7 @@
 """`resnet-jax bench`: the report's contents, the minimal reference network, one-line errors."""
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ def test_bench_real_data_side_by_side(data_dir, capsys):
   step = r["results"]["step K=1"]
   assert step["tflops"] == pytest.approx(6 * r["macs_per_image"] * step["img_per_s"] / 1e12)
   assert "loop overhead over the bare step" in out and "speed step K=1 / minimal flax" in out
+  assert re.search(r"the config's 20 steps (less than 10 seconds|about \d+ \w+) \(bare step\)", out), out  # "0.00 h"
 
 
 def test_breakdown_times_the_step_without_each_extra(capsys):

@@ -214,6 +214,29 @@ def test_the_lease_is_renewed_and_a_holder_that_lost_it_says_so(gcs):
   assert object_store.read_object(holder.url)[0] == b'{"host": "other", "pid": 1}'  # not deleted by the loser
 
 
+def test_a_lease_object_deleted_under_its_holder_is_written_again_or_stops_it_before_its_next_write(gcs):
+  """`rm` of a gs:// `.lock` (issue 37): the holder writes it again at once when it looks (every
+  CHECK_SECONDS, and before each checkpoint), so a second trainer is refused; one that created it
+  first holds it, and the first stops before its next write."""
+  workdir = f"gs://{BUCKET}/deleted-lease"
+  logged = []
+  holder = lease_lib.Lease(workdir, log=logged.append).acquire()
+  try:
+    object_store.as_path(holder.url).unlink()
+    lease_lib.check(workdir)  # before a checkpoint: it is written again, and the holder goes on
+    assert json.loads(object_store.read_object(holder.url)[0])["pid"] == os.getpid()
+    assert logged == [f"the lease {holder.url} was deleted while this process held it; wrote it again"]
+    with pytest.raises(storage.WorkdirBusyError, match="is in use by another training process"):
+      lease_lib.Lease(workdir, log=logged.append).acquire()
+    object_store.as_path(holder.url).unlink()
+    second = lease_lib.Lease(workdir, log=logged.append).acquire()  # before the holder looked again
+    holder.keep()  # what `check` does before the holder's next checkpoint (here `check` would find `second`)
+    assert holder.lost.startswith(f"the lease {holder.url} was taken over by pid {os.getpid()} on ")
+    second.release()
+  finally:
+    holder.release()
+
+
 def test_compare_on_gs_resumes_finished_runs_and_moves_changed_ones_aside(gs_data, capsys):
   workdir = f"gs://{BUCKET}/study"
   variants = {"a": {}, "b": {"optimizer.momentum": 0.0}}
@@ -287,6 +310,47 @@ def test_jsonl_on_an_object_is_rewritten_whole_and_keeps_every_record_once(gcs):
   assert logged == [f"{url}: its last line was cut short (a crash while writing it); it is kept, and new "
                     "records start on a fresh line",
                     f"{url}: skipped 1 line(s) that are not complete records, cut short by a crash (line 2)"]
+
+
+SERVER_GOES_DOWN = r'''
+import sys, types, asyncio
+from gcsfs import retry
+sleep = asyncio.sleep
+retry.asyncio = types.SimpleNamespace(sleep=lambda seconds: sleep(0.01))  # gcsfs's backoff (~1 min), shortened
+from resnet_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_a_storage_server_down_mid_run_is_the_right_line_only(data_dir, tmp_path):
+  """The server stops answering while a gs:// run trains: the run ends with one line naming the
+  server, and nothing of the clients' retries (gcsfs and aiohttp tracebacks) or of the
+  clean-up that fails after it (it named the lease's deletion instead)."""
+  server = GcsEmulator()
+  if server.start() is None:
+    pytest.skip(f"no GCS API server on this machine: {server.why_not}")
+  server.create_bucket(BUCKET)
+  env = dict(os.environ, **server.env, RESNET_JAX_ALLOCATOR="system", JAX_PLATFORMS="cpu",
+             PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  fields = {**support.TINY_SPLITS, "data.data_dir": str(data_dir), "eval_batch_size": 25, "num_steps": 5000,
+            "log_every_steps": 1, "checkpoint_every_steps": 5000}
+  proc = subprocess.Popen([sys.executable, "-c", SERVER_GOES_DOWN, "train", "--config", SMOKE, "--workdir",
+                           f"gs://{BUCKET}/down", *[f"--config.{k}={v}" for k, v in fields.items()]],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.startswith("step 2/"):
+        break
+  finally:
+    server.stop()
+  out, err = proc.communicate(timeout=300)
+  err = "\n".join(line for line in err.splitlines() if "GOOGLE_AUTH_TOKEN_FOR_TESTING" not in line)  # TensorStore's
+  for noise in ("Traceback", "ERROR:", "Exception ignored", "Unclosed"):
+    assert noise not in err + out, err[-3000:]
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert proc.returncode == 1 and len(lines) == 1, err[-3000:]
+  assert lines[0].startswith(f"resnet-jax train: cannot ") and f"gs://{BUCKET}/down/" in lines[0] and (
+      f"the storage server {server.url} does not answer" in lines[0]) and ".lock" not in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("status, advice", [

@@ -26,6 +26,15 @@ def test_notice_text_for_the_papers_resnet20_on_a_small_cpu():
   assert "--config NAME:smoke" in cpu_notice.notice_text(10_000, 128, 100.0)
 
 
+def test_the_notice_says_when_other_work_makes_the_machine_busy():
+  """Measured on a loaded machine (load average 7.2 on 2 cores) a run takes far longer than on a
+  quiet one: the line says so, where its duration alone read as the machine's (issue 37)."""
+  busy = cpu_notice.notice_text(64_000, 128, 82.0, "cifar10_resnet20", load=(7.2, 2))
+  assert "take about 27.8 hours at 82 img/s (the machine is busy: load average 7.2 on 2 cores; it is faster on a " \
+         "quiet one); a one-minute run" in busy
+  assert "busy" not in cpu_notice.notice_text(64_000, 128, 420.0, "cifar10_resnet20", load=(2.4, 2))
+
+
 @pytest.mark.parametrize("seconds, text", [(3, "less than 10 seconds"), (40, "about 40 seconds"),
                                            (1500, "about 25 minutes"), (28_800, "about 8.0 hours")])
 def test_describe_duration(seconds, text):

@@ -53,7 +53,7 @@ def test_cifar_script_smoke(script, extra, variants, cifar_source, tmp_path):
   assert {r["variant"] for r in summary["runs"]} == variants
   for record in summary["runs"]:
     assert record["step"] == 20 and 0.0 <= record["eval"]["error"] <= 100.0
-    assert record["commit"] and record["device"] and record["wall_time_s"] > 0
+    assert record["resnet_jax"] and "commit" in record and record["device"] and record["wall_time_s"] > 0
     assert record["config"]["data"]["eval_split"] == "test[:200]"
   assert list(workdir.glob("*.png")) and (workdir / "table.md").read_text().startswith("# ")
 

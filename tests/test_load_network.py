@@ -63,12 +63,14 @@ def test_a_run_records_its_preprocessing_and_is_read_with_another_data_dir(data_
   want = net.model.apply(net.variables, pipe.preprocess(batch["image"], None, False), train=False)
   np.testing.assert_allclose(net(batch["image"]), want, rtol=1e-5, atol=1e-5)
 
-  # The data moved (another machine): the recorded data dir is gone; --data-dir or $TFDS_DATA_DIR finds it.
+  # The data moved (another machine): the recorded data dir is gone; this user's default, --data-dir or
+  # $TFDS_DATA_DIR finds it.
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
   moved = tmp_path / "moved"
   local.rename(moved)
-  with pytest.raises(FileNotFoundError, match=r"not prepared in .*tfds.*; or read a prepared copy elsewhere: "
-                     r"eval --data-dir DIR"):
+  with pytest.raises(FileNotFoundError, match=rf"^cifar10 is not prepared in {tmp_path / 'home'}/tensorflow_datasets; "
+                     r"run .*; or read a prepared copy elsewhere: eval --data-dir DIR"):
     rj.train.evaluate(workdir)
   assert rj.train.evaluate(workdir, data_dir=moved)["error"] == pytest.approx(trained.eval["error"])
   monkeypatch.setenv("TFDS_DATA_DIR", str(moved))

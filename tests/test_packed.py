@@ -21,6 +21,7 @@ import pytest
 import support
 
 import resnet_jax as rj
+from resnet_jax import cli
 from resnet_jax import configs
 from resnet_jax.train import build, packing
 from resnet_jax.storage import checkpoints as ckpt_lib
@@ -228,3 +229,47 @@ def test_a_cpu_group_trains_each_run_bit_for_bit_as_alone(data_dir, tmp_path):
     assert p.step == r.step == 4
     for x, y in zip(_state_leaves(p), _state_leaves(r), strict=True):
       np.testing.assert_array_equal(x, y)
+
+
+CRASH_IN_A_PACKED_SAVE = r'''
+import os, signal, sys, time
+from resnet_jax import cli
+from resnet_jax.storage import checkpoints
+from resnet_jax.storage.workdir import Workdir
+save = checkpoints.Checkpointer.save
+def save_then_die(self, step, *args, **kwargs):
+  """`kill -9` once seed 0 has saved step 4, before seeds 1 and 2 save it."""
+  if step == 4 and self.directory.parent.name == "seed1":
+    deadline = time.time() + 240
+    while 4 not in Workdir(self.directory.parent.parent / "seed0").saved_steps():
+      assert time.time() < deadline
+      time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
+  return save(self, step, *args, **kwargs)
+checkpoints.Checkpointer.save = save_then_die
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_a_packed_run_killed_between_its_runs_saves_resumes_bit_for_bit(data_dir, tmp_path):
+  """The CLI's `--seeds 0 1 2 --pack on`, `kill -9` when seed 0 has saved step 4 and seeds 1-2
+  only step 2 (issue 37: 10 and 5): the rerun trains seed 0 alone and seeds 1-2 as a group of two, and every run ends
+  with the bits of the uninterrupted packed run (on a CPU each run is its own program)."""
+  fields = {**support.TINY_SPLITS, "data.data_dir": str(data_dir), "eval_batch_size": 25, "num_steps": 6,
+            "checkpoint_every_steps": 2, "keep_best_checkpoints": 0}
+  argv = lambda workdir: ["train", "--config", "cifar10_resnet20:smoke", f"--workdir={workdir}", "--seeds", "0", "1",
+                          "2", "--pack", "on", *[f"--config.{k}={v}" for k, v in fields.items()]]
+  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", JAX_PLATFORMS="cpu")
+  crashed = subprocess.run([sys.executable, "-c", CRASH_IN_A_PACKED_SAVE, *argv(tmp_path / "crashed")], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert crashed.returncode == -9, crashed.stderr[-3000:]
+  assert [Workdir(tmp_path / "crashed" / f"seed{s}").saved_steps() for s in (0, 1, 2)] == [[2, 4], [2], [2]]
+  assert cli.main(argv(tmp_path / "crashed")) == 0
+  assert cli.main(argv(tmp_path / "straight")) == 0
+  for seed in (0, 1, 2):
+    resumed = rj.train.load_variables(tmp_path / "crashed" / f"seed{seed}")[1]
+    straight = rj.train.load_variables(tmp_path / "straight" / f"seed{seed}")[1]
+    for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+      np.testing.assert_array_equal(x, y)
+  starts = [s["step"] for s in Workdir(tmp_path / "crashed" / "seed0").read_sessions() if s["event"] == "start"]
+  assert starts == [0, 4]

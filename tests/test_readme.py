@@ -140,3 +140,13 @@ def test_parameter_counts_in_the_prose_are_the_registrys():
   assert len(claims) >= 2
   for name, count in claims:
     assert f"{models.size(models.create(name), (1, 32, 32, 3))[0]:,}" == count, name
+
+
+def test_readme_examples_read_no_environment_variable_a_new_user_lacks():
+  """Pasted into Python, every block runs for a new user: none subscripts `os.environ` (the
+  "Load a trained run" block read RESNET_JAX_CIFAR10_DIR, which only the Makefile sets: a
+  KeyError), and none names a variable the Makefile exports but a user need not set."""
+  exported = set(re.findall(r"^export (\w+)", (ROOT / "Makefile").read_text(), re.M)) - {"TFDS_DATA_DIR"}
+  for code, _, _, line in BLOCKS:
+    assert "os.environ[" not in code, f"README.md:{line}"
+    assert not [name for name in exported if name in code], f"README.md:{line}"

@@ -301,10 +301,14 @@ def test_sigint_saves_a_checkpoint_then_stops_like_sigterm(data_dir, tmp_path):
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=240)
   assert proc.returncode == 0, err[-3000:]
-  assert "interrupted (Ctrl-C): saved step" in out and "Traceback" not in err, (out, err)
+  assert "Traceback" not in err, (out, err)
   saved = _steps(workdir)
   assert len(saved) == 1 and 2 <= saved[0] < 500
-  assert Workdir(workdir).read_sessions()[-1]["reason"] == "preempted"
+  # Said at once (the save waits for the steps in flight: it was 21 s of silence), then done.
+  lines = out.splitlines()
+  stopping = lines.index(f"interrupted (Ctrl-C): stopping at step {saved[0]}, saving a checkpoint...")
+  assert lines[stopping + 1].startswith(f"interrupted (Ctrl-C): saved step {saved[0]} to "), out
+  assert Workdir(workdir).read_sessions()[-1]["reason"] == "interrupted"  # the user's, not a preemption
 
 
 def test_workdir_of_another_format_is_refused(data_dir, tmp_path, capsys):
@@ -401,6 +405,19 @@ BAD_TRAIN_FLAGS = [
     ("--config=cifar10_resnet21", "cifar10_resnet21"),
     ("--config=cifar10_resnet20:huge", "huge"),
     ("--num_processes=abc", "num_processes"),
+    # issue 37: values that passed and failed later (NaN reports, OverflowErrors, an OOM kill)
+    ("--config.optimizer.learning_rate=nan", "optimizer.learning_rate=nan must be a finite number in (0, inf)"),
+    ("--config.optimizer.learning_rate=inf", "optimizer.learning_rate=inf must be a finite number in (0, inf)"),
+    ("--config.optimizer.weight_decay=nan", "optimizer.weight_decay=nan must be a finite number in [0, inf)"),
+    ("--config.num_steps=-1 --config.num_epochs=inf", "num_epochs=inf must be a finite number"),
+    ("--config.schedule.warmup_length=inf", "schedule.warmup_length=inf must be a finite number in [0, inf)"),
+    ("--config.schedule.decay_factor=nan", "schedule.decay_factor=nan must be a finite number in (0, inf)"),
+    ("--config.num_steps=5000000000 --config.schedule.name=cosine", "num_steps=5000000000 must be at most 2,147,483,647"),
+    ("--config.num_steps=-1 --config.num_epochs=1e9", "num_epochs=1000000000.0 is 10,000,000,000 steps"),
+    ("--config.schedule.unit=epochs --config.schedule.warmup_length=1e9", "schedule.warmup_length=1000000000.0 (epochs)"),
+    ("--config.schedule.boundaries=(1e12,)", "schedule.boundaries=1000000000000.0 (steps) is 1,000,000,000,000 steps"),
+    ("--config.data.padding=100000", "data.padding=100000 must be at most 32"),
+    ("--config.data.eval_split=test[500:10]", "data.eval_split='test[500:10]' selects no examples of cifar10"),
 ]
 
 
@@ -420,6 +437,38 @@ def test_bad_train_flag_is_one_line(data_dir, tmp_path, capsys, flags, message):
   line = _one_line_error(capsys.readouterr().err)
   assert line.startswith("resnet-jax train: error: ") and message in line, line
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+CONFIG_FILES = {  # a config given by path: each is loaded, or refused in one line
+    "recipe.yaml": ("optimizer:\n  learning_rate: 0.1\n", "is not one resnet_jax reads: give a .py file"),
+    "no_base.py": ("import ml_collections\ndef get_config(arg=None):\n  return ml_collections.ConfigDict("
+                   "{'model': {'name': 'cifar_resnet20'}})\n", "lacks the config fields async_checkpoints, bn,"),
+    "raises.py": ("def get_config(arg=None):\n  raise KeyError('depth')\n", "get_config(None) raised KeyError: 'depth'"),
+    "syntax.py": ("def get_config(arg=None)\n  pass\n", "cannot be loaded: SyntaxError: expected ':'"),
+    "cut.json": ('{"model": {"name": "cifar', "is not readable JSON (JSONDecodeError: "),
+    "list.json": ("[1]", "is not a resnet_jax config (a JSON list)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_FILES))
+def test_a_config_file_given_by_path_is_loaded_or_refused_in_one_line(tmp_path, capsys, name):
+  content, message = CONFIG_FILES[name]
+  (tmp_path / name).write_text(content)
+  assert cli.main(["train", "--config", str(tmp_path / name), "--workdir", str(tmp_path / "run")]) == 2
+  line = _one_line_error(capsys.readouterr().err)
+  assert line.startswith("resnet-jax train: error: ") and message in line, line
+
+
+def test_resuming_with_the_saved_config_as_the_refusal_advises_works(data_dir, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), *_flags(data_dir, num_steps=2)]) == 0
+  assert cli.main(["train", "--config", SMOKE, "--workdir", str(workdir),
+                   *_flags(data_dir, num_steps=3, **{"optimizer.learning_rate": 0.05})]) == 2
+  line = _one_line_error(capsys.readouterr().err)
+  saved = line[line.index("Resume with the saved config (") + len("Resume with the saved config ("):line.index("), ")]
+  assert saved == str(workdir / "config.json")
+  assert cli.main(["train", "--config", saved, "--workdir", str(workdir), "--config.num_steps=3"]) == 0
+  assert "finished at step 3" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

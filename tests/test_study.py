@@ -47,7 +47,7 @@ def test_compare_trains_each_variant_and_seed_once_and_tabulates(tmp_path):
   assert sorted(calls) == [("B", 0, 20), ("B", 1, 20), ("gate", 0, 20), ("gate", 1, 20)]
   record = json.loads((tmp_path / "gate" / "seed1" / "result.json").read_text())
   assert record["eval"]["error"] == 10.0 and record["config"]["model"]["shortcut"] == "gate"
-  assert {"commit", "device", "wall_time_s", "seed"} <= set(record)
+  assert {"resnet_jax", "commit", "device", "wall_time_s", "seed"} <= set(record)
 
   summary = study.summary()
   assert summary["identity"]["mean"] == pytest.approx(7.5)

@@ -13,6 +13,7 @@ from resnet_jax import errors
 from resnet_jax import configs, models
 from resnet_jax.bench import breakdown, runner, torch_reference
 from resnet_jax.runtime import compilation_cache
+from resnet_jax.runtime.cpu_notice import describe_duration
 from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
 
@@ -233,7 +234,7 @@ def report(r: Dict[str, Any]) -> str:
   memory = "not reported by the backend" if mem is None else f"{mem / 2**30:.2f} GiB"
   lines.append(f"  peak device memory: {memory}")
   lines.append(f"  at {r['img_per_s']:,.0f} img/s: one {r['dataset']} epoch {r['epoch_s']:,.0f} s, the "
-               f"config's {r['schedule_steps']:,} steps {r['schedule_s'] / 3600:.2f} h (bare step)")
+               f"config's {r['schedule_steps']:,} steps {describe_duration(r['schedule_s'])} (bare step)")
   return "\n".join(lines)
 
 

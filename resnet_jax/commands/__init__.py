@@ -18,4 +18,6 @@ class ArgumentParser(argparse.ArgumentParser):
   """`argparse` whose errors are a `UsageError` (one line, no usage block) instead of an exit."""
 
   def error(self, message: str):
+    if message.endswith("expected one argument"):  # argparse takes a value starting with '-' for a flag
+      message += ", or a value that starts with '-' given as --FLAG=VALUE (e.g. --workdir=-run)"
     raise UsageError(f"{message} (see {self.prog} --help)")

@@ -1,4 +1,4 @@
-"""`resnet-jax train --config NAME[:smoke] | PATH.py[:arg] --workdir DIR [--config.FIELD=VALUE ...]`.
+"""`resnet-jax train --config NAME[:smoke] | PATH.py[:arg] | WORKDIR/config.json --workdir DIR [--config.FIELD=VALUE ...]`.
 
 The config is loaded once (`rj.configs.load`) and every `--config.FIELD=VALUE` applied by the
 one override parser (`resnet_jax.train.config.parse_assignments`: ml_collections'
@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 import textwrap
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from resnet_jax import configs
 from resnet_jax import models
-from resnet_jax.commands import ArgumentParser, UsageError
+from resnet_jax.commands import UsageError, arguments
 from resnet_jax.configs import base
 from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.storage.workdir import Workdir
@@ -25,53 +25,8 @@ from resnet_jax.train import loop
 from resnet_jax.train import packing
 from resnet_jax.train import report
 
-PROG = "resnet-jax train"
-PACK_CHOICES = ("auto", "on", "off")
-CONFIG_PREFIX, NO_CONFIG_PREFIX = "--config.", "--noconfig."
-
-
-def parser() -> ArgumentParser:
-  p = ArgumentParser(
-      prog=PROG, description="Train a config in a workdir, resuming from its newest checkpoint.",
-      epilog="Any config field can be set with --config.FIELD=VALUE (e.g. --config.optimizer.learning_rate=0.05); "
-             "any resnet_jax.models.ResNet field under --config.model.FIELD. The fields are listed below.",
-      add_help=False)
-  p.add_argument("-h", "--help", action="store_true", help="show this help, with the config's fields, and exit")
-  p.add_argument("--config", help="a shipped config name (cifar10_resnet20, NAME:smoke) or PATH.py[:arg]")
-  p.add_argument("--workdir", help="directory for checkpoints, metrics and the config (with --seeds: "
-                 "one run per seed in WORKDIR/seed<k>)")
-  p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                 help="train one run per seed (replaces config.seed), packed in one program when --pack says so")
-  p.add_argument("--pack", choices=PACK_CHOICES, default="auto",
-                 help="with --seeds: on trains the runs in one program (the same kernels, R times the examples), "
-                      "off one after another, auto (default) packs on an accelerator and not on a CPU")
-  p.add_argument("--time-limit", default=None, metavar="DURATION",
-                 help="save and stop at this wall time (90s, 10m, 1h30m); the same command again continues")
-  p.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-host without "
-                 "TPU/SLURM auto-detection)")
-  p.add_argument("--num_processes", type=int, default=None, help="number of processes (multi-host)")
-  p.add_argument("--process_id", type=int, default=None, help="this process's index (multi-host)")
-  return p
-
-
-def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-  """(`KEY=VALUE` overrides, the other arguments) from absl-style `--config.` flags."""
-  overrides, rest, i = [], [], 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith(NO_CONFIG_PREFIX):
-      overrides.append(f"{arg[len(NO_CONFIG_PREFIX):]}=false")
-    elif arg.startswith(CONFIG_PREFIX):
-      key_value = arg[len(CONFIG_PREFIX):]
-      if "=" not in key_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-        key_value, i = f"{key_value}={argv[i + 1]}", i + 1  # --config.KEY VALUE
-      elif "=" not in key_value:
-        key_value = f"{key_value}=true"  # a bare boolean flag
-      overrides.append(key_value)
-    else:
-      rest.append(arg)
-    i += 1
-  return overrides, rest
+PROG = arguments.TRAIN
+parser, split_overrides = arguments.train_parser, arguments.split_overrides
 
 
 def config_fields(spec: Optional[str], overrides: Sequence[str] = ()) -> str:
@@ -97,31 +52,23 @@ def parse(argv: Sequence[str]):
 
   With `--help`, `config` is None (`main` prints the help and the config's fields).
   """
-  overrides, rest = split_overrides(argv)
-  args, unknown = parser().parse_known_args(rest)
+  args, overrides, unknown = arguments.parse_train(argv)
   if args.help:
     return args, None
-  if args.config is None:
-    raise UsageError("--config is required, e.g. --config cifar10_resnet20 (names: "
-                     "`python -c 'import resnet_jax as rj; print(rj.configs.names())'`) or a path")
   config = configs.load(args.config, overrides)  # the flags the user wrote first, then the leftovers
   if unknown:
     raise UsageError(f"unrecognised arguments: {' '.join(unknown)} (see {PROG} --help)")
-  if not args.workdir:
-    raise UsageError("--workdir is required")
   if args.time_limit is not None:
     try:
       args.time_limit = report.parse_duration(args.time_limit)
     except ValueError as e:
       raise UsageError(f"--time-limit: {e}") from None
-  if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
-    raise UsageError(f"--seeds {' '.join(map(str, args.seeds))} names a seed twice")
   return args, config
 
 
 def _final_line(result: loop.RunResult, split: str, label: str = "") -> str:
   ev = result.eval
-  where = "preempted at" if result.preempted else "finished at"
+  where = f"{result.stopped} at" if result.preempted else "finished at"
   return (f"{label}{where} step {result.step}: error {ev['error']:.2f}% (top-5 {ev['top5_error']:.2f}%) on "
           f"{ev['num_examples']} images of {split!r}")
 
@@ -155,7 +102,7 @@ def _report(args, config, results: List[loop.RunResult]) -> int:
   """The final line of each run, and how many finished; exit 1 if a run diverged."""
   labels = [f"[seed{s}] " for s in args.seeds] if args.seeds else [""]
   for label, result in zip(labels, results):
-    if result.error is not None:
+    if result.error is not None or result.was_finished:  # a finished run said so already
       continue
     if result.stopped == report.TIME_LIMIT:
       print(f"{label}stopped at step {result.step} (time limit)", flush=True)

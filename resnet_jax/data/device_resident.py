@@ -30,6 +30,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax import errors
 from resnet_jax.data.train_iterator import TrainIterator, TrainStream, epoch_permutation
 
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
+
 PLACEMENTS = ("auto", "device", "host")
 MAX_DEVICE_FRACTION = 0.25  # of each device's memory; the rest is the network's
 
@@ -94,7 +96,7 @@ def upload(mesh, images: np.ndarray, labels: np.ndarray) -> Tuple[jax.Array, jax
     raise errors.InputError(f"train arrays {images.dtype} {images.shape} for {len(labels)} labels; "
                      "expected uint8 [N, H, W, C] and N labels")
   replicated = NamedSharding(mesh, P())
-  logging.info("device-resident train split: %s images, %.0f MiB per device", images.shape,
+  _LOG.info("device-resident train split: %s images, %.0f MiB per device", images.shape,
                (images.nbytes + labels.nbytes) / 2**20)
   return _replicated(images, replicated), _replicated(np.asarray(labels, np.int32), replicated)
 

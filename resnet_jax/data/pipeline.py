@@ -33,6 +33,8 @@ from resnet_jax.data.train_iterator import STATE_VERSION, TrainIterator, TrainSt
 from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.runtime.mesh import DATA_AXIS
 
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
+
 Batch = Dict[str, jax.Array]
 
 
@@ -258,6 +260,6 @@ def create_pipeline(config: ml_collections.ConfigDict, global_batch_size: int, e
   axis, FileNotFoundError (with the `resnet-jax prepare` command) when the dataset is
   not prepared.
   """
-  logging.info("input pipeline %s: train %r, eval %r", config.name, config.train_split,
+  _LOG.info("input pipeline %s: train %r, eval %r", config.name, config.train_split,
                config.eval_split)
   return Pipeline(config, global_batch_size, eval_batch_size, mesh, seed)

@@ -80,7 +80,7 @@ class DatasetInfo:
     try:
       parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
     except (AssertionError, KeyError, ValueError) as e:
-      raise errors.InputError(f"bad split {split!r} for {self.name} ({e}); valid: "
+      raise errors.InputError(f"bad split {split!r} for {self.name} ({errors.one_line(e)}); valid: "
                        f"{', '.join(self.splits)} with TFDS slicing, e.g. 'train[:45000]'") from e
     return sum(len(range(self.splits[p.splitname])[p.from_:p.to]) for p in parts)
 

@@ -8,11 +8,14 @@ idempotent `prepare` around the dataset's TF-free builder.
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
+import io
 import logging
 import os
 import pathlib
 import shutil
+import sys
 from typing import Optional
 
 import tensorflow_datasets as tfds
@@ -22,6 +25,8 @@ from resnet_jax import errors
 from resnet_jax.data import remote
 from resnet_jax.data.source import DatasetSource
 from resnet_jax.storage import object_store
+
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
 
 
 def _num_records(path: pathlib.Path) -> int:
@@ -124,9 +129,8 @@ class TfdsSource(DatasetSource):
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     try:
       return builder.as_data_source(split=split, decoders=decoders)
-    except (AssertionError, FileNotFoundError, NotImplementedError) as e:
-      raise errors.MissingError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); run "
-                              f"`{self.prepare_command(data_dir)}`") from e
+    except (AssertionError, FileNotFoundError, NotImplementedError) as e:  # TFDS's ways of saying so
+      raise errors.MissingError(f"{name} is not prepared in {data_dir}; run `{self.prepare_command(data_dir)}`") from e
     except (KeyError, ValueError) as e:
       reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
       raise errors.InputError(f"bad split {split!r} for {name} ({reason}); valid: "
@@ -143,7 +147,7 @@ class TfdsSource(DatasetSource):
     object_store.check_reachable(data_dir)
     done = self.check_prepared(data_dir)
     if done is not None:
-      logging.info("%s is already prepared in %s", self.name, done)
+      _LOG.info("%s is already prepared in %s", self.name, done)
       return done
     if object_store.is_url(data_dir):  # ArrayRecord writes local files: prepared in the cache, uploaded
       local = self.prepare(source, remote.cache_dir(data_dir), allow_partial)
@@ -152,9 +156,13 @@ class TfdsSource(DatasetSource):
     downloads = data_dir / "downloads"
     source = None if source is None else pathlib.Path(source).expanduser().absolute()
     builder = self.builder(source, data_dir, downloads, allow_partial)
+    # TFDS's progress bars move the cursor: only on a terminal. Its two lines around them ("...
+    # Unknown size ...", "... downloaded and prepared ...") say less than `prepare`'s own.
+    tfds.display_progress_bar(sys.stderr.isatty())
     try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False), download_dir=str(downloads))
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False), download_dir=str(downloads))
     except (OSError, RuntimeError) as e:
       reason = _write_failure(e)
       if reason is None:

@@ -56,8 +56,8 @@ SEARCH_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/
                "/usr/local/lib", "/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu")
 APT_PACKAGE = "libjemalloc2"
 # experiments/README.md, "CPU speed": 195-235 img/s with glibc, 267-309 with jemalloc (ResNet-20).
-SLOWER = ("CPU training runs ~25-40 % slower without it (make train: about 10.5 hours instead of "
-          "about 8)")
+# How long a run takes is said once, measured on the machine at hand (`cpu_notice`), never here.
+SLOWER = "CPU training runs ~25-40 % slower without it"
 INSTALL_HINT = ("allocator: system malloc; CPU training is ~25-40% faster with jemalloc "
                 f"(apt install {APT_PACKAGE})")
 # Distributions that give JAX a non-CPU backend.
@@ -169,6 +169,18 @@ def reexec_if_useful(argv: Sequence[str]) -> Optional[str]:
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, "-m", "resnet_jax.cli", *argv], env)
   return reason  # not reached
+
+
+def python_note(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+  """For a Python program that trains (`rj.compare`, the experiment scripts), which cannot preload
+  an allocator once it runs: the line that says how to start it with one, where that would help
+  (or how to install one); None where nothing would (`plan`'s reasons)."""
+  env_update, reason = plan(environ)
+  if env_update is None:
+    return reason if reason == INSTALL_HINT else None
+  preload = " ".join(f"{k}={v}" for k, v in env_update.items() if k != ACTIVE_ENV)
+  return (f"allocator: this Python runs with the system's malloc, and CPU training is ~25-40 % faster with "
+          f"{env_update[ACTIVE_ENV]}: start it as `{preload} python ...` (resnet-jax train does this itself)")
 
 
 def setup_steps(environ: Mapping[str, str], platform: str = sys.platform,

@@ -1,14 +1,16 @@
 """A run on a machine without an accelerator: one line, after its first steps, saying what to expect.
 
-`make train` on a laptop starts the paper's 64k-iteration ResNet-20, about 8 hours on a
-2-core CPU; the line gives that duration from the measured speed, and the commands of a
-one-minute (`:smoke`) and a ten-minute run.
+`make train` on a laptop starts the paper's 64k-iteration ResNet-20, about 5 hours on a quiet
+2-core CPU; the line gives that duration from the speed measured on the machine at hand (the
+one place a run's duration is stated), says when other work makes the machine busy, and gives
+the commands of a one-minute (`:smoke`) and a ten-minute run.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import jax
 
@@ -17,6 +19,22 @@ MEASURE_SECONDS = 3.0
 MIN_MEASURED_STEPS = 2
 MEASURE_STEPS = 20
 SHORT_RUN_SECONDS = 600  # the suggested short run
+# A run keeps every core busy itself: a load average beyond this many times the cores is other work.
+BUSY_LOAD_PER_CORE = 1.5
+
+
+def machine_load() -> Optional[Tuple[float, int]]:
+  """(1-minute load average, cores this process may use), or None where the system has none."""
+  try:
+    return os.getloadavg()[0], len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return None
+
+
+def _busy(load: Optional[Tuple[float, int]]) -> str:
+  if load is None or load[0] <= BUSY_LOAD_PER_CORE * load[1]:
+    return ""
+  return f" (the machine is busy: load average {load[0]:.1f} on {load[1]} cores; it is faster on a quiet one)"
 
 
 def describe_duration(seconds: float) -> str:
@@ -37,12 +55,13 @@ def _round_down(n: float) -> int:
 
 
 def notice_text(remaining_steps: int, batch_size: int, images_per_sec: float,
-                config_spec: Optional[str] = None) -> str:
-  """The line printed on a CPU-only machine; `config_spec` is the `--config` value, if known."""
+                config_spec: Optional[str] = None, load: Optional[Tuple[float, int]] = None) -> str:
+  """The line printed on a CPU-only machine; `config_spec` is the `--config` value, if known;
+  `load` the machine's (`machine_load`), when measured."""
   name = (config_spec or "NAME").split(":", 1)[0]
   seconds = remaining_steps * batch_size / max(images_per_sec, 1e-9)
   line = (f"no accelerator: JAX runs on the CPU, where the remaining {remaining_steps:,} steps of "
-          f"{batch_size} take {describe_duration(seconds)} at {images_per_sec:,.0f} img/s")
+          f"{batch_size} take {describe_duration(seconds)} at {images_per_sec:,.0f} img/s{_busy(load)}")
   if seconds <= 2 * SHORT_RUN_SECONDS:
     return line
   short_steps = _round_down(SHORT_RUN_SECONDS * images_per_sec / batch_size)
@@ -79,5 +98,5 @@ class CpuNotice:
     steps, seconds = step - self._start[0], now - self._start[1]
     if steps >= MEASURE_STEPS or (steps >= MIN_MEASURED_STEPS and seconds >= MEASURE_SECONDS):
       rate = steps * self._batch / max(seconds, 1e-9)
-      self._print(notice_text(self._total - step, self._batch, rate, self._spec))
+      self._print(notice_text(self._total - step, self._batch, rate, self._spec, machine_load()))
       self.active = False

@@ -16,7 +16,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax import errors
 
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
+
 DATA_AXIS = "data"
+
+
+class PeerLostError(errors.Error):
+  """A computation across the processes of a job failed: another process died (`kill -9`, a lost
+  host). The process ends at once: JAX's exit would wait for the dead one, then abort."""
+  exit_at_once = True
+
+
+def peer_lost(error: BaseException, newest_checkpoint: Optional[int]) -> PeerLostError:
+  """The one line for `error`, a collective that failed in a job of several processes."""
+  first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  reason = first.rsplit("Error dispatching computation: ", 1)[-1][:200]  # the cause, after JAX's repeated prefix
+  saved = (f"the checkpoints are intact (the newest: step {newest_checkpoint})" if newest_checkpoint is not None
+           else "no checkpoint was written yet")
+  return PeerLostError(f"process {jax.process_index()} of {jax.process_count()} stopped: a computation across the "
+                       f"job's processes failed ({reason}), most likely because another process died; {saved}: start "
+                       "every process of the job again to resume")
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
@@ -41,9 +60,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     try:
       jax.distributed.initialize()
     except ValueError as e:  # JAX found no cluster parameters after all: one process
-      logging.warning("running as a single process: jax.distributed.initialize() found no cluster (%s)", e)
+      _LOG.warning("running as a single process: jax.distributed.initialize() found no cluster (%s)", e)
       return
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    _LOG.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def _cluster_detected() -> bool:

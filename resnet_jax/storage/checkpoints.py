@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import logging
 import pathlib
+import resource
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -55,6 +56,7 @@ from resnet_jax.storage.integrity import CHECKSUMS_KEY, CONFIG_KEY, SEAL_KEY  # 
 
 T = TypeVar("T")
 Log = Callable[[str], None]
+_LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
 UNREADABLE_DIR = "checkpoints_unreadable"  # beside the checkpoints' directory
 
 
@@ -92,6 +94,16 @@ def _os_error(error: BaseException) -> Optional[OSError]:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The index of a checkpoint's arrays, which Orbax merges from each process's part when a save
+# finishes (OCDBT): without it no array can be read though every other file is there (what a path
+# that Orbax's glob misread left behind, reported as a success).
+ARRAY_INDEX = "state/manifest.ocdbt"
+
+
+def complete_steps(directory: Any) -> List[int]:
+  """The steps of `directory` whose checkpoint is complete, sorted: Orbax's finalized steps
+  (renamed into place; on an object store, with their commit marker), never a save in flight."""
+  return sorted(ocp.step.checkpoint_steps(directory))
 
 
 class _CheckpointManager(ocp.CheckpointManager):
@@ -106,7 +118,7 @@ class _CheckpointManager(ocp.CheckpointManager):
     try:
       return super()._get_metrics(step)
     except ValueError as e:  # json.JSONDecodeError
-      logging.getLogger("resnet_jax").warning(
+      _LOG.warning(
           "the eval metrics of checkpoint %s are damaged (%s); reading it as not evaluated",
           self.directory / str(step), one_line(e))
       return None
@@ -141,6 +153,7 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, keep: int = 3, keep_best: int = 1,
                async_save: bool = True, create: bool = True):
     self.directory = files.as_path(directory)
+    files.check_path(self.directory)
     self.unreadable_dir = self.directory.parent / UNREADABLE_DIR
     self._files = files.files_for(self.directory)
     if not create and not self._files.is_dir(self.directory):
@@ -149,6 +162,7 @@ class Checkpointer:
     orbax_quiet.install()
     self.manager = _CheckpointManager(self.directory, options=_manager_options(keep, keep_best, async_save, create))
     self._pending: Optional[int] = None  # the step of the last save started
+    self._unchecked: Optional[int] = None  # a step saved, not yet checked complete (`wait`)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -157,19 +171,25 @@ class Checkpointer:
     """The steps of the kept checkpoints, sorted."""
     return sorted(self.manager.all_steps())
 
-  def _write_error(self, step: Optional[int], error: BaseException) -> CheckpointWriteError:
-    """A one-line `CheckpointWriteError` for a failed save (of `step`, when known)."""
+  def _write_error(self, step: Optional[int], error: BaseException, reason: str = "") -> CheckpointWriteError:
+    """A one-line `CheckpointWriteError` for a failed save (of `step`, when known): `reason`, or
+    the reason of `error`; the intact checkpoints listed are the complete ones other than `step`."""
     os_error = _os_error(error)
     text = str(error)
-    if (os_error is not None and os_error.errno in _DISK_FULL) or "No space left on device" in text:
+    if reason:
+      pass
+    elif (os_error is not None and os_error.errno in _DISK_FULL) or "No space left on device" in text:
       reason = "no space left on device"
+    elif (os_error is not None and os_error.errno == errno.EMFILE) or "Too many open files" in text:
+      reason = (f"too many open files: this process may open {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} "
+                "(ulimit -n); raise the limit")
     elif os_error is not None and os_error.strerror:
       reason = os_error.strerror.lower()  # "read-only file system", "permission denied"
     else:
       reason = one_line(error)
     try:
-      intact = sorted(int(n) for n in self._files.subdirectories(self.directory) if n.isdigit())
-    except OSError:
+      intact = [s for s in complete_steps(self.directory) if s != step]
+    except Exception:  # pylint: disable=broad-except  (the storage that failed the save may fail the listing)
       intact = []
     what = f"checkpoint of step {step}" if step is not None else "a checkpoint"
     keep = (f"the earlier checkpoints are intact (steps {intact}); free space or fix the directory, then "
@@ -193,7 +213,7 @@ class Checkpointer:
     # Orbax waits for the previous asynchronous save before starting one; waiting here
     # first names the step whose save failed, not this one.
     self.wait()
-    self._pending = step
+    self._pending = self._unchecked = step
     metrics = {k: float(v) for k, v in eval_metrics.items()} if eval_metrics else None
     items = {"train": state, "metrics": metric_sums}
     meta = integrity.sealed({**meta, CHECKSUMS_KEY: {
@@ -231,7 +251,7 @@ class Checkpointer:
     self.manager.reload()
     return target
 
-  def restore_newest(self, restore_one: Callable[[int], T], log: Log = logging.warning,
+  def restore_newest(self, restore_one: Callable[[int], T], log: Log = _LOG.warning,
                      set_aside: bool = False, steps: Optional[List[int]] = None
                      ) -> Optional[Tuple[int, T]]:
     """`(step, restore_one(step))` of the newest readable checkpoint of `steps` (default: all
@@ -324,7 +344,7 @@ class Checkpointer:
     expected_data = saved_meta.get(CHECKSUMS_KEY, {}).get("data")
     if expected_data is not None and expected_data != files.json_digest(restored["data"]):
       raise self._mismatch(step, "the data-iterator position")
-    logging.getLogger("resnet_jax").info("restored checkpoint %s", self.directory / str(step))
+    _LOG.info("restored checkpoint %s", self.directory / str(step))
     return restored["state"]["train"], restored["state"]["metrics"], restored["data"]
 
   def restore_variables(self, step: int, abstract_variables: Dict[str, Any],
@@ -345,11 +365,27 @@ class Checkpointer:
     return {k: restored["train"][k] for k in integrity.VARIABLE_KEYS}
 
   def wait(self) -> None:
-    """Waits for the asynchronous save; raises `CheckpointWriteError` if it failed."""
+    """Waits for the asynchronous save; raises `CheckpointWriteError` if it failed or left a
+    checkpoint that cannot be read (no success is reported over an unreadable save)."""
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(self._pending, e) from e
+    step, self._unchecked = self._unchecked, None
+    if step is not None and jax.process_index() == 0:  # process 0 finalises a save: its files are complete
+      self._check_complete(step)
+
+  def _check_complete(self, step: int) -> None:
+    """Raises `CheckpointWriteError` unless `step` was finalised with its array index (`ARRAY_INDEX`):
+    a cheap look at two entries, not a read of the arrays."""
+    index = self.directory / str(step) / ARRAY_INDEX
+    try:
+      complete = step in complete_steps(self.directory) and self._files.is_file(index)
+    except Exception as e:  # pylint: disable=broad-except  (an object store that fails the listing)
+      raise self._write_error(step, e) from e
+    if not complete:
+      raise self._write_error(step, RuntimeError(), reason=f"the save ended without {index}, so the checkpoint "
+                              "is unreadable")
 
   def close(self) -> None:
     try:

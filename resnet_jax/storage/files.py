@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import stat
@@ -68,6 +69,28 @@ def as_path(path: str | os.PathLike):
   if is_url(path):
     return object_store.as_path(path)
   return pathlib.Path(path).absolute()
+
+
+# Characters a workdir's path cannot hold. Orbax finds the parts of a checkpoint with glob
+# patterns of the whole path (etils' `glob.glob`), where `[` `]` `*` `?` are wildcards: under
+# `run[seed=1]` the arrays' index was never written and every checkpoint was lost, and `*` or `?`
+# would match a neighbour's files. TensorStore's file driver takes `\` for a folder separator (the
+# arrays of `back\slash` went to `back/slash`). A control character would break one-line messages.
+REFUSED_PATH_CHARACTERS = re.compile(r"[\[\]*?\\\x00-\x1f\x7f]")
+
+
+def check_path(path: str | os.PathLike) -> None:
+  """Refuses, in one line, a workdir path that the checkpoint libraries would misread
+  (`REFUSED_PATH_CHARACTERS`); every other character (spaces, `%`, unicode, a leading `-`)
+  works end to end."""
+  text = os.fspath(path)
+  found = sorted(set(REFUSED_PATH_CHARACTERS.findall(text)))
+  if found:
+    raise WorkdirError(
+        f"workdir {text!r} contains {' '.join(repr(c) for c in found)}: the checkpoint libraries read "
+        "'[' ']' '*' '?' in a path as wildcards and '\\' as a folder separator, so its checkpoints would be "
+        f"unreadable (and control characters are refused); use another name, e.g. "
+        f"{REFUSED_PATH_CHARACTERS.sub('_', text)!r}")
 
 
 def _reason(error: OSError) -> str:
@@ -270,12 +293,6 @@ class _Files:
     except FileNotFoundError:
       return []
     return parse_jsonl(text, path, log)
-
-  def subdirectories(self, path) -> List[str]:
-    """The names of the directories in `path` ([] when it is none)."""
-    if not self.is_dir(path):
-      return []
-    return sorted(p.name for p in path.iterdir() if p.is_dir())
 
 
 class LocalFiles(_Files):

@@ -11,9 +11,11 @@ workdir is the object `workdir/.lock`:
   next trainer takes it over with a write conditional on the stale generation, saying so in
   one line; a dead holder on the same host (its pid gone) is taken over at once;
 * releasing deletes it (conditional on our generation);
-* a holder that finds at a renewal that another process took the lease over (it was stalled
-  past its lease) says so, and `check(workdir)`, called before each checkpoint, stops it
-  without saving beside the new holder.
+* the holder looks at the object every `CHECK_SECONDS` and before each checkpoint (`check`):
+  one deleted under it (by hand) is written again at once, unless another trainer created it
+  first; a holder that finds that another process took the lease over (it was stalled past its
+  lease, or created it after a deletion) says so, and `check(workdir)`, called before each
+  checkpoint, stops it without saving beside the new holder.
 
 Staleness compares the holder's renewal time with this host's clock: hosts of one pod keep
 NTP time, far closer than a lease.
@@ -33,6 +35,9 @@ from resnet_jax.storage import object_store
 from resnet_jax.storage.files import WorkdirError
 
 LEASE_SECONDS = 120.0
+# How often the holder looks at its lease object between renewals (one GET): a deleted object is
+# written again within this time, leaving another trainer that long to create it instead.
+CHECK_SECONDS = 5.0
 _HELD: Dict[str, "Lease"] = {}  # workdir -> the lease this process holds on it
 
 
@@ -47,8 +52,9 @@ def describe_holder(holder: Dict) -> str:
 
 
 def busy_error(workdir: str, holder: Dict) -> WorkdirBusyError:
+  who = f" ({describe_holder(holder)})" if isinstance(holder, dict) and holder else ""
   return WorkdirBusyError(
-      f"workdir {workdir} is in use by another training process ({describe_holder(holder)}); wait "
+      f"workdir {workdir} is in use by another training process{who}; wait "
       "for it to finish or stop it (SIGTERM saves a checkpoint), or train in another --workdir")
 
 
@@ -84,6 +90,7 @@ class Lease:
                     "started": datetime.datetime.now().isoformat(timespec="seconds"),
                     "lease_seconds": self.lease_seconds}
     self._generation: Optional[int] = None
+    self._mutex = threading.Lock()  # the renewing thread and `check` both write `_generation`
     self._stop = threading.Event()
     self._thread: Optional[threading.Thread] = None
 
@@ -126,18 +133,43 @@ class Lease:
     return self
 
   def _renew(self) -> None:
-    while not self._stop.wait(self.lease_seconds / 4):
+    interval = min(self.lease_seconds / 4, CHECK_SECONDS)
+    last_renewal, failing = time.monotonic(), False
+    while not self._stop.wait(interval) and not self.lost:
+      renew = time.monotonic() - last_renewal >= self.lease_seconds / 4 - 1e-3
       try:
-        generation = object_store.write_object(self.url, self._payload(), if_generation=self._generation)
-      except OSError as e:  # a transient failure: the next renewal tries again, within the lease
-        self.log(f"could not renew the lease {self.url} ({e}); trying again")
+        self.keep(renew)
+      except OSError as e:  # a transient failure: the next turn tries again, within the lease
+        if not failing:  # said once per outage
+          self.log(f"could not renew the lease {self.url} ({e}); trying again")
+        failing = True
         continue
-      if generation is None:
-        holder = _parse(object_store.read_object(self.url)[0])
-        self.lost = f"the lease {self.url} was taken over by {describe_holder(holder)}"
-        self.log(f"warning: {self.lost}; this process no longer holds the workdir")
+      failing = False
+      last_renewal = time.monotonic() if renew else last_renewal
+
+  def keep(self, renew: bool = False) -> None:
+    """Renews the lease (`renew`), or confirms the object is still ours; writes it again if it
+    was deleted; otherwise another process holds it now: `lost` says which."""
+    with self._mutex:
+      if self.lost or self._generation is None:
         return
-      self._generation = generation
+      if renew:
+        generation = object_store.write_object(self.url, self._payload(), if_generation=self._generation)
+        if generation is not None:
+          self._generation = generation
+          return
+      content, current = object_store.read_object(self.url)
+      if current == self._generation:
+        return
+      if current is None:  # deleted while held: ours again, unless another trainer created it first
+        generation = object_store.write_object(self.url, self._payload(), if_generation=0)
+        if generation is not None:
+          self._generation = generation
+          self.log(f"the lease {self.url} was deleted while this process held it; wrote it again")
+          return
+        content = object_store.read_object(self.url)[0]
+      self.lost = f"the lease {self.url} was taken over by {describe_holder(_parse(content))}"
+      self.log(f"warning: {self.lost}; this process no longer holds the workdir")
 
   def release(self) -> None:
     _HELD.pop(self.workdir, None)
@@ -157,7 +189,10 @@ class Lease:
 
 
 def check(workdir) -> None:
-  """Raises `WorkdirBusyError` if this process held `workdir`'s lease and lost it."""
+  """Before a write: raises `WorkdirBusyError` if this process held `workdir`'s lease and lost it
+  (looking at the lease object now)."""
   lease = _HELD.get(str(workdir).rstrip("/"))
+  if lease is not None:
+    lease.keep()
   if lease is not None and lease.lost:
     raise WorkdirBusyError(f"{lease.lost}; stopped without saving a checkpoint beside it")

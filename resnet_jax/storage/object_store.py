@@ -18,6 +18,7 @@ the Python clients) and `TENSORSTORE_GCS_HTTP_URL` with `GOOGLE_AUTH_TOKEN_FOR_T
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import urllib.parse
@@ -46,8 +47,28 @@ def scheme(url: Any) -> str:
   return str(url).partition("://")[0]
 
 
+class _NoClientTracebacks(logging.Filter):
+  """gcsfs logs each request that ran out of retries with the tracebacks of aiohttp's attempts
+  (pages while a server is down); the failure reaches resnet_jax as an exception, reported in one
+  line (`storage_error`), so those records are dropped (gcsfs's other messages pass)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.exc_info
+
+
+_QUIET = _NoClientTracebacks()
+
+
+def _quiet_clients() -> None:
+  """Installs `_NoClientTracebacks` on gcsfs's logger (once; before gcsfs is first used)."""
+  logger = logging.getLogger("gcsfs")
+  if _QUIET not in logger.filters:
+    logger.addFilter(_QUIET)
+
+
 def as_path(url: Any):
   from etils import epath  # pylint: disable=import-outside-toplevel
+  _quiet_clients()
   return epath.Path(str(url))
 
 
@@ -58,6 +79,7 @@ def bucket_of(url: Any) -> str:
 def _filesystem(url: Any):
   """`(fsspec filesystem, path without scheme)` of `url`."""
   import fsspec  # pylint: disable=import-outside-toplevel
+  _quiet_clients()
   try:
     return fsspec.core.url_to_fs(str(url))
   except ImportError as e:  # fsspec names the package its protocol needs
@@ -135,6 +157,18 @@ def move_prefix(source: Any, target: Any) -> None:
     fs.rm(source_path, recursive=True)
   except Exception as e:  # pylint: disable=broad-except
     raise storage_error(source, e, "move") from None
+  _forget_listings(fs, source_path)
+
+
+def _forget_listings(fs: Any, path: str) -> None:
+  """Drops the cached listings at and under `path` of every client of `fs`'s kind (etils, under
+  Orbax, has its own; gcsfs's `invalidate_cache` keeps the folders under a path): Orbax would
+  otherwise find a moved checkpoint that is gone."""
+  prefix = path.rstrip("/")
+  for client in list(getattr(type(fs), "_cache", {}).values()) or [fs]:
+    for key in [k for k in getattr(client, "dircache", {}) if k == prefix or k.startswith(prefix + "/")]:
+      client.dircache.pop(key, None)
+    client.invalidate_cache(prefix)
 
 
 def _gcs_object(url: Any) -> Tuple[Any, str, str, str]:

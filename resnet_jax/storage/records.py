@@ -133,7 +133,10 @@ class MetricWriter:
 
   def print(self, line: str) -> None:
     if self.enabled:
-      print(self.prefix + line, file=self.console or sys.stdout, flush=True)
+      try:
+        print(self.prefix + line, file=self.console or sys.stdout, flush=True)
+      except OSError:  # the console is gone (a closed pipe or terminal): the records still reach the workdir
+        pass
 
   def flush(self) -> None:
     """Writes what is pending (on an object store, `metrics.jsonl` is rewritten at most every
@@ -158,7 +161,7 @@ class SessionLog:
   """One line per start and end of a training process in `workdir/sessions.jsonl`.
 
   A long run that is preempted and resumed many times keeps its history here: when
-  each session started, from which step, on which host, with which commit,
+  each session started, from which step, on which host, with which resnet_jax version and commit,
   allocator and XLA flags, and where and how fast it ended.
   """
 
@@ -177,7 +180,7 @@ class SessionLog:
     self._start_time, self._start_step, self.started = time.time(), int(step), True
     self._append({"event": "start", "time": self._start_time, "step": int(step),
                   "resumed_from": resumed_from, "host": platform.node(), "pid": os.getpid(),
-                  "commit": provenance.git_commit(), "device": provenance.device_description(),
+                  **provenance.code_version(), "device": provenance.device_description(),
                   "allocator": os.environ.get(ACTIVE_ENV, "system"),
                   "xla_flags": os.environ.get("XLA_FLAGS", "")})
 

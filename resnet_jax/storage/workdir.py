@@ -107,6 +107,7 @@ class Workdir:
 
   def __init__(self, path: "str | os.PathLike | Workdir"):
     self.path = path.path if isinstance(path, Workdir) else files.as_path(path)
+    files.check_path(self.path)  # before anything is written: a path Orbax would misread
     self.files = files.files_for(self.path)
 
   def __repr__(self) -> str:
@@ -170,9 +171,10 @@ class Workdir:
       return lease_lib.Lease(str(self.path)).acquire()
     return lock_lib.Lock(self.path).acquire()
 
-  def check_lease(self) -> None:
-    """Raises `WorkdirBusyError` if this process held the workdir's lease and lost it."""
-    lease_lib.check(self.path)
+  def check_lock(self) -> None:
+    """Before a write: raises `WorkdirBusyError` if this process held the workdir's lock (or
+    lease) and may have lost it to another trainer (`lock.check`, `lease.check`)."""
+    (lease_lib.check if self.is_remote else lock_lib.check)(self.path)
 
   def check_format(self, write: bool = False) -> None:
     """Refuses a workdir of another layout version; `write` records ours in a new workdir.
@@ -232,7 +234,7 @@ class Workdir:
 
   def saved_steps(self) -> List[int]:
     """Steps with a complete checkpoint, sorted, from the listing alone (no Orbax manager)."""
-    return sorted(int(n) for n in self.files.subdirectories(self / self.CHECKPOINTS) if n.isdigit())
+    return checkpoints.complete_steps(self / self.CHECKPOINTS)
 
   def best_checkpoint(self, checkpointer: Checkpointer, log: Optional[Log] = None) -> Tuple[int, float]:
     """(step, eval error) of the kept checkpoint with the lowest eval error: the one rule.

@@ -19,6 +19,7 @@ build through here, so a config field means the same thing everywhere:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Dict, Optional, Tuple
 
@@ -71,12 +72,43 @@ def model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
 
 
 # -- validation ------------------------------------------------------------------------
+# Fields that are real numbers: the interval each must lie in ("[0, inf)": finite, not negative).
+# NaN and infinity pass a sign test and failed later (a NaN report at step 2, an OverflowError).
+NUMBER_RANGES = {
+    "optimizer.learning_rate": "(0, inf)", "optimizer.momentum": "[0, 1)",
+    "optimizer.weight_decay": "[0, inf)", "schedule.decay_factor": "(0, inf)",
+    "schedule.warmup_learning_rate": "[0, inf)", "schedule.warmup_length": "[0, inf)",
+    "schedule.reference_batch_size": "[0, inf)", "label_smoothing": "[0, 1)",
+}
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _check_number(name: str, value: Any, interval: str) -> None:
+  """A `ConfigError` unless `value` is a finite number in `interval` ("(0, inf)", "[0, 1)")."""
+  low, high = (float(b) for b in interval[1:-1].split(","))
+  number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not (number and (low <= value if interval[0] == "[" else low < value)
+          and (value < high if interval[-1] == ")" else value <= high)):
+    raise ConfigError(f"{name}={value} must be a finite number in {interval}")
+
+
 def _check_length(config: ml_collections.ConfigDict) -> None:
   if not 0 <= int(config.seed) <= config_lib.MAX_SEED:
     raise ConfigError(f"seed={config.seed} must be in [0, {config_lib.MAX_SEED}] (2**32 - 1)")
+  if not math.isfinite(config.num_epochs):
+    raise ConfigError(f"num_epochs={config.num_epochs} must be a finite number (or -1, with num_steps)")
   if (config.num_steps > 0) == (config.num_epochs > 0):
     raise ConfigError(f"exactly one of num_steps={config.num_steps} and num_epochs={config.num_epochs} "
                       "must be positive")
+  if config.num_steps > config_lib.MAX_STEPS:
+    raise ConfigError(f"num_steps={config.num_steps} must be at most {config_lib.MAX_STEPS:,} (2**31 - 1: the "
+                      "step counter is a 32-bit integer)")
 
 
 def _check_choices(config: ml_collections.ConfigDict) -> None:
@@ -101,11 +133,7 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
                "steps_per_dispatch", "eval_every_epochs", "keep_checkpoints"):
     if int(config[name]) < 1:
       raise ConfigError(f"{name}={config[name]} must be at least 1")
-  nonnegative = {"keep_best_checkpoints": config.keep_best_checkpoints,
-                 "optimizer.weight_decay": config.optimizer.weight_decay,
-                 "schedule.reference_batch_size": config.schedule.reference_batch_size,
-                 "schedule.warmup_learning_rate": config.schedule.warmup_learning_rate,
-                 "schedule.warmup_length": config.schedule.warmup_length}
+  nonnegative = {"keep_best_checkpoints": config.keep_best_checkpoints}
   for name in ("num_threads", "num_workers", "padding", "prefetch_batches"):
     if name in config.data:
       nonnegative[f"data.{name}"] = config.data[name]
@@ -119,17 +147,43 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
                         f"global_batch_size={config.global_batch_size}")
 
 
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """Splits that select examples, and a padding whose memory is that of an image (100,000 pixels
+  of padding asked for 80 GB per batch and was killed without a word)."""
+  try:
+    info = rjd.dataset_info(config.data.name)
+  except ValueError as e:
+    raise ConfigError(f"data.name: {e}") from None
+  for name in ("train_split", "eval_split"):
+    split = config.data[name]
+    if info.num_examples(split) == 0:
+      raise ConfigError(f"data.{name}={split!r} selects no examples of {config.data.name} (its splits: "
+                        f"{', '.join(f'{k} {v:,}' for k, v in info.splits.items())}), e.g. 'train[:45000]'")
+  side = int(info.image_shape[0])
+  if "padding" in config.data and config.data.padding is not None and config.data.padding > side:
+    raise ConfigError(f"data.padding={config.data.padding} must be at most {side}, the side of a "
+                      f"{config.data.name} image (the paper pads 4; each padded image holds "
+                      f"(side + 2 × padding)² pixels)")
+
+
+def _check_schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> None:
+  """The schedule's step counts fit the 32-bit step counter (an OverflowError inside jit)."""
+  s = config.schedule
+  per_unit = steps_per_epoch if s.unit == "epochs" else 1
+  for name, value in [("warmup_length", s.warmup_length)] + [("boundaries", b) for b in s.boundaries]:
+    if value * per_unit > config_lib.MAX_STEPS:
+      raise ConfigError(f"schedule.{name}={value} ({s.unit}) is {value * per_unit:,.0f} steps: at most "
+                        f"{config_lib.MAX_STEPS:,} (2**31 - 1: the step counter is a 32-bit integer)")
+
+
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+  for name, interval in NUMBER_RANGES.items():
+    _check_number(name, _field(config, name), interval)
   o, s = config.optimizer, config.schedule
-  if not 0.0 <= o.momentum < 1.0:
-    raise ConfigError(f"optimizer.momentum={o.momentum} must be in [0, 1)")
-  if o.learning_rate <= 0:
-    raise ConfigError(f"optimizer.learning_rate={o.learning_rate} must be positive")
-  if s.decay_factor <= 0:
-    raise ConfigError(f"schedule.decay_factor={s.decay_factor} must be positive (0.1: ÷10)")
   if not (isinstance(s.boundaries, (tuple, list))
-          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in s.boundaries)):
-    raise ConfigError(f"schedule.boundaries={s.boundaries!r} must be a tuple of non-negative numbers, "
+          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b >= 0
+                  for b in s.boundaries)):
+    raise ConfigError(f"schedule.boundaries={s.boundaries!r} must be a tuple of finite non-negative numbers, "
                       "e.g. '(32000, 48000)'")
   if o.weight_decay_exclude:
     try:
@@ -137,8 +191,6 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
     except re.error as e:
       raise ConfigError(f"optimizer.weight_decay_exclude={o.weight_decay_exclude!r} is not a "
                         f"regular expression ({e})") from None
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
 
 
 def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
@@ -146,10 +198,7 @@ def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
   norm_options = config.model.get("norm_options") or {}
   config_lib.check_override_keys(config, [f"model.{k}" for k in config.model if k != "name"]
                                  + [f"model.norm_options.{k}" for k in norm_options])
-  try:
-    num_classes = rjd.dataset_info(config.data.name).num_classes
-  except ValueError as e:
-    raise ConfigError(f"data.name: {e}") from None
+  num_classes = rjd.dataset_info(config.data.name).num_classes  # a known name: `_check_data`
   try:
     return model(config, num_classes)
   except (TypeError, ValueError) as e:
@@ -159,7 +208,7 @@ def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
 def validate(config: ml_collections.ConfigDict) -> models.ResNet:
   """One-line `ConfigError`s for values that would otherwise fail deep inside JAX or Optax;
   returns the network `config` describes (for its dataset's classes)."""
-  for check in (_check_length, _check_choices, _check_counts, _check_optimizer):
+  for check in (_check_length, _check_choices, _check_counts, _check_optimizer, _check_data):
     check(config)
   net = _checked_model(config)
   if config.get("init_from"):
@@ -239,6 +288,7 @@ def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None,
         f"global_batch_size={config.global_batch_size} is larger than the {pipe.num_train_examples} "
         f"examples of data.train_split={config.data.train_split!r}")
   total_steps = config_lib.num_train_steps(config, steps_per_epoch)
+  _check_schedule_steps(config, steps_per_epoch)
   schedule, tx = optimizer(config, steps_per_epoch, total_steps)
   train_model = step_lib.model_for_platform(net, mesh.devices.flat[0].platform, int(config.steps_per_dispatch))
   return Experiment(config, mesh, pipe, net, train_model, schedule, tx, steps_per_epoch, total_steps)

@@ -30,6 +30,8 @@ SAVED_CONFIG_KEYS = ("model", "data", "optimizer", "schedule", "global_batch_siz
 # Seeds reach NumPy's SeedSequence (non-negative) and JAX's PRNGKey (at most 64 bits): the
 # usual 32-bit range is accepted.
 MAX_SEED = 2**32 - 1
+# The step counter (the train state's, the schedules' count) is a 32-bit integer.
+MAX_STEPS = 2**31 - 1
 
 # Choices of the engine's fields (the modules that use them import them from here).
 BN_MODES = ("global", "per_device", "ghost")
@@ -247,6 +249,9 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
   if steps < 1:
     raise ConfigError(f"num_epochs={config.num_epochs} is {steps} steps at {steps_per_epoch} steps per epoch; "
                       f"train at least one step (num_epochs >= {1 / steps_per_epoch:.3g}, or num_steps)")
+  if steps > MAX_STEPS:
+    raise ConfigError(f"num_epochs={config.num_epochs} is {steps:,} steps at {steps_per_epoch} steps per epoch; "
+                      f"at most {MAX_STEPS:,} (2**31 - 1: the step counter is a 32-bit integer)")
   return steps
 
 
@@ -323,11 +328,12 @@ def with_local_data_dir(config: ml_collections.ConfigDict, data_dir: str | os.Pa
                         ) -> ml_collections.ConfigDict:
   """A run's saved config, to read its data on this machine: `data.data_dir` becomes
   `data_dir` when given; else it stays as recorded where that folder exists here (a bucket's
-  URL is the same everywhere); else $TFDS_DATA_DIR when set (the run was trained on another
-  machine); else as recorded (None: TFDS's default)."""
+  URL is the same everywhere); else (the run was trained on another machine) it is this
+  user's: $TFDS_DATA_DIR, else ~/tensorflow_datasets (None, TFDS's convention)."""
   recorded = config.data.data_dir
   here = recorded is None or object_store.is_url(recorded) or os.path.isdir(os.path.expanduser(str(recorded)))
   if not data_dir and here:
     return config
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  return apply_overrides(config, {"data.data_dir": str(data_dir)}) if data_dir else config
+  config = _copy(config)
+  config.data.data_dir = str(data_dir) if data_dir else None
+  return config

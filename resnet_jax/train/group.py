@@ -32,6 +32,7 @@ from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import build
 from resnet_jax.train import evaluation
 from resnet_jax.train import packing
+from resnet_jax.train import report
 from resnet_jax.train import step as step_lib
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession
 
@@ -75,8 +76,9 @@ class RateWindow:
 class RunResult:
   """How one run's training call ended.
 
-  `stopped`: "" when it reached its last step, else why it stopped before ("preempted" by a
-  signal, or "time limit"; it saved, and the same call again continues). `error`: the
+  `stopped`: "" when it reached its last step, else why it stopped before ("preempted" by
+  SIGTERM or SIGHUP, "interrupted" by Ctrl-C, or "time limit"; it saved, and the same call
+  again continues). `error`: the
   `NonFiniteLossError` of a run whose loss became NaN/Inf (the others of its group went on).
   """
   step: int
@@ -86,10 +88,12 @@ class RunResult:
   stopped: str = ""
   error: Optional[BaseException] = None
   state: Any = None
+  was_finished: bool = False  # it had reached its last step before this call, which reported it again
 
   @property
   def preempted(self) -> bool:
-    return self.stopped == "preempted"
+    """Stopped by a signal (SIGTERM, SIGHUP or Ctrl-C): the process is asked to end."""
+    return self.stopped in (report.PREEMPTED, report.INTERRUPTED)
 
   @property
   def finished(self) -> bool:

@@ -134,7 +134,7 @@ def _report_finished(run: Run, progress: Progress) -> RunResult:
   result["num_examples"] = int(result["num_examples"])
   session.writer.print(report.finished_line(step, total, result, exp.config.data.eval_split))
   run.last_train, run.last_eval = session.last_record("train"), result
-  return run.result(progress)
+  return dataclasses.replace(run.result(progress), was_finished=True)
 
 
 def _time_is_up(deadline: Optional[float], log_step: bool) -> bool:
@@ -183,6 +183,8 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
       cause = (preemption.signal_name if preemption.reached(group.dispatches) else
                report.TIME_LIMIT if _time_is_up(deadline, itstime(step, config.log_every_steps, total)) else None)
       if cause is not None:
+        for run in group.runs:  # at once: the save that follows waits for the steps in flight
+          run.session.writer.print(report.stopping_line(cause, step))
         evals.finish()
         check_runs(group)
         for i, run in enumerate(group.runs):
@@ -238,12 +240,25 @@ def _train_runs(exps: Sequence[build.Experiment], workdirs: Sequence[Workdir], l
                 time_limit: Optional[float], config_spec: Optional[str]) -> List[RunResult]:
   """Trains `exps` in `workdirs`, each resumed from its newest checkpoint."""
   deadline = None if time_limit is None else time.monotonic() + float(time_limit)
-  with contextlib.ExitStack() as stack:
+  with _peer_failures(workdirs), contextlib.ExitStack() as stack:
     runs, progresses = _start_runs(exps, workdirs, labels, config_spec, stack)
     results = {i: _report_finished(run, progress) for i, (run, progress) in enumerate(zip(runs, progresses))
                if progress.step >= run.exp.total_steps}
     results.update(_train_groups(runs, progresses, deadline, config_spec))
   return [results.get(i) or runs[i].result(progresses[i]) for i in range(len(runs))]
+
+
+@contextlib.contextmanager
+def _peer_failures(workdirs: Sequence[Workdir]):
+  """In a job of several processes, a computation that fails (another process died) ends the
+  run in one line saying how to resume (`mesh.PeerLostError`)."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if not mesh_lib.is_multiprocess():
+      raise
+    saved = workdirs[0].saved_steps()
+    raise mesh_lib.peer_lost(e, saved[-1] if saved else None) from None
 
 
 @contextlib.contextmanager
@@ -255,9 +270,15 @@ def _locked(workdirs: Sequence[Workdir]):
       for workdir in workdirs:
         locks.append(workdir.lock())
     yield
-  finally:
-    for lock in locks:
-      lock.release()
+  except BaseException:
+    for lock in locks:  # a release that fails too (the storage is down) must not hide the error in flight
+      try:
+        lock.release()
+      except errors.Error:
+        pass
+    raise
+  for lock in locks:
+    lock.release()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Workdir,

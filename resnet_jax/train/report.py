@@ -47,11 +47,28 @@ def finished_line(step: int, total_steps: int, result: Dict[str, Any], split: st
 
 
 TIME_LIMIT = "time limit"
+PREEMPTED, INTERRUPTED = "preempted", "interrupted"
+# A stop's cause (a signal's name, or TIME_LIMIT) -> (how `sessions.jsonl` and `RunResult.stopped`
+# record it, how the console says it): Ctrl-C is the user's, SIGTERM the cluster's, SIGHUP a
+# closed terminal (an SSH session), which saves like SIGTERM.
+_CAUSES = {"SIGINT": (INTERRUPTED, "interrupted (Ctrl-C)"), "SIGTERM": (PREEMPTED, "preempted"),
+           "SIGHUP": (PREEMPTED, "hung up (SIGHUP: the terminal closed)"),
+           TIME_LIMIT: (TIME_LIMIT, "time limit reached")}
+
+
+def stop_reason(cause: str) -> str:
+  """What a stop by `cause` is recorded as: "interrupted", "preempted" or "time limit"."""
+  return _CAUSES.get(cause, _CAUSES["SIGTERM"])[0]
+
+
+def stopping_line(cause: str, step: int) -> str:
+  """Said as soon as the loop sees the request, before the save (which takes seconds)."""
+  return f"{_CAUSES.get(cause, _CAUSES['SIGTERM'])[1]}: stopping at step {step}, saving a checkpoint..."
 
 
 def stopped_line(cause: str, step: int, directory: Any) -> str:
   """A run stopped before its end: `cause` is the signal's name ("SIGTERM", "SIGINT") or `TIME_LIMIT`."""
-  what = {"SIGINT": "interrupted (Ctrl-C)", TIME_LIMIT: "time limit reached"}.get(cause, "preempted")
+  what = _CAUSES.get(cause, _CAUSES["SIGTERM"])[1]
   return f"{what}: saved step {step} to {directory}; run the same command again to resume"
 
 

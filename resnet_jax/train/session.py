@@ -69,7 +69,7 @@ class TrainingSession:
       raise
     self.sessions = workdir.session_log()
     self.step = 0           # the run's step: set at the start, kept current by its group
-    self.stopped = ""       # why the run stopped before its end: "preempted" | "time limit"
+    self.stopped = ""       # why the run stopped before its end: "preempted" | "interrupted" | "time limit"
     self._finished = False
     self._closed = False
 
@@ -89,7 +89,8 @@ class TrainingSession:
       step, (state, sums, data_state) = restored
       train_iter.set_state(data_state)
       resumed_from = str(self.checkpointer.directory / str(step))
-      self.writer.print(f"resumed from {resumed_from}")
+      if step < exp.total_steps:  # a finished run says so in one line (`report.finished_line`)
+        self.writer.print(f"resumed from {resumed_from}")
     else:
       state = state_lib.create_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
       sums = step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
@@ -117,7 +118,7 @@ class TrainingSession:
   def save(self, progress: Progress, train_iter, eval_metrics: Optional[Metrics] = None) -> None:
     """Starts an asynchronous checkpoint of `progress` (never of a diverged state)."""
     self.check_finite(progress.sums)
-    self.workdir.check_lease()  # a gs:// workdir whose lease another process took over
+    self.workdir.check_lock()  # a lock file removed, or a gs:// lease taken over, under this run
     self.writer.flush()  # every record up to the checkpoint is written before it
     self.checkpointer.save(progress.step, progress.state, progress.sums, train_iter.get_state(), self.meta,
                            eval_metrics)
@@ -127,7 +128,7 @@ class TrainingSession:
     self.save(progress, train_iter)
     self.checkpointer.wait()
     self.writer.print(report.stopped_line(cause, progress.step, self.checkpointer.directory))
-    self.stopped = report.TIME_LIMIT if cause == report.TIME_LIMIT else "preempted"
+    self.stopped = report.stop_reason(cause)
 
   def finish(self) -> None:
     """Waits for the last asynchronous save (its failure is an error of the run)."""
@@ -160,7 +161,7 @@ class TrainingSession:
     """Records the end, then closes; after an error, cleanup errors (a full disk fails them
     all) are dropped so that the error in flight is the one reported."""
     self._closed = True
-    ended_well = reason in ("finished", "preempted", report.TIME_LIMIT)
+    ended_well = reason in ("finished", report.PREEMPTED, report.INTERRUPTED, report.TIME_LIMIT)
     closing = (lambda: self.sessions.end(self.step, int(self.exp.config.global_batch_size), reason),
                self.checkpointer.close, self.writer.close)
     first_error = None
