@@ -35,15 +35,17 @@ def base_config() -> ml_collections.ConfigDict:
   # papers' frameworks (Caffe, Torch7) and PyTorch do.
   c.bn = ml_collections.ConfigDict({"mode": "ghost", "ghost_batch_size": 64, "unbiased_variance": True})
   c.optimizer = ml_collections.ConfigDict({
+      "name": "sgd",                    # sgd | adamw | lamb | lars (resnet_jax/train/optim.py)
       "learning_rate": 0.1,             # at `schedule.reference_batch_size` when that is set
-      "momentum": 0.9,
-      "nesterov": False,
+      "momentum": 0.9,                  # sgd, lars
+      "nesterov": False,                # sgd, lars
       "weight_decay": 1e-4,
-      "weight_decay_mode": "coupled",   # coupled L2 (papers) | decoupled
-      "weight_decay_exclude": "",       # regex over param paths, e.g. r"(bias|scale)$"
+      "weight_decay_mode": "coupled",   # sgd: coupled L2 (papers) | decoupled
+      "weight_decay_exclude": "",       # regex over param paths, e.g. r"(bias|scale)$"; lamb/lars:
+                                        # these get no trust ratio either (MLPerf's skip list)
   })
   c.schedule = ml_collections.ConfigDict({
-      "name": "step",                   # step | cosine | constant
+      "name": "step",                   # step | cosine | polynomial | constant
       "reference_batch_size": 0,        # >0: lr = base × global_batch / reference (Goyal et al.)
       "unit": "steps",                  # unit of boundaries and warmup_length: steps | epochs
       "boundaries": (32000, 48000),
@@ -53,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
       "warmup_learning_rate": 0.01,     # the warm-up value (constant) or start (linear)
   })
   c.label_smoothing = 0.0
+  modern_recipe_fields(c)
   # Training length: exactly one of num_steps / num_epochs is positive.
   c.num_steps = 64000
   c.num_epochs = -1.0
@@ -68,6 +71,41 @@ def base_config() -> ml_collections.ConfigDict:
   # order: fine-tuning, or continuing deliberately with a changed recipe in a new workdir.
   c.init_from = ""
   return c
+
+
+def modern_recipe_fields(c: ml_collections.ConfigDict) -> None:
+  """The fields of the modern recipes' parts (README "Recipes"), each off by default: the
+  papers' configs train as they did without them."""
+  c.optimizer.update({
+      "b1": 0.9,                        # adamw, lamb: Adam's moment decays and epsilon
+      "b2": 0.999,
+      "eps": 1e-8,                      # also lars' epsilon in its trust ratio
+      "trust_coefficient": 0.001,       # lars: η of You et al. 2017
+      "clip_grad_norm": 0.0,            # >0: clip the global gradient norm to this (every optimiser)
+  })
+  c.schedule.update({
+      "power": 2.0,                     # polynomial: (peak - end)·(1 - s/S)^power + end (MLPerf)
+      "end_learning_rate": 0.0,         # polynomial: the rate it decays to (not batch-scaled)
+  })
+  # "cross_entropy" (softmax; soft targets when mixing) | "binary_cross_entropy" (a sigmoid
+  # per class on the (mixed, smoothed) one-hot targets, "ResNet strikes back").
+  c.loss = "cross_entropy"
+  # >1: each step's global batch is this many micro-batches whose gradients are averaged
+  # (one optimiser step); BatchNorm normalises each micro-batch (README "Recipes").
+  c.accumulation_steps = 1
+  # Exponential moving average of the params and BatchNorm statistics (timm's ModelEmaV3),
+  # evaluated beside the raw weights. decay 0: off. `warmup`: decay 1 - (1 + t/gamma)^-power,
+  # at most `decay`. `keep_best`: keep_best_checkpoints ranks by the EMA's eval error.
+  c.ema = ml_collections.ConfigDict({"decay": 0.0, "warmup": False, "warmup_gamma": 1.0,
+                                     "warmup_power": 2.0 / 3.0, "keep_best": False})
+  # On-device batch augmentation beyond the dataset's own (resnet_jax/data/augment.py,
+  # auto_augment.py), each off by default. policy: none | randaugment (num_ops ops at
+  # `magnitude` of 31 bins, ± magnitude_std) | trivialaugment; random_erasing: probability;
+  # mixup_alpha / cutmix_alpha: Beta(α, α) mixing of the batch with its reverse, with
+  # probability mix_prob, CutMix chosen with switch_prob when both are on (timm's Mixup).
+  c.augmentation = ml_collections.ConfigDict({
+      "policy": "none", "num_ops": 2, "magnitude": 9, "magnitude_std": 0.0, "random_erasing": 0.0,
+      "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0, "switch_prob": 0.5})
 
 
 def _set_model(c: ml_collections.ConfigDict, name: str, fields: Dict[str, Any]) -> None:
