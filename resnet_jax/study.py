@@ -203,7 +203,7 @@ class Study:
       return ""
     if saved is None:
       return ""
-    return describe_changes(config_changes(saved, config, defaults=build.field_defaults()))
+    return describe_changes(config_changes(saved, config, defaults=build.field_defaults(config)))
 
   def results(self) -> list[dict]:
     return [r.result() for r in self.runs if r.finished]

@@ -221,10 +221,13 @@ def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_ste
   return schedule, optim.create_optimizer(config, schedule)
 
 
-def field_defaults() -> ml_collections.ConfigDict:
-  """The engine's default of every field (`configs.base.base_config`): a run saved before a
-  field existed trained with what its default does (`Workdir.check_resumable`)."""
-  return base_configs.base_config()
+def field_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The engine's default of every field of `config`'s kind (`configs.base.base_config` with its
+  dataset's `default_config`): a run saved before a field existed trained with what its default
+  does (`Workdir.check_resumable`)."""
+  defaults = base_configs.base_config()
+  defaults.data = rjd.default_config(config.data.name)
+  return defaults
 
 
 def eval_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:

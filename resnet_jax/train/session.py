@@ -65,7 +65,7 @@ class TrainingSession:
     try:  # Orbax's threads keep a process alive until the checkpointer is closed
       if self.checkpointer.latest_step() is not None:
         workdir.check_resumable(config_lib.to_json_value(config), self.checkpointer.saved_config(),
-                                defaults=build.field_defaults())
+                                defaults=build.field_defaults(config))
       self.writer = workdir.metric_writer(prefix=label)
     except BaseException:
       self.checkpointer.close()
