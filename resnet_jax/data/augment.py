@@ -222,6 +222,11 @@ def cutmix(images: jax.Array, box: Tuple[jax.Array, ...]) -> Tuple[jax.Array, ja
   return mixed, 1.0 - ((bottom - top) * (right - left)).astype(jnp.float32) / (height * width)
 
 
+def mix_targets(targets: jax.Array, lam: jax.Array) -> jax.Array:
+  """timm's `mixup_target`: λ·y + (1 − λ)·y reversed, for probability targets [B, C]."""
+  return targets * lam + targets[::-1] * (1.0 - lam)
+
+
 def mixup(images: jax.Array, lam: jax.Array) -> jax.Array:
   """mixup (Zhang et al. 2018): λ·x + (1 − λ)·x reversed, as timm's batch mode."""
   return images * lam + images[::-1] * (1.0 - lam)
@@ -231,23 +236,22 @@ def mix_batch(images: jax.Array, targets: jax.Array, rng: jax.Array, *, mixup_al
               switch_prob, use_mixup: bool, use_cutmix: bool) -> Tuple[jax.Array, jax.Array]:
   """timm's `Mixup` in "batch" mode: with probability `mix_prob` the batch is mixed with itself
   reversed, by CutMix with probability `switch_prob` when both are on (else the one that is),
-  λ ~ Beta(α, α); dense `targets` [B, C] are mixed with the same λ (CutMix's corrected).
+  λ ~ Beta(α, α) of the one chosen; dense `targets` [B, C] are mixed with the same λ (CutMix's
+  corrected to the pasted area).
 
   `use_mixup` / `use_cutmix` decide what is traced; the α and probabilities may be traced.
   """
-  k_apply, k_switch, k_mixup, k_cutmix, k_box = jax.random.split(rng, 5)
+  k_apply, k_switch, k_lam, k_box = jax.random.split(rng, 4)
   apply = jax.random.uniform(k_apply) < mix_prob
   if use_mixup and use_cutmix:
     use_box = jax.random.uniform(k_switch) < switch_prob
+    alpha = jnp.where(use_box, cutmix_alpha, mixup_alpha)
   else:
-    use_box = jnp.asarray(use_cutmix)
-  lam, out = jnp.ones((), jnp.float32), images
-  if use_mixup:
-    lam_mixup = jax.random.beta(k_mixup, mixup_alpha, mixup_alpha).astype(jnp.float32)
-    lam, out = lam_mixup, mixup(images, lam_mixup)
+    use_box, alpha = jnp.asarray(use_cutmix), (cutmix_alpha if use_cutmix else mixup_alpha)
+  lam = jax.random.beta(k_lam, alpha, alpha).astype(jnp.float32)
+  out = mixup(images, lam) if use_mixup else images
   if use_cutmix:
-    lam_cut = jax.random.beta(k_cutmix, cutmix_alpha, cutmix_alpha).astype(jnp.float32)
-    boxed, lam_boxed = cutmix(images, cutmix_box(k_box, lam_cut, images.shape[1], images.shape[2]))
+    boxed, lam_boxed = cutmix(images, cutmix_box(k_box, lam, images.shape[1], images.shape[2]))
     lam, out = jnp.where(use_box, lam_boxed, lam), jnp.where(use_box, boxed, out)
   lam = jnp.where(apply, lam, 1.0)
-  return jnp.where(apply, out, images), targets * lam + targets[::-1] * (1.0 - lam)
+  return jnp.where(apply, out, images), mix_targets(targets, lam)

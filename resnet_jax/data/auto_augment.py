@@ -45,29 +45,44 @@ def _grayscale(image: jax.Array) -> jax.Array:
   return jnp.floor(dm_pix.rgb_to_grayscale(image, keep_dims=True))
 
 
+# The images torchvision's enhancement ops blend with ("degenerate" images, as PIL calls them).
+def _black(image: jax.Array) -> jax.Array:
+  return jnp.zeros_like(image)
+
+
+def _mean_grey(image: jax.Array) -> jax.Array:
+  return jnp.broadcast_to(jnp.mean(_grayscale(image)), image.shape)
+
+
+def _grey(image: jax.Array) -> jax.Array:
+  return jnp.broadcast_to(_grayscale(image), image.shape)
+
+
+def _smoothed(image: jax.Array) -> jax.Array:
+  """Smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13 and rounded; the border pixels unchanged."""
+  kernel = jnp.ones((3, 3), jnp.float32).at[1, 1].set(5.0) / 13.0
+  height, width = image.shape[0], image.shape[1]
+  windows = [image[dy:dy + height - 2, dx:dx + width - 2] * kernel[dy, dx] for dy in range(3) for dx in range(3)]
+  return image.at[1:-1, 1:-1].set(jnp.round(sum(windows[1:], windows[0])))
+
+
 def brightness(image: jax.Array, factor) -> jax.Array:
-  return _blend(image, jnp.zeros_like(image), factor)
+  return _blend(image, _black(image), factor)
 
 
 def color(image: jax.Array, factor) -> jax.Array:
   """torchvision's `adjust_saturation`: blend with the grayscale image."""
-  return _blend(image, _grayscale(image), factor)
+  return _blend(image, _grey(image), factor)
 
 
 def contrast(image: jax.Array, factor) -> jax.Array:
   """torchvision's `adjust_contrast`: blend with the mean grey level."""
-  return _blend(image, jnp.mean(_grayscale(image)), factor)
+  return _blend(image, _mean_grey(image), factor)
 
 
 def sharpness(image: jax.Array, factor) -> jax.Array:
-  """torchvision's `adjust_sharpness`: blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13
-  (rounded; the border pixels unchanged)."""
-  kernel = jnp.ones((3, 3), jnp.float32).at[1, 1].set(5.0) / 13.0
-  height, width = image.shape[0], image.shape[1]
-  windows = [image[dy:dy + height - 2, dx:dx + width - 2] * kernel[dy, dx] for dy in range(3) for dx in range(3)]
-  smooth = jnp.round(sum(windows[1:], windows[0]))
-  degenerate = image.at[1:-1, 1:-1].set(smooth)
-  return _blend(image, degenerate, factor)
+  """torchvision's `adjust_sharpness`: blend with the smoothed image."""
+  return _blend(image, _smoothed(image), factor)
 
 
 def posterize(image: jax.Array, bits) -> jax.Array:
@@ -133,31 +148,52 @@ def _warp(image: jax.Array, matrix: Tuple[jax.Array, ...]) -> jax.Array:
   return jnp.where(inside[..., None], sampled, 0.0)
 
 
-def _corner(image: jax.Array) -> Tuple[float, float]:
+def _corner(size: Tuple[int, int]) -> Tuple[float, float]:
   """torchvision's `center=[0, 0]` (the shears' origin), relative to the image centre."""
-  return (-0.5 * image.shape[1], -0.5 * image.shape[0])
+  return (-0.5 * size[1], -0.5 * size[0])
+
+
+# The inverse matrices of the geometric operations, of the image size (H, W) and the magnitude.
+def _shear_x_matrix(size, magnitude):
+  return _inverse_affine(_corner(size), 0.0, (0.0, 0.0), (jnp.rad2deg(jnp.arctan(magnitude)), 0.0))
+
+
+def _shear_y_matrix(size, magnitude):
+  return _inverse_affine(_corner(size), 0.0, (0.0, 0.0), (0.0, jnp.rad2deg(jnp.arctan(magnitude))))
+
+
+def _translate_x_matrix(size, pixels):
+  """By `int(pixels)` (truncated towards zero, as torchvision's `_apply_op`)."""
+  return _inverse_affine((0.0, 0.0), 0.0, (jnp.trunc(pixels), 0.0), (0.0, 0.0))
+
+
+def _translate_y_matrix(size, pixels):
+  return _inverse_affine((0.0, 0.0), 0.0, (0.0, jnp.trunc(pixels)), (0.0, 0.0))
+
+
+def _rotate_matrix(size, degrees):
+  """Counter-clockwise about the centre (torchvision's `rotate` passes −angle to the matrix)."""
+  return _inverse_affine((0.0, 0.0), -degrees, (0.0, 0.0), (0.0, 0.0))
 
 
 def shear_x(image: jax.Array, magnitude) -> jax.Array:
-  return _warp(image, _inverse_affine(_corner(image), 0.0, (0.0, 0.0), (jnp.rad2deg(jnp.arctan(magnitude)), 0.0)))
+  return _warp(image, _shear_x_matrix(image.shape[:2], magnitude))
 
 
 def shear_y(image: jax.Array, magnitude) -> jax.Array:
-  return _warp(image, _inverse_affine(_corner(image), 0.0, (0.0, 0.0), (0.0, jnp.rad2deg(jnp.arctan(magnitude)))))
+  return _warp(image, _shear_y_matrix(image.shape[:2], magnitude))
 
 
 def translate_x(image: jax.Array, pixels) -> jax.Array:
-  """By `int(pixels)` (truncated towards zero, as torchvision's `_apply_op`)."""
-  return _warp(image, _inverse_affine((0.0, 0.0), 0.0, (jnp.trunc(pixels), 0.0), (0.0, 0.0)))
+  return _warp(image, _translate_x_matrix(image.shape[:2], pixels))
 
 
 def translate_y(image: jax.Array, pixels) -> jax.Array:
-  return _warp(image, _inverse_affine((0.0, 0.0), 0.0, (0.0, jnp.trunc(pixels)), (0.0, 0.0)))
+  return _warp(image, _translate_y_matrix(image.shape[:2], pixels))
 
 
 def rotate(image: jax.Array, degrees) -> jax.Array:
-  """Counter-clockwise about the centre (torchvision's `rotate` passes −angle to the matrix)."""
-  return _warp(image, _inverse_affine((0.0, 0.0), -degrees, (0.0, 0.0), (0.0, 0.0)))
+  return _warp(image, _rotate_matrix(image.shape[:2], degrees))
 
 
 def identity(image: jax.Array, _=None) -> jax.Array:
@@ -165,8 +201,15 @@ def identity(image: jax.Array, _=None) -> jax.Array:
 
 
 class Op(NamedTuple):
-  """One operation of a policy: what it does with its magnitude value, and the value at a bin."""
-  apply: Callable[[jax.Array, jax.Array], jax.Array]
+  """One operation of a policy: how it transforms (`kind` and `fn`), and its magnitude at a bin.
+
+  kind "warp": `fn(size, magnitude)` is the inverse affine matrix of a geometric operation;
+  "blend": `fn(image)` is the image blended with by the factor 1 + magnitude; "pointwise":
+  `fn(image, magnitude)` is the result. `apply_op` computes one warp and one blend per image
+  whichever operation is drawn, not all 14 operations.
+  """
+  kind: str
+  fn: Callable
   value: Callable[[jax.Array, Tuple[int, int]], jax.Array]   # (bin in [0, 30], (H, W)) -> magnitude
   signed: bool
 
@@ -193,20 +236,22 @@ def _policy_ops(shear: float, translate: Callable, rotation: float, enhance: flo
                 ) -> Dict[str, Op]:
   """torchvision's `_augmentation_space`, in its order."""
   return {
-      "Identity": Op(identity, _none, False),
-      "ShearX": Op(shear_x, _linear(shear), True),
-      "ShearY": Op(shear_y, _linear(shear), True),
-      "TranslateX": Op(translate_x, lambda level, size: translate(size[1]) * level / (NUM_BINS - 1), True),
-      "TranslateY": Op(translate_y, lambda level, size: translate(size[0]) * level / (NUM_BINS - 1), True),
-      "Rotate": Op(rotate, _linear(rotation), True),
-      "Brightness": Op(lambda x, m: brightness(x, 1.0 + m), _linear(enhance), True),
-      "Color": Op(lambda x, m: color(x, 1.0 + m), _linear(enhance), True),
-      "Contrast": Op(lambda x, m: contrast(x, 1.0 + m), _linear(enhance), True),
-      "Sharpness": Op(lambda x, m: sharpness(x, 1.0 + m), _linear(enhance), True),
-      "Posterize": Op(posterize, _posterize_bits(posterize_levels), False),
-      "Solarize": Op(solarize, _solarize_threshold, False),
-      "AutoContrast": Op(autocontrast, _none, False),
-      "Equalize": Op(equalize, _none, False),
+      "Identity": Op("pointwise", identity, _none, False),
+      "ShearX": Op("warp", _shear_x_matrix, _linear(shear), True),
+      "ShearY": Op("warp", _shear_y_matrix, _linear(shear), True),
+      "TranslateX": Op("warp", _translate_x_matrix, lambda level, size: translate(size[1]) * level / (NUM_BINS - 1),
+                       True),
+      "TranslateY": Op("warp", _translate_y_matrix, lambda level, size: translate(size[0]) * level / (NUM_BINS - 1),
+                       True),
+      "Rotate": Op("warp", _rotate_matrix, _linear(rotation), True),
+      "Brightness": Op("blend", _black, _linear(enhance), True),
+      "Color": Op("blend", _grey, _linear(enhance), True),
+      "Contrast": Op("blend", _mean_grey, _linear(enhance), True),
+      "Sharpness": Op("blend", _smoothed, _linear(enhance), True),
+      "Posterize": Op("pointwise", posterize, _posterize_bits(posterize_levels), False),
+      "Solarize": Op("pointwise", solarize, _solarize_threshold, False),
+      "AutoContrast": Op("pointwise", autocontrast, _none, False),
+      "Equalize": Op("pointwise", equalize, _none, False),
   }
 
 
@@ -216,17 +261,35 @@ RAND_AUGMENT = _policy_ops(0.3, lambda side: 150.0 / 331.0 * side, 30.0, 0.9, 4.
 TRIVIAL_AUGMENT = _policy_ops(0.99, lambda side: 32.0, 135.0, 0.99, 6.0)
 
 
+_IDENTITY_MATRIX = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
 def apply_op(ops: Dict[str, Op], image: jax.Array, index: jax.Array, level: jax.Array, negate: jax.Array
              ) -> jax.Array:
-  """Operation `index` of `ops` at magnitude bin `level` (negated when `negate` and signed)."""
-  size = image.shape[:2]
+  """Operation `index` of `ops` at magnitude bin `level` (negated when `negate` and signed).
 
-  def branch(op: Op) -> Callable:
-    def run(x):
-      value = op.value(level, size)
-      return op.apply(x, jnp.where(negate, -value, value) if op.signed else value)
-    return run
-  return jax.lax.switch(index, [branch(op) for op in ops.values()], image)
+  Under `vmap` every candidate is computed for every image: one warp with the drawn operation's
+  matrix, one blend with its degenerate image and factor, and the pointwise operations; then
+  the drawn one is kept.
+  """
+  size = image.shape[:2]
+  names = list(ops)
+
+  def magnitude(op: Op) -> jax.Array:
+    value = jnp.asarray(op.value(level, size), jnp.float32)
+    return jnp.where(negate, -value, value) if op.signed else value
+  value = jnp.stack([magnitude(op) for op in ops.values()])[index]
+  matrices = jnp.stack([jnp.stack([jnp.asarray(m, jnp.float32) for m in (
+      op.fn(size, value) if op.kind == "warp" else _IDENTITY_MATRIX)]) for op in ops.values()])
+  blends = [op for op in ops.values() if op.kind == "blend"]
+  degenerates = jnp.stack([op.fn(image) for op in blends])
+  blend_of = jnp.asarray([blends.index(op) if op.kind == "blend" else 0 for op in ops.values()])
+  candidates = [_warp(image, tuple(matrices[index])), _blend(image, degenerates[blend_of[index]], 1.0 + value)]
+  candidates += [op.fn(image, value) for op in ops.values() if op.kind == "pointwise"]
+  pointwise = [n for n in names if ops[n].kind == "pointwise"]
+  candidate_of = jnp.asarray([0 if ops[n].kind == "warp" else 1 if ops[n].kind == "blend" else 2 + pointwise.index(n)
+                              for n in names])
+  return jnp.stack(candidates)[candidate_of[index]]
 
 
 def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int, magnitude: float, magnitude_std=0.0
