@@ -281,8 +281,7 @@ def test_bad_recipe_fields_are_refused_in_one_line(data_dir, overrides, message)
 
 def test_value_fields_pack_and_structure_fields_are_refused_naming_them(data_dir):
   base = support.smoke_config(data_dir, **ALL_ON)
-  values = support.smoke_config(data_dir, seed=1, **{**ALL_ON, "ema.decay": 0.99, "augmentation.mixup_alpha": 0.8,
-                                                     "augmentation.random_erasing": 0.5, "optimizer.learning_rate": 0.01})
+  values = support.smoke_config(data_dir, seed=1, **{**ALL_ON, **PACKED_VALUES, "augmentation.random_erasing": 0.5})
   packing.check_packable([base, values])
   assert packing.groups([base, values]) == [[0, 1]]
   for key, value, named in (("ema.decay", 0.0, "EMA"), ("augmentation.cutmix_alpha", 0.0, "CutMix"),
@@ -381,7 +380,8 @@ RECIPES = ("cifar10_preact_resnet18_mixup", "imagenet_resnet50_rsb_a1", "imagene
 def test_every_recipe_has_its_published_number():
   assert set(RECIPES) == set(paper.RECIPES) and set(RECIPES) <= set(configs.names())
   a1, a3 = configs.load("imagenet_resnet50_rsb_a1"), configs.load("imagenet_resnet50_rsb_a3")
-  assert (a1.optimizer.name, a1.loss, a1.global_batch_size, a1.num_epochs) == ("lamb", "binary_cross_entropy", 2048, 600)
+  assert (a1.optimizer.name, a1.loss, a1.global_batch_size) == ("lamb", "binary_cross_entropy", 2048)
+  assert a1.num_epochs == 600 and a1.data.repeated_augmentation == 3
   assert (a3.data.image_size, a3.data.eval_image_size, a3.optimizer.learning_rate) == (160, 224, 8e-3)
   goyal = configs.load("imagenet_resnet50_goyal")
   assert optim.peak_learning_rate(goyal) == pytest.approx(3.2)

@@ -14,7 +14,8 @@ Saves are asynchronous; Orbax writes each step to a temporary directory and
 renames it only once complete, so a crash mid-save (even `kill -9`) leaves the
 previous checkpoint as the latest one, and the next run removes the partial
 directory. The last `keep` checkpoints are kept, plus the `keep_best` with the
-lowest eval error.
+lowest eval error (`rank_by`: "error", or "ema_error" for a run that ranks by the moving
+average of its weights).
 
 Integrity (`integrity.py`): "meta" also records the config of the run (the recipe a resume
 must keep; `config.json` is a copy) and SHA-256 checksums of every array of "state", of the

@@ -175,8 +175,8 @@ def load_network(workdir: str | os.PathLike | Workdir, step: Step = None,
     recorded = _dataset_preprocessing(workdir, data_dir)
     log(f"{workdir} recorded no {Workdir.PREPROCESSING}: computed it from the dataset ({recorded.description}); "
         f"rj.train.record_preprocessing({str(workdir)!r}) stores it")
-  return TrainedNetwork(model, variables, recorded, name=config.model.name,
-                        source=f"{workdir / Workdir.CHECKPOINTS / str(found)}", step=found)
+  return TrainedNetwork(model, variables, recorded, name=config.model.name, step=found,
+                        source=f"{workdir / Workdir.CHECKPOINTS / str(found)}{' (EMA)' if weights == 'ema' else ''}")
 
 
 def _dataset_preprocessing(workdir: Workdir, data_dir: Optional[str | os.PathLike]) -> Preprocessing:
@@ -197,9 +197,9 @@ def record_preprocessing(workdir: str | os.PathLike | Workdir, data_dir: Optiona
 
 def evaluate(workdir: str | os.PathLike | Workdir, step: Step = None, split: Optional[str] = None,
              mesh: Optional[Mesh] = None, log: Log = _warn,
-             data_dir: Optional[str | os.PathLike] = None) -> Dict[str, Any]:
+             data_dir: Optional[str | os.PathLike] = None, weights: str = "raw") -> Dict[str, Any]:
   """Evaluates a checkpoint of `workdir` (the latest by default, or `"best"`) on every
-  example of a split.
+  example of a split; `weights="ema"`: the moving average of a run that kept one.
 
   The split is the run's `data.eval_split` unless `split` is given; the dataset is read
   from `data_dir`, else where the run read it if that folder exists here, else
@@ -216,7 +216,7 @@ def evaluate(workdir: str | os.PathLike | Workdir, step: Step = None, split: Opt
   except FileNotFoundError as e:  # a run's data dir is often a path of the machine that trained it
     raise errors.MissingError(f"{e}; or read a prepared copy elsewhere: eval --data-dir DIR (evaluate(..., "
                             "data_dir=DIR)) or $TFDS_DATA_DIR") from None
-  model, variables, step = restore_variables(workdir, step, config, log)
+  model, variables, step = restore_variables(workdir, step, config, log, weights)
   if model.num_classes != pipe.num_classes:
     raise config_lib.ConfigError(f"the checkpoint has {model.num_classes} classes but data.name="
                                  f"{config.data.name!r} has {pipe.num_classes}")

@@ -139,10 +139,8 @@ def _mixing(configs: Configs, num_classes: int) -> Optional[Part]:
 def inputs(configs: Configs, preprocess: Preprocess, num_classes: int) -> Inputs:
   """`(batch, key, run) -> (images, targets)`: the dataset's preprocessing with the key, and the
   recipes' augmentations its config turns on around it (module docstring)."""
-  config = configs[0]
-  before = [p for p in (_policy(config) if "augmentation" in config else None,) if p is not None]
-  after = [p for p in ((_erasing(configs), _mixing(configs, num_classes)) if "augmentation" in config else ())
-           if p is not None]
+  before = [p for p in (_policy(configs[0]),) if p is not None]
+  after = [p for p in (_erasing(configs), _mixing(configs, num_classes)) if p is not None]
   if not before and not after:
     return lambda batch, rng, run: (preprocess(batch["image"], rng, True), batch["label"])
 
