@@ -3,7 +3,10 @@
 Errors are top-1 test error in percent, as printed in the papers. ``None`` marks a
 result the paper reports only as a curve or as "fail" (>20 % error). Sources:
 He et al. 2015 (arXiv:1512.03385), He et al. 2016 (arXiv:1603.05027), Xie et al.
-2017 (arXiv:1611.05431); table numbers in each entry's ``source``.
+2017 (arXiv:1611.05431); table numbers in each entry's ``source``. The modern recipes
+(`RECIPES`): Wightman et al. 2021 (arXiv:2110.00476), Goyal et al. 2017 (arXiv:1706.02677),
+MLPerf Training v1.0's ResNet-50 reference (mlcommons/training), Zhang et al. 2018
+(arXiv:1710.09412).
 
 ``IMAGENET_2018_2021``: the networks after 2017 (timm's names), single-crop ImageNet
 top-1 error: the paper's own number where its paper reports one for that network (He et al.
@@ -179,4 +182,21 @@ IMAGENET_2018_2021 = {
     ("resnetaa50", "timm"): PaperResult(19.386, "timm results-imagenet.csv: resnetaa50.a1h_in1k, 224px, crop 0.950"),
     ("resnet50_gn", "timm"): PaperResult(19.926, "timm results-imagenet.csv: resnet50_gn.a1h_in1k, 224px, crop 0.940"),
     ("resnext101_32x16d", "timm"): PaperResult(15.834, "timm results-imagenet.csv: resnext101_32x16d.fb_wsl_ig1b_ft_in1k, 224px, crop 0.875"),
+}
+
+# The modern recipes (configs of the same names; README "Recipes"): top-1 error in percent on
+# ImageNet val (single 224 crop) or the CIFAR-10 test set.
+RECIPES = {
+    "imagenet_resnet50_rsb_a1": PaperResult(19.6, "Wightman et al. 2021, Table 1 (80.4 % top-1)",
+                                            "with stochastic depth 0.05, which these configs lack"),
+    "imagenet_resnet50_rsb_a2": PaperResult(20.2, "Wightman et al. 2021, Table 1 (79.8 % top-1)",
+                                            "with stochastic depth 0.05, which these configs lack"),
+    "imagenet_resnet50_rsb_a3": PaperResult(21.9, "Wightman et al. 2021, Table 1 (78.1 % top-1)"),
+    "imagenet_resnet50_goyal": PaperResult(23.74, "Goyal et al. 2017, Table 1 (k·n = 8k, gradual warm-up)",
+                                           "± 0.09 (std of 5 runs)", statistic="mean", runs=5),
+    "imagenet_resnet50_mlperf_lars": PaperResult(24.1, "MLPerf Training v1.0 ResNet-50 quality target "
+                                                 "(75.9 % top-1)", "a target every submission reaches, "
+                                                 "not a measured mean"),
+    "cifar10_preact_resnet18_mixup": PaperResult(4.2, "Zhang et al. 2018, Figure 3a (CIFAR-10, "
+                                                 "PreAct ResNet-18, mixup α = 1)"),
 }

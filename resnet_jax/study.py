@@ -33,6 +33,7 @@ from resnet_jax.runtime.provenance import code_version, device_description
 from resnet_jax.storage import files as files_lib
 from resnet_jax.storage import records
 from resnet_jax.storage.workdir import ConfigChangedError, Workdir, config_changes, describe_changes
+from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
 from resnet_jax.train import packing
@@ -213,7 +214,7 @@ class Study:
       return ""
     if saved is None:
       return ""
-    return describe_changes(config_changes(saved, config))
+    return describe_changes(config_changes(saved, config, defaults=build.field_defaults(config)))
 
   def results(self) -> list[dict]:
     return [r.result() for r in self.runs if r.finished]

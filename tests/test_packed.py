@@ -27,6 +27,8 @@ from resnet_jax.train import build, packing
 from resnet_jax.storage import checkpoints as ckpt_lib
 from resnet_jax.storage import records
 from resnet_jax.storage.workdir import Workdir
+from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.train import ema as ema_lib
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 from resnet_jax.data.train_iterator import PackedTrainIterator
@@ -41,7 +43,7 @@ def relative_l2(a, b) -> float:
 
 
 def _trees(state):
-  return (state.params, state.batch_stats, state.opt_state)
+  return (state.params, state.batch_stats, state.opt_state, state_lib.ema_of(state))
 
 
 def packed_vs_alone(cfgs, start_step: int = 0):
@@ -51,23 +53,26 @@ def packed_vs_alone(cfgs, start_step: int = 0):
   first = build.experiment(cfgs[0])
   exps = [first] + [build.experiment(c, first.mesh, first.pipeline) for c in cfgs[1:]]
   pipe, mesh = first.pipeline, first.mesh
-  states = [state_lib.create_train_state(e.model, e.tx, mesh, e.image_shape, e.config.seed) for e in exps]
-  states = [s.replace(step=jnp.asarray(start_step, jnp.int32)) for s in states]
-  iterators = pipe.train_iterators([c.seed for c in cfgs])
-  for it in iterators:
+  states = [state_lib.create_train_state(e.model, e.tx, mesh, e.image_shape, e.config.seed,
+                                         ema=ema_lib.enabled(e.config)) for e in exps]
+  step = jax.device_put(jnp.asarray(start_step, jnp.int32), mesh_lib.replicated(mesh))  # as a restored state's
+  states = [s.replace(step=step) for s in states]
+  iterators, own = pipe.train_iterators([c.seed for c in cfgs]), pipe.train_iterators([c.seed for c in cfgs])
+  for it in iterators + own:
     it.set_state({**it.get_state(), "step": start_step})
-  alone_batches = [next(it) for it in pipe.train_iterators([c.seed for c in cfgs])] if start_step == 0 else None
+  alone_batches = [next(it) for it in own]   # each run's own batch, as its training reads it
   packed_batches = next(PackedTrainIterator(iterators, mesh, "data"))
-  same_data = [alone_batches is None or np.array_equal(np.asarray(packed_batches["image"][r]),
-                                                       np.asarray(alone_batches[r]["image"])) for r in range(len(cfgs))]
+  same_data = [np.array_equal(np.asarray(packed_batches["image"][r]), np.asarray(alone_batches[r]["image"]))
+               for r in range(len(cfgs))]
   zeros = lambda: step_lib.new_metrics(step_lib.zero_train_metrics, mesh)
   copy = lambda t: jax.tree.map(jnp.copy, t)
   alone = []
   for r, exp in enumerate(exps):
     fn = step_lib.make_train_step(exp.model, exp.tx, exp.config, mesh, pipe.preprocess, pipe.num_classes)
-    alone.append(fn(copy(states[r]), zeros(), jax.tree.map(lambda x: x[r], packed_batches)))
+    alone.append(fn(copy(states[r]), zeros(), alone_batches[r]))
   packed_fn = step_lib.build_packed_train_step(first.train_model, [e.tx for e in exps], first.config, mesh,
-                                               pipe.preprocess, pipe.num_classes)
+                                               pipe.preprocess, pipe.num_classes,
+                                               run_configs=[e.config for e in exps])
   stack = lambda ts: jax.tree.map(lambda *x: jnp.stack(x), *ts)
   packed_state, packed_sums = packed_fn(stack([copy(s) for s in states]), stack([zeros() for _ in exps]),
                                         packed_batches)

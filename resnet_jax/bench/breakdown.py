@@ -2,7 +2,10 @@
 
 The engine's step does more than a minimal Flax step (`minimal.py`): BatchNorm statistics
 over the papers' per-GPU groups, the running variance of the unbiased batch variance,
-on-device augmentation, the NaN guard, the metric sums. For each extra the config has on,
+on-device augmentation, the NaN guard, the metric sums, and the modern recipes' parts when a
+config turns them on (LAMB/LARS/AdamW instead of SGD, gradient clipping, accumulation, the EMA
+of the weights, BCE, RandAugment/TrivialAugment, random erasing, mixup/CutMix; repeated
+augmentation only reorders the sampler's indices on the host). For each extra the config has on,
 the breakdown times the step without it (a config override, or a `StepExtras` switch), and
 the step without any of them, in the same interleaved windows as the full step; the
 report gives each extra's cost as the share of the full step's time it takes.
@@ -33,6 +36,15 @@ EXTRAS = {
     "augment": Extra("on-device random crop and flip", {"data.augment": False}, {}),
     "lighting": Extra("on-device PCA lighting noise", {"data.pca_lighting": False}, {}),
     "color jitter": Extra("on-device colour jitter", {"data.color_jitter": 0.0}, {}),
+    "optimizer": Extra("LAMB / LARS / AdamW (optimizer.name) instead of SGD", {"optimizer.name": "sgd"}, {}),
+    "clipping": Extra("global-norm gradient clipping", {"optimizer.clip_grad_norm": 0.0}, {}),
+    "accumulation": Extra("gradients of accumulation_steps micro-batches (lax.scan)", {"accumulation_steps": 1}, {}),
+    "EMA": Extra("moving average of params and BN statistics", {"ema.decay": 0.0, "ema.keep_best": False}, {}),
+    "BCE": Extra("binary cross-entropy instead of softmax cross-entropy", {"loss": "cross_entropy"}, {}),
+    "policy": Extra("on-device RandAugment / TrivialAugment", {"augmentation.policy": "none"}, {}),
+    "erasing": Extra("on-device random erasing", {"augmentation.random_erasing": 0.0}, {}),
+    "mixup/CutMix": Extra("on-device mixup / CutMix of images and targets",
+                          {"augmentation.mixup_alpha": 0.0, "augmentation.cutmix_alpha": 0.0}, {}),
     "NaN guard": Extra("first non-finite loss or gradient recorded", {}, {"nonfinite_guard": False}),
     "metrics": Extra("loss and training-error sums", {}, {"metrics": False}),
 }

@@ -28,6 +28,7 @@ from resnet_jax.bench import minimal, torch_reference
 from resnet_jax.data import augment
 from resnet_jax.data import device_resident
 from resnet_jax.runtime import mesh as mesh_lib
+from resnet_jax.train import ema as ema_lib
 from resnet_jax.train import step as step_lib
 from resnet_jax.train.step import StepExtras
 
@@ -121,7 +122,8 @@ class Bench:
     self.total_steps = train.num_train_steps(config, self.steps_per_epoch)
     self.model = train.build.model(config, self.num_classes)
     _, self.tx = train.build.optimizer(config, self.steps_per_epoch, self.total_steps)
-    self.state0 = train.create_train_state(self.model, self.tx, self.mesh, self.image_shape, config.seed)
+    self.state0 = train.create_train_state(self.model, self.tx, self.mesh, self.image_shape, config.seed,
+                                           ema=ema_lib.enabled(config))
     self.steps: Dict[int, Any] = {}   # steps per dispatch -> (compiled step, compile seconds)
 
   def _new_sums(self):

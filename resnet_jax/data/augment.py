@@ -4,10 +4,17 @@ CIFAR (He et al. 2015 §4.2): "4 pixels are padded on each side, and a 32×32 cr
 sampled from the padded image or its horizontal flip", inputs "with the per-pixel mean
 subtracted". ImageNet crops/flips run on the host (`imagenet.py`); here only normalisation,
 the optional AlexNet PCA lighting (Krizhevsky et al. 2012 §4.1) and the 10-crop view.
+
+Batch augmentations of the modern recipes (off unless a config turns them on), each a
+function of the batch and one key, its draws a function of (key, example index) only:
+random erasing (Zhong et al. 2020) and mixup / CutMix (Zhang et al. 2018; Yun et al. 2019),
+as timm's `RandomErasing` and `Mixup` do them. RandAugment and TrivialAugment are in
+`auto_augment.py`.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -137,3 +144,114 @@ def ten_crop(images: jax.Array, crop_size: int) -> jax.Array:
   crops = [images[:, y:y + crop_size, x:x + crop_size] for y, x in corners]
   crops += [c[:, :, ::-1] for c in crops]
   return jnp.stack(crops)
+
+
+def example_keys(rng: jax.Array, batch: int) -> jax.Array:
+  """One key per example: `fold_in(rng, i)` for row i of the global batch, so an example's
+  draws depend on (seed, step, row) only, not on the batch's sharding."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
+
+
+# Random erasing (Zhong et al. 2020) with timm's defaults: area in [2 %, 1/3] of the image,
+# aspect ratio log-uniform in [0.3, 1/0.3], up to 10 attempts, per-pixel N(0, 1) noise.
+ERASE_AREA = (0.02, 1.0 / 3.0)
+ERASE_MIN_ASPECT = 0.3
+ERASE_ATTEMPTS = 10
+
+
+def _erasing_box(rng: jax.Array, height: int, width: int) -> Tuple[jax.Array, ...]:
+  """(found, top, left, h, w): timm's first of 10 attempts whose box fits inside the image."""
+  k_area, k_aspect, k_top, k_left = jax.random.split(rng, 4)
+  area = jax.random.uniform(k_area, (ERASE_ATTEMPTS,), jnp.float32, *ERASE_AREA) * height * width
+  log_ratio = jax.random.uniform(k_aspect, (ERASE_ATTEMPTS,), jnp.float32, math.log(ERASE_MIN_ASPECT),
+                                 -math.log(ERASE_MIN_ASPECT))
+  ratio = jnp.exp(log_ratio)
+  hs = jnp.round(jnp.sqrt(area * ratio)).astype(jnp.int32)   # Python's round: half to even
+  ws = jnp.round(jnp.sqrt(area / ratio)).astype(jnp.int32)
+  fits = (hs < height) & (ws < width)
+  first = jnp.argmax(fits)
+  h, w = hs[first], ws[first]
+  top = jax.random.randint(k_top, (), 0, height - h + 1)      # random.randint: both ends included
+  left = jax.random.randint(k_left, (), 0, width - w + 1)
+  return jnp.any(fits), top, left, h, w
+
+
+def random_erasing(images: jax.Array, rng: jax.Array, probability) -> jax.Array:
+  """timm's `RandomErasing(probability, mode="pixel")` on normalised images [B, H, W, C]: with
+  `probability`, one box of each image becomes N(0, 1) noise."""
+  b, height, width, _ = images.shape
+
+  def one(key: jax.Array, image: jax.Array) -> jax.Array:
+    k_apply, k_box, k_noise = jax.random.split(key, 3)
+    found, top, left, h, w = _erasing_box(k_box, height, width)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    erase = found & (jax.random.uniform(k_apply) < probability) & inside
+    noise = jax.random.normal(k_noise, image.shape, image.dtype)
+    return jnp.where(erase[..., None], noise, image)
+  return jax.vmap(one)(example_keys(rng, b), images)
+
+
+def smoothed_one_hot(labels: jax.Array, num_classes: int, smoothing) -> jax.Array:
+  """timm's `one_hot(on = 1 − s + s/C, off = s/C)`: label smoothing (Szegedy et al. 2016)."""
+  off = smoothing / num_classes
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (1.0 - smoothing) + off
+
+
+def cutmix_box(rng: jax.Array, lam: jax.Array, height: int, width: int) -> Tuple[jax.Array, ...]:
+  """timm's `rand_bbox`: a box of sides ⌊H√(1−λ)⌋ × ⌊W√(1−λ)⌋ centred on a uniform pixel, clipped
+  to the image: (top, bottom, left, right), bottom and right exclusive."""
+  ratio = jnp.sqrt(1.0 - lam)
+  cut_h = jnp.floor(height * ratio).astype(jnp.int32)
+  cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+  k_y, k_x = jax.random.split(rng)
+  cy = jax.random.randint(k_y, (), 0, height)
+  cx = jax.random.randint(k_x, (), 0, width)
+  return (jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height),
+          jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width))
+
+
+def cutmix(images: jax.Array, box: Tuple[jax.Array, ...]) -> Tuple[jax.Array, jax.Array]:
+  """CutMix (Yun et al. 2019): the box of each image replaced by that of the batch reversed;
+  also the label weight λ = 1 − pasted area / image area (timm's `correct_lam`)."""
+  _, height, width, _ = images.shape
+  top, bottom, left, right = box
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  mixed = jnp.where(inside[None, :, :, None], images[::-1], images)
+  return mixed, 1.0 - ((bottom - top) * (right - left)).astype(jnp.float32) / (height * width)
+
+
+def mix_targets(targets: jax.Array, lam: jax.Array) -> jax.Array:
+  """timm's `mixup_target`: λ·y + (1 − λ)·y reversed, for probability targets [B, C]."""
+  return targets * lam + targets[::-1] * (1.0 - lam)
+
+
+def mixup(images: jax.Array, lam: jax.Array) -> jax.Array:
+  """mixup (Zhang et al. 2018): λ·x + (1 − λ)·x reversed, as timm's batch mode."""
+  return images * lam + images[::-1] * (1.0 - lam)
+
+
+def mix_batch(images: jax.Array, targets: jax.Array, rng: jax.Array, *, mixup_alpha, cutmix_alpha, mix_prob,
+              switch_prob, use_mixup: bool, use_cutmix: bool) -> Tuple[jax.Array, jax.Array]:
+  """timm's `Mixup` in "batch" mode: with probability `mix_prob` the batch is mixed with itself
+  reversed, by CutMix with probability `switch_prob` when both are on (else the one that is),
+  λ ~ Beta(α, α) of the one chosen; dense `targets` [B, C] are mixed with the same λ (CutMix's
+  corrected to the pasted area).
+
+  `use_mixup` / `use_cutmix` decide what is traced; the α and probabilities may be traced.
+  """
+  k_apply, k_switch, k_lam, k_box = jax.random.split(rng, 4)
+  apply = jax.random.uniform(k_apply) < mix_prob
+  if use_mixup and use_cutmix:
+    use_box = jax.random.uniform(k_switch) < switch_prob
+    alpha = jnp.where(use_box, cutmix_alpha, mixup_alpha)
+  else:
+    use_box, alpha = jnp.asarray(use_cutmix), (cutmix_alpha if use_cutmix else mixup_alpha)
+  lam = jax.random.beta(k_lam, alpha, alpha).astype(jnp.float32)
+  out = mixup(images, lam) if use_mixup else images
+  if use_cutmix:
+    boxed, lam_boxed = cutmix(images, cutmix_box(k_box, lam, images.shape[1], images.shape[2]))
+    lam, out = jnp.where(use_box, lam_boxed, lam), jnp.where(use_box, boxed, out)
+  lam = jnp.where(apply, lam, 1.0)
+  return jnp.where(apply, out, images), mix_targets(targets, lam)

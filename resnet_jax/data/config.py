@@ -22,6 +22,9 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     placement: where train batches are assembled: "auto" (on the devices when the dataset is
       held in memory and fits, e.g. CIFAR; else the host), "device" or "host"
       (`device_resident.py`). The batches are the same either way.
+    repeated_augmentation: each epoch's order repeats every example this many times in a row
+      (Hoffer et al. 2020; timm's RepeatAugSampler): an epoch still has as many examples, of
+      which 1/repeated_augmentation are distinct. 1: off.
   Fields of one dataset: its source's `config_fields()` (CIFAR: `small_images.SmallImageSource`,
   normalization, image_size, padding; ImageNet: `imagenet.ImageNetSource`).
   """
@@ -34,6 +37,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
   c.prefetch_batches = 2
   c.augment = True
   c.placement = "auto"
+  c.repeated_augmentation = 1
   for key, value in source.config_fields().items():
     setattr(c, key, value)
   return c

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import errors
-from resnet_jax.data.train_iterator import TrainIterator, TrainStream, epoch_permutation
+from resnet_jax.data.train_iterator import TrainIterator, TrainStream, epoch_order
 
 _LOG = logging.getLogger(__name__)  # under "resnet_jax": never Python's root logger
 
@@ -126,7 +126,7 @@ class DeviceResidentTrainIterator(TrainIterator):
   def _permutation_of(self, epoch: int) -> jax.Array:
     """The host pipeline's permutation of `epoch`, on every device (uploaded once per epoch)."""
     if epoch != self._epoch:
-      order = epoch_permutation(self.seed, epoch, self._stream.num_examples).astype(np.int32)
+      order = epoch_order(self.seed, epoch, self._stream.num_examples, self._stream.repeats).astype(np.int32)
       self._permutation = _replicated(order, self._replicated)
       self._epoch = epoch
     return self._permutation

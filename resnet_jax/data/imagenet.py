@@ -230,7 +230,8 @@ class ImageNetSplits(OpenDataset):
     self._scale_range, self._area_range = tuple(config.scale_range), tuple(config.area_range)
     self._aspect_ratio_range = tuple(config.aspect_ratio_range)
     self._resize = int(config.eval_resize)
-    self._eval_size = self._resize if config.ten_crop else size  # 10-crop: crops on device
+    self._eval_crop = int(config.get("eval_image_size", 0)) or size
+    self._eval_size = self._resize if config.ten_crop else self._eval_crop  # 10-crop: crops on device
     self._preprocess = functools.partial(
         augment.imagenet_preprocess, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
         lighting=bool(config.augment) and bool(config.pca_lighting),
@@ -264,7 +265,7 @@ class ImageNetSplits(OpenDataset):
   def eval_preprocessing(self) -> preprocessing.Preprocessing:
     """Of decoded images of any size: shorter side `eval_resize`, center crop, ImageNet mean/std
     (the host pipeline's eval crop, on the device)."""
-    return preprocessing.Preprocessing.imagenet(self.image_shape[0], self._resize)
+    return preprocessing.Preprocessing.imagenet(self._eval_crop, self._resize)
 
 
 class ImageNetSource(TfdsSource):
@@ -290,6 +291,8 @@ class ImageNetSource(TfdsSource):
     color_jitter: strength of fb.resnet.torch's brightness/contrast/saturation jitter
       (0: off; 0.4 in the ResNeXt recipe, Xie et al. 2017).
     eval_resize: shorter side before the center crop at evaluation.
+    eval_image_size: side of that crop; 0: `image_size` ("ResNet strikes back" A3 trains at 160
+      and tests at 224: the network pools globally).
     ten_crop: the eval iterator yields `eval_resize`² center squares for the 10-crop
       evaluator (`augment.ten_crop`) instead of `image_size` crops.
     jpeg_decoder: "auto" (the fastest installed), "simplejpeg", "opencv" or "pillow" (the
@@ -299,7 +302,7 @@ class ImageNetSource(TfdsSource):
     return {**super().config_fields(), "normalization": "per_channel", "image_size": 224,
             "train_augment": "scale", "scale_range": (256, 480), "area_range": (0.08, 1.0),
             "aspect_ratio_range": (3 / 4, 4 / 3), "pca_lighting": True, "color_jitter": 0.0,
-            "eval_resize": 256,
+            "eval_resize": 256, "eval_image_size": 0,
             "ten_crop": False, "jpeg_decoder": "auto"}
 
   def builder(self, source: Optional[pathlib.Path], data_dir: pathlib.Path, downloads: pathlib.Path,

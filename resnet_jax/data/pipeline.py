@@ -29,7 +29,8 @@ from resnet_jax.data import device_resident
 from resnet_jax.data import registry
 from resnet_jax.data.prepare import resolve_data_dir
 from resnet_jax.data.source import DatasetSource, ExampleSeed, OpenDataset
-from resnet_jax.data.train_iterator import STATE_VERSION, TrainIterator, TrainStream, epoch_permutation  # noqa: F401
+from resnet_jax.data.train_iterator import (  # noqa: F401  (re-exported)
+    STATE_VERSION, TrainIterator, TrainStream, epoch_order, epoch_permutation)
 from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.runtime.mesh import DATA_AXIS
 
@@ -65,9 +66,10 @@ class _Positions(grain.MapDataset):
 class _TrainPositions(_Positions):
   """(record index, example seed) of row `row` of global step `start_step + batch`."""
 
-  def __init__(self, num_records: int, global_batch: int, rows: Tuple[int, int], seed: int, start_step: int):
+  def __init__(self, num_records: int, global_batch: int, rows: Tuple[int, int], seed: int, start_step: int,
+               repeats: int = 1):
     super().__init__(num_records, global_batch, rows)
-    self._seed, self._start = seed, start_step
+    self._seed, self._start, self._repeats = seed, start_step, repeats
     self._steps_per_epoch = num_records // global_batch
 
   def __len__(self) -> int:
@@ -76,7 +78,7 @@ class _TrainPositions(_Positions):
   def _position(self, batch: int, row: int):
     step = self._start + batch
     epoch, within = divmod(step, self._steps_per_epoch)
-    record = int(epoch_permutation(self._seed, epoch, self._n)[within * self._b + row])
+    record = int(epoch_order(self._seed, epoch, self._n, self._repeats)[within * self._b + row])
     return record, (self._seed, step, row)
 
 
@@ -187,7 +189,8 @@ class Pipeline:
         str(config.get("placement", "auto")), self.dataset.train_arrays(), mesh.devices.flat, config.name)
     self.train_stream = TrainStream(config.name, config.train_split, self.num_train_examples,
                                     self.global_batch_size, self.seed, mesh, self.sharding,
-                                    self._train_dataset, self._globalize)
+                                    self._train_dataset, self._globalize,
+                                    repeats=int(config.get("repeated_augmentation", 1)))
 
   # ----------------------------------------------------------------------------- datasets
 
@@ -205,7 +208,7 @@ class Pipeline:
   def _train_dataset(self, start_step: int, seed: int) -> grain.IterDataset:
     lo, hi = self._train_rows
     ds = _TrainPositions(self.num_train_examples, self.global_batch_size, (lo, hi), seed,
-                         start_step)
+                         start_step, self.train_stream.repeats)
     load = functools.partial(_load_train, self.dataset)
     return self._to_iter(ds.map(load).batch(hi - lo, drop_remainder=True))
 

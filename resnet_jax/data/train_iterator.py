@@ -30,6 +30,18 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, n: int, repeats: int = 1) -> np.ndarray:
+  """`epoch_permutation`, with repeated augmentation (Hoffer et al. 2020) when `repeats` > 1:
+  each record of the permutation `repeats` times in a row, the epoch its first `n` positions
+  (timm's `RepeatAugSampler`: an epoch as long as without, 1/repeats of it distinct). A
+  function of (seed, epoch) only, so every host count reads the same stream; the copies of
+  an example sit in the same global batch (another device's rows, as timm's), each
+  augmented with its own row's draws."""
+  order = epoch_permutation(seed, epoch, n)
+  return order if repeats == 1 else np.repeat(order, repeats)[:n]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainStream:
   """The global sample stream of one train split on one mesh, and how to read it.
@@ -47,6 +59,7 @@ class TrainStream:
   sharding: NamedSharding
   read: Callable[[int, int], Iterable[Dict[str, np.ndarray]]]
   globalize: Callable[..., Batch]
+  repeats: int = 1   # data.repeated_augmentation (`epoch_order`)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -89,8 +102,9 @@ class TrainIterator:
 
   def _fingerprint(self) -> Dict[str, Any]:
     s = self._stream
+    repeats = {"repeated_augmentation": s.repeats} if s.repeats != 1 else {}  # absent: states from before it
     return {"dataset": s.dataset, "split": s.split, "seed": self.seed, "global_batch_size": s.global_batch_size,
-            "num_examples": s.num_examples, "version": STATE_VERSION}
+            "num_examples": s.num_examples, "version": STATE_VERSION, **repeats}
 
   def get_state(self) -> Dict[str, Any]:
     """JSON-serialisable: the next global step and what defines the sample stream."""

@@ -14,7 +14,8 @@ Saves are asynchronous; Orbax writes each step to a temporary directory and
 renames it only once complete, so a crash mid-save (even `kill -9`) leaves the
 previous checkpoint as the latest one, and the next run removes the partial
 directory. The last `keep` checkpoints are kept, plus the `keep_best` with the
-lowest eval error.
+lowest eval error (`rank_by`: "error", or "ema_error" for a run that ranks by the moving
+average of its weights).
 
 Integrity (`integrity.py`): "meta" also records the config of the run (the recipe a resume
 must keep; `config.json` is a copy) and SHA-256 checksums of every array of "state", of the
@@ -78,8 +79,18 @@ class ChecksumMismatchError(errors.Error, RuntimeError):
   """What a checkpoint holds differs from what was saved (the files changed on disk)."""
 
 
-def _eval_error(metrics: Dict[str, float]) -> float:
-  return float(metrics["error"])
+RANK_BY = "error"   # the eval metric that ranks checkpoints for keep-best, unless asked otherwise
+
+
+def _ranking(rank_by: str) -> Callable[[Dict[str, float]], float]:
+  """The keep-best score of a checkpoint's eval metrics (one without the metric ranks last)."""
+  return lambda metrics: float(metrics[rank_by]) if rank_by in metrics else float("inf")
+
+
+def logged_metric(rank_by: str) -> Tuple[str, str]:
+  """(record kind, field) of `metrics.jsonl` that holds `rank_by`: the EMA's results ("ema_"
+  prefixed in a checkpoint's metrics) have their own records, "eval_ema"."""
+  return ("eval_ema", rank_by[len("ema_"):]) if rank_by.startswith("ema_") else ("eval", rank_by)
 
 
 def _os_error(error: BaseException) -> Optional[OSError]:
@@ -124,15 +135,16 @@ class _CheckpointManager(ocp.CheckpointManager):
       return None
 
 
-def _manager_options(keep: int, keep_best: int, async_save: bool, create: bool) -> ocp.CheckpointManagerOptions:
+def _manager_options(keep: int, keep_best: int, async_save: bool, create: bool,
+                     rank_by: str = RANK_BY) -> ocp.CheckpointManagerOptions:
   policies = [ocm.LatestN(n=max(int(keep), 1))]
   if keep_best:
-    policies.append(ocm.BestN(get_metric_fn=_eval_error, reverse=True,
+    policies.append(ocm.BestN(get_metric_fn=_ranking(rank_by), reverse=True,
                               n=int(keep_best), keep_checkpoints_without_metrics=False))
   return ocp.CheckpointManagerOptions(
       preservation_policy=ocm.AnyPreservationPolicy(policies),
       # Orbax records a save's metrics only when `best_fn` is set; BestN needs them.
-      best_fn=_eval_error, best_mode="min",
+      best_fn=_ranking(rank_by), best_mode="min",
       enable_async_checkpointing=async_save,
       # A temporary directory Orbax cannot create (no inodes, read-only) then fails in
       # `save` itself; created in the background, its failure left Orbax's other
@@ -151,16 +163,18 @@ class Checkpointer:
   `checkpoints_unreadable/`."""
 
   def __init__(self, directory: str | pathlib.Path, keep: int = 3, keep_best: int = 1,
-               async_save: bool = True, create: bool = True):
+               async_save: bool = True, create: bool = True, rank_by: str = RANK_BY):
     self.directory = files.as_path(directory)
     files.check_path(self.directory)
+    self.rank_by = rank_by
     self.unreadable_dir = self.directory.parent / UNREADABLE_DIR
     self._files = files.files_for(self.directory)
     if not create and not self._files.is_dir(self.directory):
       raise errors.MissingError(f"no checkpoint directory {self.directory}: is {self.directory.parent} "
                               "the --workdir of a `resnet-jax train` run?")
     orbax_quiet.install()
-    self.manager = _CheckpointManager(self.directory, options=_manager_options(keep, keep_best, async_save, create))
+    self.manager = _CheckpointManager(self.directory,
+                                      options=_manager_options(keep, keep_best, async_save, create, rank_by))
     self._pending: Optional[int] = None  # the step of the last save started
     self._unchecked: Optional[int] = None  # a step saved, not yet checked complete (`wait`)
 
@@ -348,21 +362,24 @@ class Checkpointer:
     return restored["state"]["train"], restored["state"]["metrics"], restored["data"]
 
   def restore_variables(self, step: int, abstract_variables: Dict[str, Any],
-                        meta: Dict[str, Any]) -> Dict[str, Any]:
-    """Only `{"params", "batch_stats"}` of `step` (an Orbax partial restore), as numpy arrays.
+                        meta: Dict[str, Any], weights: str = "raw") -> Dict[str, Any]:
+    """Only `{"params", "batch_stats"}` of `step` (an Orbax partial restore), as numpy arrays:
+    the weights, or with `weights="ema"` their moving average (the state's "ema").
 
     `meta` is a `fingerprint` whose optimiser-state entry is ignored, so no optimiser
     config is needed.
     """
     saved_meta = self.read_meta(step)
     self._check_fingerprint(step, saved_meta, meta, integrity.VARIABLE_KEYS, "model")
-    target = {"train": {k: abstract_variables.get(k, {}) for k in integrity.VARIABLE_KEYS}}
+    variables = {k: abstract_variables.get(k, {}) for k in integrity.VARIABLE_KEYS}
+    target = {"train": variables if weights == "raw" else {"ema": variables}}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     restored = ocp.PyTreeCheckpointer().restore(
         self.directory / str(step) / "state",
         args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
     self._check_arrays(step, saved_meta, restored)
-    return {k: restored["train"][k] for k in integrity.VARIABLE_KEYS}
+    tree = restored["train"] if weights == "raw" else restored["train"]["ema"]
+    return {k: tree[k] for k in integrity.VARIABLE_KEYS}
 
   def wait(self) -> None:
     """Waits for the asynchronous save; raises `CheckpointWriteError` if it failed or left a

@@ -72,16 +72,25 @@ def flat_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
   return json.loads(json.dumps(_flat(config), default=str))
 
 
+_ABSENT = object()
+
+
 def config_changes(saved: Mapping[str, Any], requested: Mapping[str, Any],
-                   ignore: frozenset = OPERATIONAL_FIELDS) -> List[Tuple[str, Any, Any]]:
+                   ignore: frozenset = OPERATIONAL_FIELDS,
+                   defaults: Optional[Mapping[str, Any]] = None) -> List[Tuple[str, Any, Any]]:
   """`(field, saved value, requested value)` for every field that differs, sorted.
 
   A field present on one side only counts, with `None` on the other (`model.` fields
-  that one config lists and the other leaves at its default compare as their values).
+  that one config lists and the other leaves at its default compare as their values),
+  except a field the saved config lacks whose requested value is its default (`defaults`,
+  flat: the engine's defaults): a field added since that run was saved, which trained with
+  what the default does.
   """
   a, b = flat_fields(saved), flat_fields(requested)
+  defaults = flat_fields(defaults) if defaults else {}
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-          if k not in ignore and a.get(k) != b.get(k)]
+          if k not in ignore and a.get(k) != b.get(k)
+          and not (k not in a and b.get(k) == defaults.get(k, _ABSENT))]
 
 
 def describe_changes(changes: List[Tuple[str, Any, Any]], limit: int = 3) -> str:
@@ -201,8 +210,10 @@ class Workdir:
           f"format {found}; this is resnet_jax {__version__}, format {FORMAT}: continue it with "
           f"resnet_jax {info.get('resnet_jax', 'of that format')}, or train in a new --workdir")
 
-  def check_resumable(self, requested: Mapping[str, Any], saved: Optional[Mapping[str, Any]]) -> None:
-    """Refuses to resume the run's checkpoints with a changed recipe (see `config_changes`).
+  def check_resumable(self, requested: Mapping[str, Any], saved: Optional[Mapping[str, Any]],
+                      defaults: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuses to resume the run's checkpoints with a changed recipe (see `config_changes`;
+    `defaults`: the engine's defaults, for fields added since the run was saved).
 
     `saved` is the config its newest checkpoint records (`config.json` is a copy, which may
     be missing or damaged); None for checkpoints of versions that did not record it, which
@@ -212,7 +223,7 @@ class Workdir:
       saved = self.read_json(self.CONFIG) if self.has(self.CONFIG) else None
       if saved is None:
         return
-    changes = config_changes(saved, requested)
+    changes = config_changes(saved, requested, defaults=defaults)
     schedule = flat_fields(requested).get("schedule.name")
     if schedule != "cosine" and flat_fields(saved).get("schedule.name") == schedule:
       # Only the cosine schedule depends on the training length: a step or constant run may be
@@ -227,27 +238,30 @@ class Workdir:
 
   # -- checkpoints ---------------------------------------------------------------------
   def checkpointer(self, keep: int = 3, keep_best: int = 1, async_save: bool = True,
-                   create: bool = True) -> Checkpointer:
-    """The workdir's checkpoints (`create=False`: a reader, for eval and loading)."""
+                   create: bool = True, rank_by: str = checkpoints.RANK_BY) -> Checkpointer:
+    """The workdir's checkpoints (`create=False`: a reader, for eval and loading); `rank_by`: the
+    eval metric that ranks them for keep-best ("error", or "ema_error" for the EMA's)."""
     return Checkpointer(self / self.CHECKPOINTS, keep=keep, keep_best=keep_best, async_save=async_save,
-                        create=create)
+                        create=create, rank_by=rank_by)
 
   def saved_steps(self) -> List[int]:
     """Steps with a complete checkpoint, sorted, from the listing alone (no Orbax manager)."""
     return checkpoints.complete_steps(self / self.CHECKPOINTS)
 
   def best_checkpoint(self, checkpointer: Checkpointer, log: Optional[Log] = None) -> Tuple[int, float]:
-    """(step, eval error) of the kept checkpoint with the lowest eval error: the one rule.
+    """(step, eval error) of the kept checkpoint with the lowest eval error (of the weights, or of
+    their EMA when the checkpointer ranks by "ema_error"): the one rule.
 
     The error saved with each checkpoint decides; a checkpoint saved without one (the final
     save of runs before the loop stored it) is ranked by the evaluation of its step in
     `metrics.jsonl`. Raises `FileNotFoundError` when no kept checkpoint was evaluated.
     """
-    steps = checkpointer.all_steps()
-    logged = records.latest_per_step(self.read_metrics(log), "eval", "error")
+    steps, key = checkpointer.all_steps(), checkpointer.rank_by
+    kind, field = checkpoints.logged_metric(key)
+    logged = records.latest_per_step(self.read_metrics(log), kind, field)
     scored = []
     for step in steps:
-      error = checkpointer.eval_metrics(step).get("error", logged.get(step, {}).get("error"))
+      error = checkpointer.eval_metrics(step).get(key, logged.get(step, {}).get(field))
       if error is not None:
         scored.append((float(error), step))
     if not scored:

@@ -1,4 +1,4 @@
-"""Training engine: data-parallel jit/shard_map steps, Optax SGD, Orbax checkpoints, multi-host.
+"""Training engine: data-parallel jit/shard_map steps, Optax optimisers, Orbax checkpoints, multi-host.
 
 >>> from resnet_jax import train
 >>> train.train(config, "runs/cifar10_resnet20")        # resumes if the workdir has a checkpoint
@@ -12,7 +12,9 @@ and pipeline), `step` (the train step, composed from parts), `evaluation` (the e
 when the loop evaluates), `group` (runs trained in lockstep; a run alone is a group of one),
 `loop` (the schedule of steps, logs, evals and saves), `session` (a run's workdir for one
 process), `load` (a trained run's network, weights and preprocessing; `evaluate`), `config`,
-`optim`, `packing`, `report`. A workdir's files are `resnet_jax.storage`'s.
+`optim` (SGD, AdamW, LAMB, LARS and the schedules), `parts` (the modern recipes' parts of
+the step: losses, augmentations, accumulation, the EMA of `ema`), `packing`, `report`. A
+workdir's files are `resnet_jax.storage`'s.
 """
 from resnet_jax.runtime.mesh import DATA_AXIS, create_mesh, initialize_distributed
 from resnet_jax.storage.checkpoints import CheckpointMismatchError, Checkpointer

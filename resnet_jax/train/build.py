@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 import resnet_jax.data as rjd
 from resnet_jax import models
+from resnet_jax.configs import base as base_configs
 from resnet_jax.runtime import compilation_cache
 from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import config as config_lib
@@ -123,6 +124,9 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
       "schedule.unit": (config.schedule.unit, config_lib.SCHEDULE_UNITS),
       "schedule.warmup_mode": (config.schedule.warmup_mode, config_lib.WARMUP_MODES),
       "optimizer.weight_decay_mode": (config.optimizer.weight_decay_mode, config_lib.WEIGHT_DECAY_MODES),
+      "optimizer.name": (config.optimizer.name, config_lib.OPTIMIZER_NAMES),
+      "loss": (config.loss, config_lib.LOSSES),
+      "augmentation.policy": (config.augmentation.policy, config_lib.AUGMENT_POLICIES),
   }
   for name, (value, valid) in choices.items():
     choice(name, value, valid)
@@ -193,6 +197,61 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
                         f"regular expression ({e})") from None
 
 
+def _check_range(name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
+  """`low <= value <= high` (or `< high`), else a `ConfigError` naming the field and the range."""
+  inside = low <= value < high if high_open else low <= value <= high
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside:
+    raise ConfigError(f"{name}={value!r} must be in [{low}, {high}{')' if high_open else ']'}")
+
+
+def _check_optimizer_extras(config: ml_collections.ConfigDict) -> None:
+  o, s = config.optimizer, config.schedule
+  for name in ("b1", "b2"):
+    _check_range(f"optimizer.{name}", o[name], 0.0, 1.0, high_open=True)
+  for name, value in (("optimizer.eps", o.eps), ("optimizer.clip_grad_norm", o.clip_grad_norm),
+                      ("schedule.end_learning_rate", s.end_learning_rate)):
+    _check_range(name, value, 0.0, float("inf"))
+  if o.trust_coefficient <= 0:
+    raise ConfigError(f"optimizer.trust_coefficient={o.trust_coefficient} must be positive (MLPerf: 0.001)")
+  if s.power <= 0:
+    raise ConfigError(f"schedule.power={s.power} must be positive (MLPerf: 2.0)")
+
+
+def _check_accumulation(config: ml_collections.ConfigDict) -> None:
+  k, batch = config.accumulation_steps, config.global_batch_size
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1 or batch % k:
+    raise ConfigError(f"accumulation_steps={k!r} must be a positive integer dividing "
+                      f"global_batch_size={batch}")
+  if config.bn.mode == "ghost" and (batch // k) % int(config.bn.ghost_batch_size):
+    raise ConfigError(f"accumulation_steps={k}: micro-batches of {batch // k} examples are not a multiple "
+                      f"of bn.ghost_batch_size={config.bn.ghost_batch_size}")
+
+
+def _check_ema(config: ml_collections.ConfigDict) -> None:
+  e = config.ema
+  _check_range("ema.decay", e.decay, 0.0, 1.0, high_open=True)
+  for name in ("warmup_gamma", "warmup_power"):
+    if e[name] <= 0:
+      raise ConfigError(f"ema.{name}={e[name]} must be positive (timm: gamma 1.0, power 2/3)")
+  if e.keep_best and not e.decay:
+    raise ConfigError("ema.keep_best=True ranks checkpoints by the EMA's error, but ema.decay=0 keeps no "
+                      "EMA; set ema.decay (e.g. 0.9998) or ema.keep_best=False")
+
+
+def _check_augmentation(config: ml_collections.ConfigDict) -> None:
+  a = config.augmentation
+  if isinstance(a.num_ops, bool) or not isinstance(a.num_ops, int) or a.num_ops < 1:
+    raise ConfigError(f"augmentation.num_ops={a.num_ops!r} must be a positive integer")
+  _check_range("augmentation.magnitude", a.magnitude, 0, 30)
+  for name in ("magnitude_std", "mixup_alpha", "cutmix_alpha"):
+    _check_range(f"augmentation.{name}", a[name], 0.0, float("inf"))
+  for name in ("random_erasing", "mix_prob", "switch_prob"):
+    _check_range(f"augmentation.{name}", a[name], 0.0, 1.0)
+  repeats = config.data.get("repeated_augmentation", 1)
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise ConfigError(f"data.repeated_augmentation={repeats!r} must be a positive integer (1: off)")
+
+
 def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
   """The network of `config` for its dataset's classes, or a `ConfigError` naming the field."""
   norm_options = config.model.get("norm_options") or {}
@@ -208,7 +267,8 @@ def _checked_model(config: ml_collections.ConfigDict) -> models.ResNet:
 def validate(config: ml_collections.ConfigDict) -> models.ResNet:
   """One-line `ConfigError`s for values that would otherwise fail deep inside JAX or Optax;
   returns the network `config` describes (for its dataset's classes)."""
-  for check in (_check_length, _check_choices, _check_counts, _check_optimizer, _check_data):
+  for check in (_check_length, _check_choices, _check_counts, _check_optimizer, _check_data, _check_optimizer_extras,
+                _check_accumulation, _check_ema, _check_augmentation):
     check(config)
   net = _checked_model(config)
   if config.get("init_from"):
@@ -222,6 +282,15 @@ def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_ste
   """The learning-rate schedule and the Optax optimiser of `config`."""
   schedule = optim.create_learning_rate_schedule(config, steps_per_epoch, total_steps)
   return schedule, optim.create_optimizer(config, schedule)
+
+
+def field_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The engine's default of every field of `config`'s kind (`configs.base.base_config` with its
+  dataset's `default_config`): a run saved before a field existed trained with what its default
+  does (`Workdir.check_resumable`)."""
+  defaults = base_configs.base_config()
+  defaults.data = rjd.default_config(config.data.name)
+  return defaults
 
 
 def eval_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
@@ -241,6 +310,15 @@ def pipeline(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None) -> 
   return rjd.create_pipeline(config.data, global_batch_size=config.global_batch_size,
                              eval_batch_size=eval_batch_size(config, mesh.shape[mesh_lib.DATA_AXIS]),
                              mesh=mesh, seed=config.seed)
+
+
+def _check_local_accumulation(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """bn.mode="per_device" splits each device's rows into the micro-batches."""
+  k = int(config.accumulation_steps)
+  if k > 1 and config.bn.mode == "per_device" and (config.global_batch_size // num_devices) % k:
+    raise ConfigError(f"accumulation_steps={k} must divide the {config.global_batch_size // num_devices} "
+                      f"examples per device (global_batch_size={config.global_batch_size} on {num_devices} "
+                      "devices) with bn.mode='per_device'")
 
 
 @dataclasses.dataclass
@@ -287,6 +365,7 @@ def experiment(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None,
     raise ConfigError(
         f"global_batch_size={config.global_batch_size} is larger than the {pipe.num_train_examples} "
         f"examples of data.train_split={config.data.train_split!r}")
+  _check_local_accumulation(config, mesh.shape[mesh_lib.DATA_AXIS])
   total_steps = config_lib.num_train_steps(config, steps_per_epoch)
   _check_schedule_steps(config, steps_per_epoch)
   schedule, tx = optimizer(config, steps_per_epoch, total_steps)

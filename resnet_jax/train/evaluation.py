@@ -12,6 +12,10 @@ With `data.ten_crop` the eval batches are larger center squares and the step als
 the papers' 10-crop testing (He et al. 2015, Table 3): the mean of the softmax over the
 10 views (`augment.ten_crop`), reported as `ten_crop_error` / `ten_crop_top5_error` /
 `ten_crop_loss`; `error` stays the single center crop.
+
+A run that keeps a moving average of its weights (`ema.py`) has the EMA evaluated beside
+them, on the same batches: its sums and results are prefixed `ema_`, and it gets its own
+line and metrics record ("eval_ema").
 """
 from __future__ import annotations
 
@@ -31,9 +35,12 @@ from resnet_jax.data import augment
 from resnet_jax.data.pipeline import Pipeline
 from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import report
+from resnet_jax.train import state as state_lib
 from resnet_jax.train.step import Batch, Metrics, Preprocess, new_metrics
 
 TEN_CROP_PREFIX = "ten_crop_"
+EMA_PREFIX = "ema_"
+EMA_RECORD = "eval_ema"   # the kind of the EMA's metrics records
 EvalStep = Callable[[Any, Any, Metrics, Batch], Metrics]
 
 
@@ -117,18 +124,46 @@ def zero_sums(pipe: Pipeline, mesh: Mesh) -> Metrics:
   return new_metrics(functools.partial(zero_eval_metrics, ten_crop=ten_crop_size(pipe) is not None), mesh)
 
 
+def weights_to_evaluate(state: Any) -> Dict[str, tuple]:
+  """(params, batch_stats) to evaluate by result prefix: the weights under "", and the EMA
+  under `EMA_PREFIX` when the run keeps one."""
+  out = {"": (state.params, state.batch_stats)}
+  ema = state_lib.ema_of(state)
+  if ema is not None:
+    out[EMA_PREFIX] = (ema["params"], ema["batch_stats"])
+  return out
+
+
+def merged(sums_by_prefix: Dict[str, Metrics]) -> Metrics:
+  """One dict of sums: each weight set's under its prefix (one count: the same batches)."""
+  out = dict(sums_by_prefix[""])
+  for prefix, sums in sums_by_prefix.items():
+    out.update({prefix + k: v for k, v in sums.items() if prefix and k != "count"})
+  return out
+
+
 def finish_evaluation(sums: Metrics) -> Dict[str, float]:
-  """Error, top-5 error (percent), mean loss and example count from the eval sums."""
+  """Error, top-5 error (percent), mean loss and example count from the eval sums (and those of
+  every prefix present: 10-crop, EMA)."""
   sums = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), sums)
   count = float(sums["count"])
   if count == 0:
     raise errors.InputError("the eval split is empty")
   out = {}
-  for prefix in ("", TEN_CROP_PREFIX) if f"{TEN_CROP_PREFIX}errors" in sums else ("",):
+  prefixes = [a + b for a in ("", EMA_PREFIX) for b in ("", TEN_CROP_PREFIX)]
+  for prefix in (p for p in prefixes if f"{p}errors" in sums):
     out.update({f"{prefix}error": 100.0 * float(sums[f"{prefix}errors"]) / count,
                 f"{prefix}top5_error": 100.0 * float(sums[f"{prefix}top5_errors"]) / count,
                 f"{prefix}loss": float(sums[f"{prefix}loss"]) / count})
   return {**out, "num_examples": int(count)}
+
+
+def of_weights(result: Dict[str, float], prefix: str) -> Dict[str, float]:
+  """The results of one weight set (`prefix` "" or `EMA_PREFIX`), without its prefix."""
+  own = {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
+  if not prefix:
+    own = {k: v for k, v in own.items() if not k.startswith(EMA_PREFIX)}
+  return {**own, "num_examples": result["num_examples"]}
 
 
 def evaluate_params(eval_step: EvalStep, params, batch_stats, pipe: Pipeline, mesh: Mesh) -> Dict[str, float]:
@@ -174,8 +209,13 @@ class Evaluations:
         if run.error is not None:
           continue
       epoch = step / run.exp.steps_per_epoch
-      run.session.writer.write(step, {**result, "epoch": epoch}, "eval")
-      run.session.writer.print(report.eval_line(step, epoch, result, run.exp.config.data.eval_split))
+      for prefix, kind in (("", "eval"), (EMA_PREFIX, EMA_RECORD)):
+        if prefix and f"{prefix}error" not in result:
+          continue
+        own = of_weights(result, prefix)
+        run.session.writer.write(step, {**own, "epoch": epoch}, kind)
+        run.session.writer.print(report.eval_line(step, epoch, own, run.exp.config.data.eval_split,
+                                                  "eval" if not prefix else "eval (EMA)"))
       run.last_eval = result
 
   def of_current(self) -> None:

@@ -160,11 +160,14 @@ class SeparatePrograms:
     self.sums = [self.zero_sums() for _ in self.sums]
 
   def start_evaluation(self, pipe, mesh) -> Callable[[], List[Metrics]]:
-    """Dispatches every run's eval steps over one pass of the split; returns the reader."""
-    sums = [evaluation.zero_sums(pipe, mesh) for _ in self.states]
+    """Dispatches every run's eval steps (its weights and its EMA, if kept) over one pass of the
+    split; returns the reader."""
+    weights = [evaluation.weights_to_evaluate(s) for s in self.states]
+    sums = [{prefix: evaluation.zero_sums(pipe, mesh) for prefix in w} for w in weights]
     for batch in pipe.eval_iterator():
-      sums = [self.eval_step(s.params, s.batch_stats, total, batch) for s, total in zip(self.states, sums)]
-    return lambda: fetch(sums)
+      sums = [{prefix: self.eval_step(*w[prefix], total[prefix], batch) for prefix in w}
+              for w, total in zip(weights, sums)]
+    return lambda: [evaluation.merged(s) for s in fetch(sums)]
 
   def keep(self, indices: Sequence[int], runs: List[Run]) -> None:
     """Keeps only the runs at `indices` (the others stopped early)."""
@@ -182,9 +185,10 @@ class StackedPrograms:
 
   def _compile(self, runs: List[Run]) -> None:
     exp = runs[0].exp
-    txs = [r.exp.tx for r in runs]
+    txs, configs = [r.exp.tx for r in runs], [r.exp.config for r in runs]
     self.steps = _steps(exp, lambda k: step_lib.build_packed_train_step(
-        exp.train_model, txs, exp.config, exp.mesh, exp.pipeline.preprocess, exp.num_classes, k))
+        exp.train_model, txs, exp.config, exp.mesh, exp.pipeline.preprocess, exp.num_classes, k,
+        run_configs=configs))
     self.batches = PackedTrainIterator([r.train_iter for r in runs], exp.mesh, mesh_lib.DATA_AXIS)
     self.eval_step = evaluation.compiled(packing.over_runs(evaluation.eval_sums(
         exp.model, exp.pipeline.preprocess, evaluation.ten_crop_size(exp.pipeline)), (0, 0, 0, None)), exp.mesh)
@@ -210,12 +214,14 @@ class StackedPrograms:
 
   def start_evaluation(self, pipe, mesh) -> Callable[[], List[Metrics]]:
     runs, ten_crop = int(self.sums["steps"].shape[0]), evaluation.ten_crop_size(pipe) is not None
-    sums = step_lib.new_metrics(lambda: packing.stack([evaluation.zero_eval_metrics(ten_crop)] * runs), mesh)
+    weights = evaluation.weights_to_evaluate(self.state)
+    zeros = lambda: step_lib.new_metrics(lambda: packing.stack([evaluation.zero_eval_metrics(ten_crop)] * runs), mesh)
+    sums = {prefix: zeros() for prefix in weights}
     for batch in pipe.eval_iterator():
-      sums = self.eval_step(self.state.params, self.state.batch_stats, sums, batch)
+      sums = {prefix: self.eval_step(*weights[prefix], sums[prefix], batch) for prefix in weights}
 
     def read() -> List[Metrics]:
-      host = fetch(sums)
+      host = evaluation.merged(fetch(sums))
       return [jax.tree.map(lambda x, i=i: x[i], host) for i in range(runs)]
     return read
 

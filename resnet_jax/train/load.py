@@ -26,12 +26,15 @@ from resnet_jax.storage.checkpoints import Checkpointer, CheckpointMismatchError
 from resnet_jax.storage.workdir import Workdir
 from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import ema as ema_lib
 from resnet_jax.train import evaluation
+from resnet_jax.train import state as state_lib
 from resnet_jax.train.trained import TrainedNetwork
 
 Variables = Dict[str, Any]
 Log = Callable[[str], None]
 Step = Optional[int | str]
+WEIGHTS = ("raw", "ema")   # the trained weights, or their moving average (`ema.py`)
 
 
 def _warn(line: str) -> None:
@@ -54,7 +57,7 @@ def _steps_to_try(workdir: Workdir, checkpointer: Checkpointer, step: Step, log:
   return [int(step)], False
 
 
-def _restore_step(checkpointer: Checkpointer, step: int, config: ml_collections.ConfigDict
+def _restore_step(checkpointer: Checkpointer, step: int, config: ml_collections.ConfigDict, weights: str = "raw"
                   ) -> Tuple[models.ResNet, Variables]:
   """The network that wrote `step` (from its recorded classes and input shape) and its variables."""
   saved = checkpointer.read_meta(step)
@@ -62,13 +65,14 @@ def _restore_step(checkpointer: Checkpointer, step: int, config: ml_collections.
   model = build.model(config, num_classes)
   abstract = models.abstract_variables(model, (1, *image_shape))
   meta = integrity.fingerprint(build.model_spec(config), num_classes, image_shape, dict(abstract))
-  return model, checkpointer.restore_variables(step, dict(abstract), meta)
+  return model, checkpointer.restore_variables(step, dict(abstract), meta, weights)
 
 
-def _restore_named(checkpointer: Checkpointer, step: int, config) -> Tuple[models.ResNet, Variables]:
+def _restore_named(checkpointer: Checkpointer, step: int, config, weights: str = "raw"
+                   ) -> Tuple[models.ResNet, Variables]:
   """`_restore_step` of a step named on its own: unreadable is an error, not a fallback."""
   try:
-    return _restore_step(checkpointer, step, config)
+    return _restore_step(checkpointer, step, config, weights)
   except errors.InputError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
@@ -76,22 +80,32 @@ def _restore_named(checkpointer: Checkpointer, step: int, config) -> Tuple[model
         f"checkpoint {checkpointer.directory / str(step)} is unreadable ({errors.one_line(e)})") from e
 
 
+def _check_weights(weights: str, config: ml_collections.ConfigDict, workdir: Workdir) -> None:
+  if weights not in WEIGHTS:
+    raise errors.InputError(f"weights={weights!r} is not one of {WEIGHTS}")
+  if weights == "ema" and not ema_lib.enabled(config):
+    raise errors.InputError(f"weights='ema': the run in {workdir} kept no moving average of its weights "
+                            "(ema.decay=0); load weights='raw'")
+
+
 def restore_variables(workdir: str | os.PathLike | Workdir, step: Step = None,
                       config: Optional[ml_collections.ConfigDict] = None,
-                      log: Log = _warn) -> Tuple[models.ResNet, Variables, int]:
+                      log: Log = _warn, weights: str = "raw") -> Tuple[models.ResNet, Variables, int]:
   """`load_variables`, and the step it restored (for `"best"`, `log` says which and why)."""
   workdir = Workdir(workdir)
   workdir.check_reachable()
   workdir.check_format()
   config = config_lib.load_config(workdir) if config is None else config
+  _check_weights(weights, config, workdir)
   checkpointer = workdir.checkpointer(keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
-                                      async_save=False, create=False)
+                                      async_save=False, create=False, rank_by=ema_lib.ranking(config))
   try:
     steps, fallback = _steps_to_try(workdir, checkpointer, step, log)
     if fallback:
-      restored = checkpointer.restore_newest(lambda s: _restore_step(checkpointer, s, config), log, steps=steps)
+      restored = checkpointer.restore_newest(lambda s: _restore_step(checkpointer, s, config, weights), log,
+                                             steps=steps)
     else:
-      restored = steps[0], _restore_named(checkpointer, steps[0], config)
+      restored = steps[0], _restore_named(checkpointer, steps[0], config, weights)
   finally:
     checkpointer.close()
   if restored is None:
@@ -104,18 +118,20 @@ def restore_variables(workdir: str | os.PathLike | Workdir, step: Step = None,
 
 def load_variables(workdir: str | os.PathLike | Workdir, step: Step = None,
                    config: Optional[ml_collections.ConfigDict] = None,
-                   log: Log = _warn) -> Tuple[models.ResNet, Variables]:
+                   log: Log = _warn, weights: str = "raw") -> Tuple[models.ResNet, Variables]:
   """The trained network of a `train` run and its `{"params", "batch_stats"}`, for inference.
 
   Restores only the parameters and BatchNorm statistics (an Orbax partial restore), so
   neither the optimiser nor the dataset is needed. `step`: a saved step, `"latest"`
-  (default) or `"best"` (the kept checkpoint with the lowest eval error). For `"latest"`,
-  an unreadable checkpoint is reported through `log` and the next older one is used.
+  (default) or `"best"` (the kept checkpoint with the lowest eval error; of the EMA's with
+  `ema.keep_best`). For `"latest"`, an unreadable checkpoint is reported through `log` and
+  the next older one is used. `weights`: "raw" (the trained weights) or "ema" (their moving
+  average, for a run with `ema.decay` > 0).
 
   >>> model, variables = rj.train.load_variables("runs/cifar10_resnet20", step="best")
   >>> logits = model.apply(variables, images, train=False)
   """
-  model, variables, _ = restore_variables(workdir, step, config, log)
+  model, variables, _ = restore_variables(workdir, step, config, log, weights)
   return model, variables
 
 
@@ -137,10 +153,12 @@ def record_preprocessing_of(workdir: Workdir, preprocessing: Preprocessing):
 
 
 def load_network(workdir: str | os.PathLike | Workdir, step: Step = None,
-                 data_dir: Optional[str | os.PathLike] = None, log: Log = _warn) -> TrainedNetwork:
+                 data_dir: Optional[str | os.PathLike] = None, log: Log = _warn, weights: str = "raw"
+                 ) -> TrainedNetwork:
   """The trained network of a `train` run with its weights and its eval-time preprocessing.
 
-  `step`: as `load_variables` (`"latest"` by default, `"best"`, or a number). The
+  `step`: as `load_variables` (`"latest"` by default, `"best"`, or a number); `weights`:
+  "raw" or "ema" (the moving average of a run that kept one). The
   preprocessing is the one the run recorded (`WORKDIR/preprocessing.json`: for CIFAR the
   train split's mean image); a run from before it was recorded has it computed from its
   dataset (found in `data_dir`, else where it trained, else $TFDS_DATA_DIR), which `log`
@@ -151,14 +169,14 @@ def load_network(workdir: str | os.PathLike | Workdir, step: Step = None,
   """
   workdir = Workdir(workdir)
   config = config_lib.load_config(workdir)
-  model, variables, found = restore_variables(workdir, step, config, log)
+  model, variables, found = restore_variables(workdir, step, config, log, weights)
   recorded = read_preprocessing(workdir)
   if recorded is None:
     recorded = _dataset_preprocessing(workdir, data_dir)
     log(f"{workdir} recorded no {Workdir.PREPROCESSING}: computed it from the dataset ({recorded.description}); "
         f"rj.train.record_preprocessing({str(workdir)!r}) stores it")
-  return TrainedNetwork(model, variables, recorded, name=config.model.name,
-                        source=f"{workdir / Workdir.CHECKPOINTS / str(found)}", step=found)
+  return TrainedNetwork(model, variables, recorded, name=config.model.name, step=found,
+                        source=f"{workdir / Workdir.CHECKPOINTS / str(found)}{' (EMA)' if weights == 'ema' else ''}")
 
 
 def _dataset_preprocessing(workdir: Workdir, data_dir: Optional[str | os.PathLike]) -> Preprocessing:
@@ -179,9 +197,9 @@ def record_preprocessing(workdir: str | os.PathLike | Workdir, data_dir: Optiona
 
 def evaluate(workdir: str | os.PathLike | Workdir, step: Step = None, split: Optional[str] = None,
              mesh: Optional[Mesh] = None, log: Log = _warn,
-             data_dir: Optional[str | os.PathLike] = None) -> Dict[str, Any]:
+             data_dir: Optional[str | os.PathLike] = None, weights: str = "raw") -> Dict[str, Any]:
   """Evaluates a checkpoint of `workdir` (the latest by default, or `"best"`) on every
-  example of a split.
+  example of a split; `weights="ema"`: the moving average of a run that kept one.
 
   The split is the run's `data.eval_split` unless `split` is given; the dataset is read
   from `data_dir`, else where the run read it if that folder exists here, else
@@ -198,7 +216,7 @@ def evaluate(workdir: str | os.PathLike | Workdir, step: Step = None, split: Opt
   except FileNotFoundError as e:  # a run's data dir is often a path of the machine that trained it
     raise errors.MissingError(f"{e}; or read a prepared copy elsewhere: eval --data-dir DIR (evaluate(..., "
                             "data_dir=DIR)) or $TFDS_DATA_DIR") from None
-  model, variables, step = restore_variables(workdir, step, config, log)
+  model, variables, step = restore_variables(workdir, step, config, log, weights)
   if model.num_classes != pipe.num_classes:
     raise config_lib.ConfigError(f"the checkpoint has {model.num_classes} classes but data.name="
                                  f"{config.data.name!r} has {pipe.num_classes}")
@@ -228,4 +246,7 @@ def init_from(spec: str, state: Any, mesh: Mesh, num_classes: int, image_shape) 
   params, batch_stats = jax.device_put(
       jax.tree.map(jnp.asarray, (variables["params"], variables.get("batch_stats", {}))),
       mesh_lib.replicated(mesh))
-  return state.replace(params=params, batch_stats=batch_stats), f"{path} ({'latest' if step is None else step})"
+  state = state.replace(params=params, batch_stats=batch_stats)
+  if state_lib.ema_of(state) is not None:  # the moving average starts from the weights it starts from
+    state = state.replace(ema=ema_lib.initial(params, batch_stats))
+  return state, f"{path} ({'latest' if step is None else step})"

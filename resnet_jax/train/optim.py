@@ -10,6 +10,15 @@
   epochs 150 and 225.
 * Goyal et al. 2017: linear scaling rule lr = base × batch / reference with a
   linear warm-up; linear warm-up + cosine decay as an alternative schedule.
+* MLPerf ResNet-50 v1.5 (mlcommons/training, image_classification/tensorflow2/lars_util.py):
+  polynomial decay of power 2 after the warm-up.
+
+Optimisers (`optimizer.name`): SGD as the papers; AdamW (Loshchilov & Hutter 2019, torch's
+`AdamW`); LAMB (You et al. 2020, timm's `Lamb`, which "ResNet strikes back" trains with);
+LARS (You et al. 2017, as MLPerf's ResNet-50 and timm's `Lars`). For LAMB and LARS the
+parameters that `weight_decay_exclude` names (BatchNorm and biases) get neither weight decay
+nor a trust ratio, as MLPerf's `skip_list` and timm's no-decay parameter group. Optional
+global-norm gradient clipping comes first in every chain.
 """
 from __future__ import annotations
 
@@ -57,6 +66,8 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_e
   elif s.name == "cosine":
     main = lambda count: peak * 0.5 * (1.0 + jnp.cos(
         jnp.pi * jnp.clip((count - warmup_steps) / max(num_train_steps - warmup_steps, 1), 0.0, 1.0)))
+  elif s.name == "polynomial":
+    main = polynomial_decay(peak, float(s.end_learning_rate), float(s.power), warmup_steps, num_train_steps)
   else:
     main = optax.constant_schedule(peak)
 
@@ -69,6 +80,19 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_e
 
   def schedule(count: jax.Array) -> jax.Array:
     return jnp.where(count < warmup_steps, warm(count), main(count))
+  return schedule
+
+
+def polynomial_decay(peak: float, end: float, power: float, warmup_steps: int, num_train_steps: int
+                     ) -> optax.Schedule:
+  """MLPerf's `PolynomialDecayWithWarmup` after its warm-up: (peak − end)·(1 − s/D)^power + end,
+  s = count − warm-up steps, over D = total − warm-up + 1 steps (the reference's decay_steps,
+  so the last step's rate stays above `end`)."""
+  decay_steps = max(num_train_steps - warmup_steps + 1, 1)
+
+  def schedule(count: jax.Array) -> jax.Array:
+    fraction = jnp.clip((count - warmup_steps) / decay_steps, 0.0, 1.0)
+    return (peak - end) * (1.0 - fraction) ** power + end
   return schedule
 
 
@@ -86,8 +110,17 @@ def weight_decay_mask(params: Any, exclude: str) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate: optax.Schedule) -> optax.GradientTransformation:
+def _decay_mask(o: ml_collections.ConfigDict) -> Optional[Callable[[Any], Any]]:
+  """The parameters that get weight decay (and, for LAMB/LARS, a trust ratio); None: all.
+
+  An empty pattern decays everything: no mask at all (nothing to trace or to time).
+  """
+  if not o.weight_decay_exclude:
+    return None
+  return lambda params: weight_decay_mask(params, o.weight_decay_exclude)
+
+
+def sgd(o: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.GradientTransformation:
   """SGD with (optionally Nesterov) momentum and coupled or decoupled weight decay.
 
   Coupled ("L2", the papers): g ← g + wd·w before momentum, so the decay is
@@ -95,10 +128,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   Decoupled (Loshchilov & Hutter): w ← w − lr·(m + wd·w) without momentum on
   the decay term.
   """
-  o = config.optimizer
-  # An empty pattern decays everything: no mask at all (nothing to trace or to time).
-  mask: Optional[Callable[[Any], Any]] = (
-      (lambda params: weight_decay_mask(params, o.weight_decay_exclude)) if o.weight_decay_exclude else None)
+  mask = _decay_mask(o)
   momentum = float(o.momentum) if o.momentum else None
   if o.weight_decay_mode == "coupled":
     parts = []
@@ -113,3 +143,75 @@ def create_optimizer(config: ml_collections.ConfigDict,
     parts.append(optax.add_decayed_weights(float(o.weight_decay), mask=mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)
+
+
+def adamw(o: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW (Loshchilov & Hutter 2019) as torch.optim.AdamW: w ← w − lr·(m̂/(√v̂ + ε) + wd·w)."""
+  return optax.adamw(learning_rate, b1=float(o.b1), b2=float(o.b2), eps=float(o.eps),
+                     weight_decay=float(o.weight_decay), mask=_decay_mask(o))
+
+
+def _only_where(mask: Optional[Callable[[Any], Any]], inner: optax.GradientTransformation
+                ) -> optax.GradientTransformation:
+  return inner if mask is None else optax.masked(inner, mask)
+
+
+def lamb(o: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  """LAMB (You et al. 2020) as timm's `Lamb`: the Adam step plus decoupled weight decay, scaled
+  by the trust ratio ‖w‖/‖update‖ (1 where either is 0) on the decayed parameters only.
+
+  Optax's `lamb` applies the trust ratio to every parameter; timm (and "ResNet strikes back")
+  leaves the no-decay group (BatchNorm, biases) at the plain Adam step. timm's `Lamb` also
+  clips the global gradient norm at 1.0 itself (`max_grad_norm`): set `clip_grad_norm` = 1.
+  """
+  mask = _decay_mask(o)
+  return optax.chain(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2), eps=float(o.eps)),
+                     optax.add_decayed_weights(float(o.weight_decay), mask=mask),
+                     _only_where(mask, optax.scale_by_trust_ratio()),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def scale_by_lars_trust_ratio(trust_coefficient: float, weight_decay: float, eps: float
+                              ) -> optax.GradientTransformation:
+  """MLPerf's LARS update direction: (g + wd·w)·η‖w‖/(‖g‖ + wd‖w‖ + ε), 1 where ‖w‖ or ‖g‖ is 0.
+
+  The denominator adds the norms (MLPerf, timm); Optax's `lars` takes the norm of g + wd·w.
+  """
+  def direction(g: jax.Array, w: jax.Array) -> jax.Array:
+    w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+    ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+    ratio = jnp.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
+    return (g + weight_decay * w) * ratio
+  return optax.stateless_with_tree_map(direction)
+
+
+def lars(o: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  """LARS (You et al. 2017) as MLPerf's ResNet-50 and timm's `Lars`: the trust-ratio direction on
+  the decayed parameters (the skipped ones, BatchNorm and biases, take the plain gradient),
+  then momentum, then the learning rate.
+
+  As timm (and this engine's SGD), the momentum buffer holds the directions and the learning
+  rate scales the step; MLPerf's buffer holds lr-scaled directions, which differs only while
+  the learning rate changes (warm-up, decay) by the ratio of consecutive rates.
+  """
+  momentum = float(o.momentum) if o.momentum else None
+  parts = [_only_where(_decay_mask(o), scale_by_lars_trust_ratio(
+      float(o.trust_coefficient), float(o.weight_decay), float(o.eps)))]
+  if momentum is not None:
+    parts.append(optax.trace(decay=momentum, nesterov=bool(o.nesterov)))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
+
+
+OPTIMIZERS = {"sgd": sgd, "adamw": adamw, "lamb": lamb, "lars": lars}
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  """The optimiser `config.optimizer.name` names (SGD when the config predates the field),
+  after global-norm gradient clipping when `optimizer.clip_grad_norm` is positive."""
+  o = config.optimizer
+  tx = OPTIMIZERS[o.get("name", "sgd")](o, learning_rate)
+  if o.get("clip_grad_norm", 0.0):
+    return optax.chain(optax.clip_by_global_norm(float(o.clip_grad_norm)), tx)
+  return tx

@@ -13,8 +13,11 @@ so configs may differ only in
   `model.shortcut_options.gate_bias_init`;
 * the optimiser's and the schedule's values (`optimizer.*`, `schedule.*`): each run keeps
   its own optimiser (`lax.switch` in the step) as long as the optimiser state has the
-  same structure (momentum on or off, weight decay on or off, masked or not, its mode,
-  Nesterov alike).
+  same structure (the optimiser, momentum on or off, weight decay on or off, masked or not,
+  its mode, Nesterov, gradient clipping on or off alike);
+* the values of the recipes' parts (`PER_RUN_FIELDS`: the EMA's decay and warm-up, mixup /
+  CutMix α and probabilities, the random-erasing probability; `parts.per_run` gives each run
+  its own) as long as the same parts are on (`_structure`).
 
 Everything else (the network, data, batch, BatchNorm mode, dtype, length, cadences) must be
 equal. `groups` sorts any list of configs into groups that can be packed.
@@ -32,16 +35,26 @@ from resnet_jax.storage.workdir import flat_fields
 from resnet_jax.train import config as config_lib
 
 PER_RUN_FIELDS = frozenset({"seed", "init_from", "model.zero_init_residual",
-                            "model.shortcut_options.gate_bias_init"})
+                            "model.shortcut_options.gate_bias_init",
+                            "ema.decay", "ema.warmup", "ema.warmup_gamma", "ema.warmup_power",
+                            "augmentation.mixup_alpha", "augmentation.cutmix_alpha", "augmentation.mix_prob",
+                            "augmentation.switch_prob", "augmentation.random_erasing"})
 PER_RUN_PREFIXES = ("optimizer.", "schedule.")
 
 
-def _optimizer_structure(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """What decides the optimiser state's structure (must be equal in a packed group)."""
-  o = config.optimizer
-  return {"momentum": bool(o.momentum), "weight_decay": bool(o.weight_decay),
-          "weight_decay_mode": o.weight_decay_mode, "nesterov": bool(o.nesterov),
-          "weight_decay_mask": bool(o.weight_decay_exclude)}
+STEP_PARTS = ("EMA", "mixup", "CutMix", "random erasing")
+
+
+def _structure(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """What decides the structure of the optimiser state and of the step's parts (must be equal
+  in a packed group; the values behind them may differ)."""
+  o, a = config.optimizer, config.get("augmentation", {})
+  return {"optimizer.name": o.get("name", "sgd"), "momentum": bool(o.momentum),
+          "weight_decay": bool(o.weight_decay), "weight_decay_mode": o.weight_decay_mode,
+          "nesterov": bool(o.nesterov), "weight_decay_mask": bool(o.weight_decay_exclude),
+          "gradient clipping": bool(o.get("clip_grad_norm", 0.0)),
+          "EMA": bool(config.get("ema", {}).get("decay", 0.0)), "mixup": bool(a.get("mixup_alpha", 0.0)),
+          "CutMix": bool(a.get("cutmix_alpha", 0.0)), "random erasing": bool(a.get("random_erasing", 0.0))}
 
 
 def program_key(config: ml_collections.ConfigDict) -> str:
@@ -49,7 +62,7 @@ def program_key(config: ml_collections.ConfigDict) -> str:
   flat = flat_fields(config)
   shared = {k: v for k, v in flat.items()
             if k not in PER_RUN_FIELDS and not k.startswith(PER_RUN_PREFIXES)}
-  shared["optimizer structure"] = _optimizer_structure(config)
+  shared["structure"] = _structure(config)
   return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -64,13 +77,15 @@ def check_packable(configs: Sequence[ml_collections.ConfigDict]) -> None:
         continue
       raise config_lib.ConfigError(
           f"these runs cannot be packed into one program: {key} is {first.get(key)!r} in one and "
-          f"{theirs.get(key)!r} in another (only seeds, initialisation and optimiser values may differ); "
+          f"{theirs.get(key)!r} in another (only seeds, initialisation, optimiser values and the values "
+          "of PER_RUN_FIELDS may differ); "
           "train them apart (pack=False, --pack off) or make it equal")
-    a, b = _optimizer_structure(configs[0]), _optimizer_structure(other)
+    a, b = _structure(configs[0]), _structure(other)
     if a != b:
       key = next(k for k in a if a[k] != b[k])
+      what = "steps" if key in STEP_PARTS else "optimiser states"
       raise config_lib.ConfigError(
-          f"these runs cannot be packed into one program: their optimiser states differ in structure "
+          f"these runs cannot be packed into one program: their {what} differ in structure "
           f"({key}: {a[key]} vs {b[key]}); train them apart (pack=False, --pack off)")
 
 

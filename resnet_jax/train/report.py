@@ -31,11 +31,12 @@ def train_line(step: int, total_steps: int, record: Mapping[str, float], eta_sec
           f"train error {record['error']:.2f}% | lr {record['learning_rate']:.4g} | {speed}")
 
 
-def eval_line(step: int, epoch: float, result: Mapping[str, Any], split: str) -> str:
-  """An evaluation's line; with 10-crop testing its error beside the center crop's."""
+def eval_line(step: int, epoch: float, result: Mapping[str, Any], split: str, label: str = "eval") -> str:
+  """An evaluation's line (`label` "eval (EMA)" for the moving average's); with 10-crop testing
+  its error beside the center crop's."""
   ten = (f"10-crop error {result['ten_crop_error']:.2f}% | top-5 {result['ten_crop_top5_error']:.2f}% | "
          if "ten_crop_error" in result else "")
-  return (f"eval step {step} | epoch {epoch:.2f} | error {result['error']:.2f}% | "
+  return (f"{label} step {step} | epoch {epoch:.2f} | error {result['error']:.2f}% | "
           f"top-5 {result['top5_error']:.2f}% | {ten}loss {result['loss']:.4f} | "
           f"{result['num_examples']} images of {split}")
 

@@ -22,6 +22,7 @@ from resnet_jax.storage import integrity
 from resnet_jax.storage.workdir import Workdir
 from resnet_jax.train import build
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import ema as ema_lib
 from resnet_jax.train import load as load_lib
 from resnet_jax.train import report
 from resnet_jax.train import state as state_lib
@@ -54,15 +55,17 @@ class TrainingSession:
     self.exp, self.workdir, self.config_spec = exp, workdir, config_spec
     self.is_chief = jax.process_index() == 0
     workdir.check_format(write=self.is_chief)
-    self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
+    self.abstract_state = state_lib.abstract_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed,
+                                                         ema=ema_lib.enabled(config))
     self.meta = {**integrity.fingerprint(build.model_spec(config), exp.num_classes, exp.image_shape,
                                          self.abstract_state),
                  integrity.CONFIG_KEY: config_lib.to_json_value(config)}  # the recipe a resume must keep
     self.checkpointer = workdir.checkpointer(keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
-                                             async_save=config.async_checkpoints)
+                                             async_save=config.async_checkpoints, rank_by=ema_lib.ranking(config))
     try:  # Orbax's threads keep a process alive until the checkpointer is closed
       if self.checkpointer.latest_step() is not None:
-        workdir.check_resumable(config_lib.to_json_value(config), self.checkpointer.saved_config())
+        workdir.check_resumable(config_lib.to_json_value(config), self.checkpointer.saved_config(),
+                                defaults=build.field_defaults(config))
       self.writer = workdir.metric_writer(prefix=label)
     except BaseException:
       self.checkpointer.close()
@@ -92,7 +95,8 @@ class TrainingSession:
       if step < exp.total_steps:  # a finished run says so in one line (`report.finished_line`)
         self.writer.print(f"resumed from {resumed_from}")
     else:
-      state = state_lib.create_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed)
+      state = state_lib.create_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, config.seed,
+                                           ema=ema_lib.enabled(config))
       sums = step_lib.new_metrics(step_lib.zero_train_metrics, exp.mesh)
       if config.get("init_from"):
         state, source = load_lib.init_from(config.init_from, state, exp.mesh, exp.num_classes, exp.image_shape)

@@ -1,7 +1,10 @@
 """The jit-compiled train step over the 1-D data mesh, composed from small parts (evaluation:
 `evaluation.py`).
 
-A step is `compiled(k_steps(over runs(train_step(gradients, optimizer_update))))`:
+A step is `compiled(k_steps(over runs(train_step(inputs, gradients, optimizer_update, averaging))))`:
+
+* `inputs` (`parts.inputs`): the batch's images and targets after the dataset's preprocessing
+  and the recipe's augmentations (RandAugment/TrivialAugment, random erasing, mixup/CutMix);
 
 * `gradients`: loss, error and gradients for the BatchNorm mode of `config.bn.mode`, an
   experimental choice (STYLE.md):
@@ -13,9 +16,12 @@ A step is `compiled(k_steps(over runs(train_step(gradients, optimizer_update))))
     then averaged over the axis;
   - "ghost": statistics over groups of `config.bn.ghost_batch_size` consecutive examples
     (Hoffer et al. 2017), independent of the device count (the model's norm does it).
+  The loss is a part it receives (`parts.loss`), and with `accumulation_steps` > 1 it is the
+  mean over micro-batches (`parts.accumulated`).
 * `optimizer_update`: one Optax update with the run's own optimiser (`lax.switch` over the
   runs' optimisers when packed runs differ in values).
-* `train_step`: one step of one run: its randomness, preprocessing, gradients, update and
+* `averaging` (`parts.averaging`): the moving average of the weights after the update.
+* `train_step`: one step of one run: its randomness, inputs, gradients, update, averaging and
   on-device metric sums (`MetricSums`, fetched by the loop only every few steps).
 * over runs (`packing.over_runs`): packed runs stacked on a leading axis, one program.
 * `k_steps`: K steps per dispatch with `lax.scan`.
@@ -43,12 +49,14 @@ from jax.sharding import Mesh, PartitionSpec as P
 from resnet_jax.runtime import cpu_compile, cpu_conv
 from resnet_jax.runtime import mesh as mesh_lib
 from resnet_jax.train import packing
+from resnet_jax.train import parts
+from resnet_jax.train.parts import cross_entropy  # noqa: F401  (re-exported)
 from resnet_jax.train.state import TrainState
 
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
 Preprocess = Callable[[jax.Array, Optional[jax.Array], bool], jax.Array]
-# (params, batch_stats, images, labels, rng) -> (grads, new batch_stats, loss, error)
+# (params, batch_stats, images, targets, labels, rng) -> (grads, new batch_stats, loss, error)
 Gradients = Callable[..., Tuple]
 # (grads, opt_state, params, run index) -> (updates, new opt_state)
 OptimizerUpdate = Callable[..., Tuple]
@@ -66,16 +74,6 @@ def zero_train_metrics() -> Metrics:
 def new_metrics(zeros_fn: Callable[[], Metrics], mesh: Mesh) -> Metrics:
   """Zeroed sums as global arrays replicated over `mesh` (valid across processes)."""
   return jax.jit(zeros_fn, out_shardings=mesh_lib.replicated(mesh))()
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                  label_smoothing: float) -> jax.Array:
-  """Per-example softmax cross-entropy, optionally with label smoothing (Szegedy et al. 2016)."""
-  dtype = jnp.promote_types(logits.dtype, jnp.float32)
-  targets = jax.nn.one_hot(labels, num_classes, dtype=dtype)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(dtype), targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,38 +99,43 @@ def model_for_platform(model: nn.Module, platform: str, steps_per_call: int) -> 
 
 
 def gradients(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int,
-              extras: StepExtras = StepExtras()) -> Gradients:
-  """Loss, training error and gradients of one batch, for the BatchNorm mode (module docstring)."""
-  label_smoothing = float(config.label_smoothing)
+              extras: StepExtras = StepExtras(), loss: Optional[parts.Loss] = None) -> Gradients:
+  """Loss, training error and gradients of one batch, for the BatchNorm mode (module docstring).
 
-  def loss_and_grads(params, batch_stats, images, labels, dropout_rng, axis_name=None):
+  `loss(logits, targets)`: per-example losses (default: `parts.loss(config)`); the error is
+  counted against the labels (the un-mixed ones when the batch is mixed).
+  """
+  loss = parts.loss(config, num_classes) if loss is None else loss
+
+  def loss_and_grads(params, batch_stats, images, targets, labels, dropout_rng, axis_name=None):
     def loss_fn(p):
       logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, images,
                                     train=True, mutable=["batch_stats"],
                                     rngs={"dropout": dropout_rng})
-      loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+      mean_loss = loss(logits, targets).mean()
       if axis_name is not None:
         # Mean over the whole batch inside the differentiated function: the gradient is
         # then the global-batch gradient, replicated on every device.
-        loss = jax.lax.pmean(loss, axis_name)
+        mean_loss = jax.lax.pmean(mean_loss, axis_name)
       if extras.metrics:
         errors = (jnp.argmax(logits, -1) != labels).astype(jnp.float32).mean()
       else:
         errors = jnp.zeros((), jnp.float32)
-      return loss, (errors, updates["batch_stats"])
-    (loss, (error, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return mean_loss, (errors, updates["batch_stats"])
+    (mean_loss, (error, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     if axis_name is not None:
       error, new_stats = jax.lax.pmean((error, new_stats), axis_name)
-    return grads, new_stats, loss, error
+    return grads, new_stats, mean_loss, error
 
+  loss_and_grads = parts.accumulated(loss_and_grads, int(config.get("accumulation_steps", 1)))
   if config.bn.mode != "per_device":
     return loss_and_grads
 
-  def per_device(params, batch_stats, images, labels, dropout_rng):
+  def per_device(params, batch_stats, images, targets, labels, dropout_rng):
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(mesh_lib.DATA_AXIS))
-    return loss_and_grads(params, batch_stats, images, labels, dropout_rng, mesh_lib.DATA_AXIS)
-  return jax.shard_map(per_device, mesh=mesh,
-                       in_specs=(P(), P(), P(mesh_lib.DATA_AXIS), P(mesh_lib.DATA_AXIS), P()), out_specs=P())
+    return loss_and_grads(params, batch_stats, images, targets, labels, dropout_rng, mesh_lib.DATA_AXIS)
+  data = P(mesh_lib.DATA_AXIS)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), data, data, data, P()), out_specs=P())
 
 
 def optimizer_update(txs: Sequence[optax.GradientTransformation]) -> OptimizerUpdate:
@@ -162,20 +165,23 @@ def _record(metrics: Metrics, step: jax.Array, loss: jax.Array, error: jax.Array
   return metrics
 
 
-def train_step(grads_fn: Gradients, update_fn: OptimizerUpdate, preprocess: Preprocess,
-               extras: StepExtras = StepExtras()) -> OneStep:
+def train_step(grads_fn: Gradients, update_fn: OptimizerUpdate, inputs: parts.Inputs,
+               extras: StepExtras = StepExtras(), averaging: Optional[Callable] = None) -> OneStep:
   """One step of one run: `(state, metrics, batch, run index) -> (state, metrics)`.
 
   The randomness of step t is `fold_in(state.rng, t)` (augmentation and dropout), so a
-  resumed run draws the same numbers.
+  resumed run draws the same numbers. `averaging(state, run)`: after the update (the EMA).
   """
   def one_step(state: TrainState, metrics: Metrics, batch: Batch, run: jax.Array) -> Tuple[TrainState, Metrics]:
     augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    images = preprocess(batch["image"], augment_rng, True)
-    grads, new_stats, loss, error = grads_fn(state.params, state.batch_stats, images, batch["label"], dropout_rng)
+    images, targets = inputs(batch, augment_rng, run)
+    grads, new_stats, loss, error = grads_fn(state.params, state.batch_stats, images, targets, batch["label"],
+                                             dropout_rng)
     updates, opt_state = update_fn(grads, state.opt_state, state.params, run)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=new_stats, opt_state=opt_state)
+    if averaging is not None:
+      new_state = averaging(new_state, run)
     return new_state, _record(metrics, state.step, loss, error, grads, extras)
   return one_step
 
@@ -203,8 +209,11 @@ def compiled(step: Callable, mesh: Mesh) -> Callable:
                  compiler_options=cpu_compile.train_step_options(platform) or None)
 
 
-def _one_step(model, txs, config, mesh, preprocess, num_classes, extras) -> OneStep:
-  return train_step(gradients(model, config, mesh, num_classes, extras), optimizer_update(txs), preprocess, extras)
+def _one_step(model, txs, configs, mesh, preprocess, num_classes, extras) -> OneStep:
+  """The step of one run from the parts its config (or its group's configs, one per run) turns on."""
+  config = configs[0]
+  return train_step(gradients(model, config, mesh, num_classes, extras), optimizer_update(txs),
+                    parts.inputs(configs, preprocess, num_classes), extras, parts.averaging(configs))
 
 
 def build_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
@@ -212,17 +221,22 @@ def build_train_step(model: nn.Module, tx: optax.GradientTransformation, config:
                      extras: StepExtras = StepExtras()):
   """Jitted `(state, metrics, batch) -> (state, metrics)` of one run, `model` as the platform's
   (`model_for_platform`). With `steps_per_call` K > 1 every leaf of `batch` has a leading K axis."""
-  step = alone(_one_step(model, [tx], config, mesh, preprocess, num_classes, extras))
+  step = alone(_one_step(model, [tx], [config], mesh, preprocess, num_classes, extras))
   return compiled(k_steps(step, steps_per_call), mesh)
 
 
 def build_packed_train_step(model: nn.Module, txs: Sequence[optax.GradientTransformation],
                             config: ml_collections.ConfigDict, mesh: Mesh, preprocess: Preprocess,
-                            num_classes: int, steps_per_call: int = 1, extras: StepExtras = StepExtras()):
+                            num_classes: int, steps_per_call: int = 1, extras: StepExtras = StepExtras(),
+                            run_configs: Optional[Sequence[ml_collections.ConfigDict]] = None):
   """Jitted step of R packed runs (`train/packing.py`), one optimiser per run (the same
   structure, other values): every leaf of the state, the metrics and the batch has a leading
-  axis of R (after the K axis of a batch), one run per index, all trained by one program."""
-  step = packing.over_runs(_one_step(model, list(txs), config, mesh, preprocess, num_classes, extras), (0, 0, 0, 0))
+  axis of R (after the K axis of a batch), one run per index, all trained by one program.
+  `run_configs`: each run's config, for the values of its parts (EMA decay, mixup α, ...);
+  default `config` for every run."""
+  configs = list(run_configs) if run_configs is not None else [config] * len(txs)
+  step = packing.over_runs(_one_step(model, list(txs), configs, mesh, preprocess, num_classes, extras),
+                           (0, 0, 0, 0))
   run_index = jnp.arange(len(txs))
   return compiled(k_steps(lambda state, metrics, batch: step(state, metrics, batch, run_index), steps_per_call),
                   mesh)
