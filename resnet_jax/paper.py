@@ -187,10 +187,8 @@ IMAGENET_2018_2021 = {
 # The modern recipes (configs of the same names; README "Recipes"): top-1 error in percent on
 # ImageNet val (single 224 crop) or the CIFAR-10 test set.
 RECIPES = {
-    "imagenet_resnet50_rsb_a1": PaperResult(19.6, "Wightman et al. 2021, Table 1 (80.4 % top-1)",
-                                            "with stochastic depth 0.05, which these configs lack"),
-    "imagenet_resnet50_rsb_a2": PaperResult(20.2, "Wightman et al. 2021, Table 1 (79.8 % top-1)",
-                                            "with stochastic depth 0.05, which these configs lack"),
+    "imagenet_resnet50_rsb_a1": PaperResult(19.6, "Wightman et al. 2021, Table 1 (80.4 % top-1)"),
+    "imagenet_resnet50_rsb_a2": PaperResult(20.2, "Wightman et al. 2021, Table 1 (79.8 % top-1)"),
     "imagenet_resnet50_rsb_a3": PaperResult(21.9, "Wightman et al. 2021, Table 1 (78.1 % top-1)"),
     "imagenet_resnet50_goyal": PaperResult(23.74, "Goyal et al. 2017, Table 1 (k·n = 8k, gradual warm-up)",
                                            "± 0.09 (std of 5 runs)", statistic="mean", runs=5),

@@ -382,6 +382,7 @@ def test_every_recipe_has_its_published_number():
   a1, a3 = configs.load("imagenet_resnet50_rsb_a1"), configs.load("imagenet_resnet50_rsb_a3")
   assert (a1.optimizer.name, a1.loss, a1.global_batch_size) == ("lamb", "binary_cross_entropy", 2048)
   assert a1.num_epochs == 600 and a1.data.repeated_augmentation == 3
+  assert (a1.model.drop_path_rate, a1.model.drop_path_rule, "drop_path_rate" in a3.model) == (0.05, "timm", False)
   assert (a3.data.image_size, a3.data.eval_image_size, a3.optimizer.learning_rate) == (160, 224, 8e-3)
   goyal = configs.load("imagenet_resnet50_goyal")
   assert optim.peak_learning_rate(goyal) == pytest.approx(3.2)

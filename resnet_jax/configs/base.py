@@ -252,11 +252,11 @@ BN_ONLY = r"bn\d*/(bias|scale)$"          # Goyal et al.: no decay on BatchNorm'
 # "ResNet strikes back" (Wightman et al. 2021, Table 1) procedures A1, A2, A3 for ResNet-50.
 RSB = {
     "a1": dict(epochs=600.0, lr=5e-3, weight_decay=0.01, smoothing=0.1, magnitude=7, mixup=0.2, repeats=3,
-               train_size=224),
+               train_size=224, drop_path=0.05),
     "a2": dict(epochs=300.0, lr=5e-3, weight_decay=0.02, smoothing=0.0, magnitude=7, mixup=0.1, repeats=3,
-               train_size=224),
+               train_size=224, drop_path=0.05),
     "a3": dict(epochs=100.0, lr=8e-3, weight_decay=0.02, smoothing=0.0, magnitude=6, mixup=0.1, repeats=1,
-               train_size=160),
+               train_size=160, drop_path=0.0),
 }
 
 
@@ -290,17 +290,20 @@ def rsb_config(procedure: str, arg: Optional[str] = None) -> ml_collections.Conf
   """Wightman et al. 2021 ("ResNet strikes back"), Table 1, for `resnet50_v1_5` (timm's ResNet-50):
   LAMB at batch 2048 with timm's built-in global-norm clipping at 1, 5-epoch linear warm-up then
   cosine, BCE on mixup/CutMix targets, RandAugment rand-m{7,6}-mstd0.5, repeated augmentation
-  ×3 (A1, A2), test crop ratio 0.95, the last BatchNorm of each block zero-initialised (timm).
+  ×3 (A1, A2), stochastic depth 0.05 by timm's rule (A1, A2), test crop ratio 0.95, the last
+  BatchNorm of each block zero-initialised (timm).
 
   Deviations: timm's RandAugment op set ("inc1") is replaced by torchvision's (the magnitude
-  mapped from timm's 0-10 scale to 31 bins: M·3, std 0.5·3); stochastic depth 0.05 (A1, A2) is
-  not a feature of this ResNet; BatchNorm in groups of 256 (timm normalises per GPU).
+  mapped from timm's 0-10 scale to 31 bins: M·3, std 0.5·3); BatchNorm in groups of 256 (timm
+  normalises per GPU).
   """
   p = RSB[procedure]
   c = _imagenet_recipe("resnet50_v1_5", 2048, p["epochs"], 256)
   c.data.image_size = p["train_size"]
   c.data.eval_resize = 235                 # timm: floor(224 / 0.95), then the 224 centre crop
   c.data.repeated_augmentation = p["repeats"]
+  if p["drop_path"]:
+    c.model.update(drop_path_rate=p["drop_path"], drop_path_rule="timm")
   c.optimizer.update(name="lamb", learning_rate=p["lr"], weight_decay=p["weight_decay"], eps=1e-6,
                      weight_decay_exclude=BN_AND_BIASES, clip_grad_norm=1.0)
   c.schedule.update(name="cosine", warmup_length=5.0, warmup_mode="linear", warmup_learning_rate=1e-6)
