@@ -14,7 +14,7 @@ CONFIG ?= cifar10_resnet20
 WORKDIR ?= runs/cifar10_resnet20
 TRAIN_ARGS ?=
 
-.PHONY: install allocator test test-fast train models clean
+.PHONY: install allocator test test-fast train models docs clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ train: install allocator
 
 models: install
 	$(BIN)/resnet-jax models
+
+# The manual (docs/, mkdocs.yml) into build/site/; `$(BIN)/mkdocs serve` serves it while you edit.
+docs: install
+	$(BIN)/python -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -184,7 +184,7 @@ IMAGENET_2018_2021 = {
     ("resnext101_32x16d", "timm"): PaperResult(15.834, "timm results-imagenet.csv: resnext101_32x16d.fb_wsl_ig1b_ft_in1k, 224px, crop 0.875"),
 }
 
-# The modern recipes (configs of the same names; README "Recipes"): top-1 error in percent on
+# The modern recipes (configs of the same names; docs/training.md, "Recipes"): top-1 error in percent on
 # ImageNet val (single 224 crop) or the CIFAR-10 test set.
 RECIPES = {
     "imagenet_resnet50_rsb_a1": PaperResult(19.6, "Wightman et al. 2021, Table 1 (80.4 % top-1)"),

@@ -1,9 +1,9 @@
 """What a new user meets in the first hour (issue 37, item 7): provenance that names the right
 code, `eval` of the committed run on another machine, the allocator and usage lines, the help
 texts, `prepare`'s log and a finished run asked to train again. Each test is a row of the
-README's "Failure behaviour" table (the Ctrl-C, durations, logging and README rows are tested in
+the manual's "Failure behaviour" table (docs/failures.md) (the Ctrl-C, durations, logging and README rows are tested in
 test_reliability.py, test_cpu_notice.py, test_allocator.py, test_architecture.py and
-test_readme.py).
+test_manual_examples.py).
 """
 import json
 import os

@@ -218,7 +218,7 @@ def test_ema_after_n_steps_equals_its_closed_form(data_dir, fast_compile):
 def test_accumulated_gradients_equal_the_large_batch_with_micro_batch_bn_groups(data_dir, fast_compile):
   """Two micro-batches of 16 (rows i::2) average to the gradient of the whole batch of 32 whose
   ghost BatchNorm groups are those micro-batches; the BN statistics are updated once per
-  micro-batch (README "Recipes": they are not the large batch's)."""
+  micro-batch (docs/training.md, "Recipes": they are not the large batch's)."""
   config = support.smoke_config(data_dir, **{"accumulation_steps": 2, "bn.ghost_batch_size": 16})
   exp = build.experiment(config)
   state = state_lib.create_train_state(exp.model, exp.tx, exp.mesh, exp.image_shape, 0)

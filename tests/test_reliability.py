@@ -1,6 +1,6 @@
 """Faults a trusted trainer must survive, and bad input it must name in one line.
 
-Each test is a row of the README's "Failure behaviour" table.
+Each test is a row of the manual's "Failure behaviour" table (docs/failures.md).
 """
 import errno
 import json

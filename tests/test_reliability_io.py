@@ -1,5 +1,5 @@
 """Faults of the storage under a workdir, and of the files in it: each ends in one line, never
-in a hang, a traceback or a silently different model (issue 24; the README's "Failure
+in a hang, a traceback or a silently different model (issue 24; the manual's "Failure
 behaviour" table names each test).
 
 Full disks, exhausted inodes and read-only filesystems are real tmpfs mounts (`mounts`,

@@ -1,6 +1,6 @@
 """Process faults on documented paths (issue 37, item 5): signals, a dead peer, too few file
 descriptors, a damaged step-metadata file. Each ends in the right line, no traceback, with
-the work saved where it can be; each test is a row of the README's "Failure behaviour" table.
+the work saved where it can be; each test is a row of the manual's "Failure behaviour" table (docs/failures.md).
 
 The faults are real: signals sent to a real process (this one, while it trains, where its
 output is all that is checked), a process killed with -9, a real `RLIMIT_NOFILE`.

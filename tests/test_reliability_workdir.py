@@ -1,7 +1,7 @@
 """A workdir's path, its saves and its lock (issue 37, items 1-3): a path works end to end or is
 refused in one line before anything runs; a save is never reported over an unreadable
 checkpoint; one trainer per workdir, even when its `.lock` is removed. Each test is a row of the
-README's "Failure behaviour" table.
+the manual's "Failure behaviour" table (docs/failures.md).
 """
 import json
 import os

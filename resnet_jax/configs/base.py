@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def modern_recipe_fields(c: ml_collections.ConfigDict) -> None:
-  """The fields of the modern recipes' parts (README "Recipes"), each off by default: the
+  """The fields of the modern recipes' parts (docs/training.md, "Recipes"), each off by default: the
   papers' configs train as they did without them."""
   c.optimizer.update({
       "b1": 0.9,                        # adamw, lamb: Adam's moment decays and epsilon
@@ -91,7 +91,7 @@ def modern_recipe_fields(c: ml_collections.ConfigDict) -> None:
   # per class on the (mixed, smoothed) one-hot targets, "ResNet strikes back").
   c.loss = "cross_entropy"
   # >1: each step's global batch is this many micro-batches whose gradients are averaged
-  # (one optimiser step); BatchNorm normalises each micro-batch (README "Recipes").
+  # (one optimiser step); BatchNorm normalises each micro-batch (docs/training.md, "Recipes").
   c.accumulation_steps = 1
   # Exponential moving average of the params and BatchNorm statistics (timm's ModelEmaV3),
   # evaluated beside the raw weights. decay 0: off. `warmup`: decay 1 - (1 + t/gamma)^-power,
@@ -245,7 +245,7 @@ def imagenet_config(model: str, num_epochs: float = 90.0, recipe: str = "resnet"
   return c
 
 
-# -- modern recipes (README "Recipes"; published numbers in resnet_jax/paper.py) ----------
+# -- modern recipes (docs/training.md, "Recipes"; published numbers in resnet_jax/paper.py) ----------
 BN_AND_BIASES = r"(bias|scale)$"          # MLPerf's LARS skip list, timm's no-decay group
 BN_ONLY = r"bn\d*/(bias|scale)$"          # Goyal et al.: no decay on BatchNorm's γ and β
 

@@ -8,7 +8,7 @@
   register_dataset(source)                                  (a new dataset: a `DatasetSource`)
 
 Built in: cifar10, cifar100 (`cifar.CifarSource`, in memory) and imagenet2012
-(`imagenet.ImageNetSource`, JPEGs decoded on the host). See the "Data" section of README.md.
+(`imagenet.ImageNetSource`, JPEGs decoded on the host). See the manual's "Data" page (docs/data.md).
 """
 from typing import Any
 
