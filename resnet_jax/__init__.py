@@ -17,6 +17,8 @@ from resnet_jax.models import (BasicBlock, BatchNorm, BottleneckBlock, Conv1x1Sh
                                ResidualUnit, ScaledShortcut, ZeroPadShortcut)
 
 __version__ = "0.1.0"
+# The name on the package index (`pip install resnetax`): `resnet-jax` there is another project.
+DISTRIBUTION = "resnetax"
 # What the package imports eagerly; the modules of `_LAZY_MODULES` load on first use.
 __all__ = ["BasicBlock", "BatchNorm", "BottleneckBlock", "Conv1x1Shortcut", "DropoutShortcut", "GatedShortcut",
            "NoShortcut", "PlainNet", "ProjectionShortcut", "ResNeXtBlock", "ResNet", "ResidualUnit", "ScaledShortcut",

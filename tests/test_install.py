@@ -104,3 +104,14 @@ def test_the_built_wheel_installed_outside_the_checkout_trains_evaluates_and_loa
                  "net = rj.train.load_network('run')\n"
                  "print(net.name, net.step, net(np.zeros((2, 32, 32, 3), np.uint8)).shape)"], cwd=work, env=env)
   assert "cifar_resnet20 2 (2, 10)" in loaded
+
+
+def test_the_distribution_name_is_pyprojects_and_a_checkouts_provenance_knows_it():
+  """The index's name has one owner (`resnet_jax.DISTRIBUTION`): pyproject's [project] name is
+  it, so that runs trained from a checkout record its commit (a mismatch recorded none)."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  import resnet_jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax.runtime import provenance  # pylint: disable=g-import-not-at-top
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  assert project["name"] == resnet_jax.DISTRIBUTION == "resnetax"
+  assert provenance._is_this_project(ROOT)  # pylint: disable=protected-access

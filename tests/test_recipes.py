@@ -265,11 +265,11 @@ def test_default_configs_compile_to_the_program_without_the_new_parts(data_dir):
     ({"augmentation.policy": "autoaugment"}, "augmentation.policy='autoaugment' is not one of"),
     ({"accumulation_steps": 3}, "accumulation_steps=3 must be a positive integer dividing global_batch_size=32"),
     ({"accumulation_steps": 4}, "micro-batches of 8 examples are not a multiple of bn.ghost_batch_size=16"),
-    ({"ema.decay": 1.0}, "ema.decay=1.0 must be in [0.0, 1.0)"),
+    ({"ema.decay": 1.0}, "ema.decay=1.0 must be a finite number in [0, 1)"),
     ({"ema.keep_best": True}, "ema.keep_best=True ranks checkpoints by the EMA's error, but ema.decay=0"),
-    ({"augmentation.magnitude": 31}, "augmentation.magnitude=31 must be in [0, 30]"),
-    ({"augmentation.switch_prob": 1.5}, "augmentation.switch_prob=1.5 must be in [0.0, 1.0]"),
-    ({"optimizer.clip_grad_norm": -1.0}, "optimizer.clip_grad_norm=-1.0 must be in [0.0, inf]"),
+    ({"augmentation.magnitude": 31}, "augmentation.magnitude=31 must be a finite number in [0, 30]"),
+    ({"augmentation.switch_prob": 1.5}, "augmentation.switch_prob=1.5 must be a finite number in [0, 1]"),
+    ({"optimizer.clip_grad_norm": -1.0}, "optimizer.clip_grad_norm=-1.0 must be a finite number in [0, inf)"),
     ({"data.repeated_augmentation": 0}, "data.repeated_augmentation=0 must be a positive integer (1: off)"),
 ])
 def test_bad_recipe_fields_are_refused_in_one_line(data_dir, overrides, message):

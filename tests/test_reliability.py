@@ -418,6 +418,32 @@ BAD_TRAIN_FLAGS = [
     ("--config.schedule.boundaries=(1e12,)", "schedule.boundaries=1000000000000.0 (steps) is 1,000,000,000,000 steps"),
     ("--config.data.padding=100000", "data.padding=100000 must be at most 32"),
     ("--config.data.eval_split=test[500:10]", "data.eval_split='test[500:10]' selects no examples of cifar10"),
+    # the modern recipes' fields (issue 34)
+    ("--config.accumulation_steps=0", "accumulation_steps=0 must be a positive integer dividing global_batch_size"),
+    ("--config.augmentation.cutmix_alpha=inf", "augmentation.cutmix_alpha=inf must be a finite number in [0, inf)"),
+    ("--config.augmentation.magnitude=40", "augmentation.magnitude=40 must be a finite number in [0, 30]"),
+    ("--config.augmentation.magnitude_std=-1", "augmentation.magnitude_std=-1.0 must be a finite number in [0, inf)"),
+    ("--config.augmentation.mix_prob=1.5", "augmentation.mix_prob=1.5 must be a finite number in [0, 1]"),
+    ("--config.augmentation.mixup_alpha=nan", "augmentation.mixup_alpha=nan must be a finite number in [0, inf)"),
+    ("--config.augmentation.num_ops=-1", "augmentation.num_ops=-1 must be a positive integer"),
+    ("--config.augmentation.policy=autoaugment", "augmentation.policy='autoaugment' is not one of"),
+    ("--config.augmentation.random_erasing=2", "augmentation.random_erasing=2.0 must be a finite number in [0, 1]"),
+    ("--config.augmentation.switch_prob=-0.1", "augmentation.switch_prob=-0.1 must be a finite number in [0, 1]"),
+    ("--config.data.repeated_augmentation=0", "data.repeated_augmentation=0 must be a positive integer (1: off)"),
+    ("--config.ema.decay=1.5", "ema.decay=1.5 must be a finite number in [0, 1)"),
+    ("--config.ema.keep_best=maybe", "--config.ema.keep_best=maybe"),
+    ("--config.ema.warmup=maybe", "--config.ema.warmup=maybe"),
+    ("--config.ema.warmup_gamma=-1", "ema.warmup_gamma=-1.0 must be a finite number in (0, inf)"),
+    ("--config.ema.warmup_power=nan", "ema.warmup_power=nan must be a finite number in (0, inf)"),
+    ("--config.loss=hinge", "loss='hinge' is not one of ('cross_entropy', 'binary_cross_entropy')"),
+    ("--config.optimizer.b1=1.0", "optimizer.b1=1.0 must be a finite number in [0, 1)"),
+    ("--config.optimizer.b2=-0.5", "optimizer.b2=-0.5 must be a finite number in [0, 1)"),
+    ("--config.optimizer.clip_grad_norm=-1", "optimizer.clip_grad_norm=-1.0 must be a finite number in [0, inf)"),
+    ("--config.optimizer.eps=-1", "optimizer.eps=-1.0 must be a finite number in [0, inf)"),
+    ("--config.optimizer.name=rmsprop", "optimizer.name='rmsprop' is not one of ('sgd', 'adamw', 'lamb', 'lars')"),
+    ("--config.optimizer.trust_coefficient=-1", "optimizer.trust_coefficient=-1.0 must be a finite number in (0, inf)"),
+    ("--config.schedule.end_learning_rate=-1", "schedule.end_learning_rate=-1.0 must be a finite number in [0, inf)"),
+    ("--config.schedule.power=nan", "schedule.power=nan must be a finite number in (0, inf)"),
 ]
 
 
@@ -442,7 +468,7 @@ def test_bad_train_flag_is_one_line(data_dir, tmp_path, capsys, flags, message):
 CONFIG_FILES = {  # a config given by path: each is loaded, or refused in one line
     "recipe.yaml": ("optimizer:\n  learning_rate: 0.1\n", "is not one resnet_jax reads: give a .py file"),
     "no_base.py": ("import ml_collections\ndef get_config(arg=None):\n  return ml_collections.ConfigDict("
-                   "{'model': {'name': 'cifar_resnet20'}})\n", "lacks the config fields async_checkpoints, bn,"),
+                   "{'model': {'name': 'cifar_resnet20'}})\n", "lacks the config fields accumulation_steps, async_checkpoints,"),
     "raises.py": ("def get_config(arg=None):\n  raise KeyError('depth')\n", "get_config(None) raised KeyError: 'depth'"),
     "syntax.py": ("def get_config(arg=None)\n  pass\n", "cannot be loaded: SyntaxError: expected ':'"),
     "cut.json": ('{"model": {"name": "cifar', "is not readable JSON (JSONDecodeError: "),

@@ -17,10 +17,10 @@ from typing import Dict, Optional
 
 import jax
 
-from resnet_jax import __version__
+from resnet_jax import DISTRIBUTION, __version__
 
 _CHECKOUT = pathlib.Path(__file__).resolve().parents[2]  # the folder holding the package
-PROJECT_NAME = "resnet-jax"  # pyproject.toml's [project] name, which a resnet_jax checkout holds
+PROJECT_NAME = DISTRIBUTION  # pyproject.toml's [project] name, which a resnet_jax checkout holds
 
 
 def _git(args: list, cwd: pathlib.Path) -> Optional[str]:
