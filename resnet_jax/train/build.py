@@ -131,12 +131,13 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
           and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in s.boundaries)):
     raise ConfigError(f"schedule.boundaries={s.boundaries!r} must be a tuple of non-negative numbers, "
                       "e.g. '(32000, 48000)'")
-  if o.weight_decay_exclude:
+  for field in ("weight_decay_exclude", "scaled_learning_rate_params"):
     try:
-      re.compile(o.weight_decay_exclude)
+      re.compile(o.get(field, ""))
     except re.error as e:
-      raise ConfigError(f"optimizer.weight_decay_exclude={o.weight_decay_exclude!r} is not a "
-                        f"regular expression ({e})") from None
+      raise ConfigError(f"optimizer.{field}={o[field]!r} is not a regular expression ({e})") from None
+  if o.get("scaled_learning_rate_factor", 1.0) < 0:
+    raise ConfigError(f"optimizer.scaled_learning_rate_factor={o.scaled_learning_rate_factor} must not be negative")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
 

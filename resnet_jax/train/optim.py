@@ -10,6 +10,8 @@
   epochs 150 and 225.
 * Goyal et al. 2017: linear scaling rule lr = base × batch / reference with a
   linear warm-up; linear warm-up + cosine decay as an alternative schedule.
+* Zhang et al. 2019 (Fixup; the authors' CIFAR code): the scalar biases and multipliers learn at
+  a tenth of the learning rate (`optimizer.scaled_learning_rate_params` / `_factor`).
 """
 from __future__ import annotations
 
@@ -105,11 +107,23 @@ def create_optimizer(config: ml_collections.ConfigDict,
     if o.weight_decay:
       parts.append(optax.add_decayed_weights(float(o.weight_decay), mask=mask))
     parts.append(optax.sgd(learning_rate, momentum=momentum, nesterov=bool(o.nesterov)))
-    return optax.chain(*parts)
+    return _with_scaled_learning_rates(optax.chain(*parts), o)
   parts = []
   if momentum is not None:
     parts.append(optax.trace(decay=momentum, nesterov=bool(o.nesterov)))
   if o.weight_decay:
     parts.append(optax.add_decayed_weights(float(o.weight_decay), mask=mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*parts)
+  return _with_scaled_learning_rates(optax.chain(*parts), o)
+
+
+def _with_scaled_learning_rates(tx: optax.GradientTransformation, o: ml_collections.ConfigDict
+                                ) -> optax.GradientTransformation:
+  """`tx` whose updates of the parameters matching `scaled_learning_rate_params` are multiplied by
+  `scaled_learning_rate_factor`: their learning rate times the factor (PyTorch's parameter groups:
+  SGD's momentum buffer does not depend on the learning rate). No pattern: `tx` itself."""
+  pattern = o.get("scaled_learning_rate_params", "")
+  if not pattern:
+    return tx
+  scaled = lambda params: jax.tree.map(lambda keep: not keep, weight_decay_mask(params, pattern))
+  return optax.chain(tx, optax.masked(optax.scale(float(o.scaled_learning_rate_factor)), scaled))

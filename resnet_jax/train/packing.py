@@ -41,7 +41,8 @@ def _optimizer_structure(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   o = config.optimizer
   return {"momentum": bool(o.momentum), "weight_decay": bool(o.weight_decay),
           "weight_decay_mode": o.weight_decay_mode, "nesterov": bool(o.nesterov),
-          "weight_decay_mask": bool(o.weight_decay_exclude)}
+          "weight_decay_mask": bool(o.weight_decay_exclude),
+          "scaled_learning_rates": bool(o.get("scaled_learning_rate_params", ""))}
 
 
 def program_key(config: ml_collections.ConfigDict) -> str:
