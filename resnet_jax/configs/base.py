@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.keep_best_checkpoints = 1
   c.steps_per_dispatch = 1             # >1: several steps per dispatch with lax.scan
+  # >0: every N steps, record the gradient highway (He et al. 2016, Eq. 5) of a fixed batch
+  # (kind "gradient_highway" in metrics.jsonl and TensorBoard; resnet_jax/train/highway_log.py).
+  c.gradient_highway_every_steps = 0
   c.async_checkpoints = True
   # Start from the weights (params and BN statistics) of another run, "WORKDIR" (its latest
   # checkpoint), "WORKDIR:best" or "WORKDIR:STEP", with a fresh optimiser, schedule and data

@@ -109,6 +109,8 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
   for name in ("num_threads", "num_workers", "padding", "prefetch_batches"):
     if name in config.data:
       nonnegative[f"data.{name}"] = config.data[name]
+  if "gradient_highway_every_steps" in config:
+    nonnegative["gradient_highway_every_steps"] = config.gradient_highway_every_steps
   for name, value in nonnegative.items():
     if value is not None and value < 0:
       raise ConfigError(f"{name}={value} must not be negative")
