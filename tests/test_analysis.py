@@ -152,6 +152,9 @@ def test_analyze_writes_figures_and_json_for_configs_and_workdirs(data_dir, tmp_
   assert "the first 16 images of cifar10 'test' (50 available)" in report["results"]["highway"]["note"]
   assert {"commit", "device", "wall_seconds"} <= set(report["provenance"])
   assert str(out / "analysis.json") in capsys.readouterr().out
+  for analysis in ("highway", "shattered", "responses"):  # the figures drawn again from the JSON alone
+    again = rj.analysis.figures.replot(out / "analysis.json", analysis, tmp_path / f"again_{analysis}.png")
+    assert again.read_bytes()[:4] == b"\x89PNG"
 
 
 SMOKE_MODEL = {"model.stage_widths": (4, 8, 8)}

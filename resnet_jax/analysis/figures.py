@@ -88,7 +88,29 @@ def plot_layer_responses(results: Mapping[str, LayerResponses], path, note: str 
                title="layer responses in their original order")
   ax_sorted.set(xlabel="layer index (sorted by magnitude)", ylabel="std of the responses",
                 title="layer responses sorted by magnitude")
+  for ax in (ax_order, ax_sorted):  # a magnitude: from 0, so that a flat line looks flat
+    ax.set_ylim(bottom=0.0, top=max(ax.get_ylim()[1], 1.05 * max(float(np.max(r.std)) for r in results.values())))
   return _finish(plt, fig, (ax_order, ax_sorted), "Layer responses (He et al. 2015, Fig. 7)", note, path)
+
+
+def replot(analysis_json, analysis: str, out=None) -> pathlib.Path:
+  """Draws an analysis's figure again from the numbers an `analysis.json` holds (next to it by default)."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(analysis_json)
+  entry = json.loads(path.read_text())["results"][analysis]
+  nan = lambda v: np.array([np.nan if x is None else x for x in v], np.float64)
+  results = {}
+  for label, d in entry["by_subject"].items():
+    if analysis == "responses":
+      results[label] = LayerResponses(d["layers"], nan(d["std"]), d["images"], d["mode"])
+    elif analysis == "highway":
+      results[label] = GradientHighway(d["units"], nan(d["norm"]), nan(d["shortcut_norm"]), nan(d["branch_norm"]),
+                                       nan(d["shortcut_share"]), d["mode"])
+    else:
+      corr = np.array([nan(row) for row in d["correlation_by_lag"]])
+      results[label] = ShatteredGradients(d["units"], corr, d["relative_step"], d["lines"], d["points_per_line"],
+                                          d["mode"])
+  return PLOTS[analysis](results, out or path.parent / entry["figure"], entry["note"])
 
 
 PLOTS: Dict[str, object] = {"highway": plot_gradient_highway, "shattered": plot_gradient_correlations,

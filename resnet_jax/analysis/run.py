@@ -171,6 +171,8 @@ def analyze(subjects: Sequence[Subject], out: str, analyses: Sequence[str] = ANA
       wall[f"{analysis}: {subject.label}"] = round(time.perf_counter() - start, 2)
       log(f"{analysis}: {subject.label} ({wall[f'{analysis}: {subject.label}']:.1f} s)")
     note = _note(subjects, analysis, [r.mode for r in results.values()])
+    if analysis == "shattered":
+      note += f" Only the first {2 * lines} are used: {lines} lines, image 2i to 2i+1, {points} inputs on each."
     figures.PLOTS[analysis](results, out_dir / FILES[analysis], note)
     report["results"][analysis] = {"figure": FILES[analysis], "note": note,
                                    "by_subject": {k: r.to_dict() for k, r in results.items()}}
