@@ -75,6 +75,15 @@ def test_the_gradient_split_is_what_the_architecture_implies(fields, share):
   assert np.all(result.norm > 0)
 
 
+@pytest.mark.parametrize("shortcut", ["B", "C"])
+def test_a_projection_shortcut_carries_gradient_in_post_activation_units(shortcut):
+  """Its 1×1 convolution reads the unit's input (passed as `preactivated` too): the gradient
+  through it is the shortcut's, not the branch's."""
+  model = models.create("cifar_resnet20", shortcut=shortcut, **SMOKE)
+  result = highway.gradient_highway(model, _init(model), X, Y, probe.Mode(train=True))
+  assert np.all(result.shortcut_share > 0.05)
+
+
 def test_a_fixup_network_sends_no_gradient_to_its_units_at_initialisation():
   """Its classifier starts at 0 (Zhang et al. 2019, rule 1): ∂L/∂x_l = 0, reported as NaN/None."""
   model = models.create("cifar_fixup_resnet20", **SMOKE)

@@ -27,12 +27,14 @@ def _figure(panels: int):
 
 
 def _finish(plt, fig, axes, title: str, note: str, path) -> pathlib.Path:
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
   for ax in axes:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # units, layers and steps are counted
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.text(0.5, 0.01, "\n".join(textwrap.wrap(note, 170)), ha="center", va="bottom", fontsize=8)
-  fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+  fig.tight_layout(rect=(0, 0.09, 1, 0.95))
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   image = io.BytesIO()

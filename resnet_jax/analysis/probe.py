@@ -134,7 +134,10 @@ def perturbed(unit_deltas: Optional[Dict[str, jax.Array]], shortcut_deltas: Opti
     if unit_deltas and is_unit_call(context) and unit_key(context.module) in unit_deltas:
       args = (args[0] + unit_deltas[unit_key(context.module)],) + tuple(args[1:])
     elif shortcut_deltas and is_shortcut_call(context) and unit_key(context.module.parent) in shortcut_deltas:
-      args = (args[0] + shortcut_deltas[unit_key(context.module.parent)],) + tuple(args[1:])
+      delta = shortcut_deltas[unit_key(context.module.parent)]
+      if kwargs.get("preactivated") is args[0]:  # a post-activation unit's projection reads x as `preactivated`
+        kwargs = {**kwargs, "preactivated": args[0] + delta}
+      args = (args[0] + delta,) + tuple(args[1:])
     return next_fun(*args, **kwargs)
   return interceptor
 
