@@ -4,7 +4,7 @@
 on first use: `rj.configs` (the papers' experiment configs), `rj.data` (input pipelines),
 `rj.train` (the training engine), `rj.storage` (a run's workdir, local or gs://),
 `rj.compare` / `rj.study` (variant studies), `rj.paper`
-(the papers' numbers), `rj.interop` (torchvision / timm weights in and out), `rj.TrainedNetwork`
+(the papers' numbers), `rj.analysis` (the papers' analyses of signal and gradient), `rj.interop` (torchvision / timm weights in and out), `rj.TrainedNetwork`
 (a network with its weights and input preprocessing, from `rj.train.load_network` or
 `rj.interop.pretrained`).
 """
@@ -24,7 +24,7 @@ __all__ = ["BasicBlock", "BatchNorm", "BottleneckBlock", "Conv1x1Shortcut", "Dro
            "NoShortcut", "PlainNet", "ProjectionShortcut", "ResNeXtBlock", "ResNet", "ResidualUnit", "ScaledShortcut",
            "ZeroPadShortcut", "models"]
 _LAZY_MODULES = {name: name for name in ("configs", "data", "train", "study", "stats", "paper", "interop", "reproduce",
-                                          "runtime", "storage", "errors")}
+                                          "runtime", "storage", "errors", "analysis")}
 _LAZY_MODULES["allocator"] = "runtime.allocator"  # `rj.allocator`, from before the runtime package
 _LAZY_NAMES = {"compare": "study", "Study": "study", "TrainedNetwork": "train.trained"}
 

@@ -5,6 +5,7 @@
   resnet-jax bench --model NAME | --config NAME [--batch N] [--dtype bfloat16] [--data real] ...
   resnet-jax models [--filter SUBSTR]
   resnet-jax prepare cifar10 [--source DIR] [--data-dir TFDS_DIR]
+  resnet-jax analyze --config NAME [--config NAME ...] | --workdir DIR [--step all] --out DIR
 
 Each command lives in its own module (`resnet_jax.commands`, `resnet_jax.bench`), imported
 only for the command that runs (the engine's TFDS, Grain and Orbax take seconds to import)
@@ -23,7 +24,7 @@ from resnet_jax import errors
 from resnet_jax.commands import arguments
 from resnet_jax.runtime import allocator
 
-USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
+USAGE = """usage: resnet-jax {train,eval,bench,models,prepare,analyze} ...
 
   train    --config NAME[:smoke] | PATH.py[:arg] | WORKDIR/config.json --workdir DIR [--config.FIELD=VALUE ...]
            [--seeds SEED ...] [--pack auto|on|off] [--time-limit DURATION]
@@ -32,6 +33,8 @@ USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
            [--steps-per-dispatch K ...] [--steps S] [--compare-minimal] [--json]
   models   [--filter SUBSTR]
   prepare  NAME [--source DIR_OR_ARCHIVE] [--data-dir TFDS_DIR] [--allow-partial]
+  analyze  --config NAME[:smoke] ... | --workdir DIR [--step N|latest|best|all] [--with-init] --out DIR
+           [--analysis highway shattered responses] [--images N] [--split SPLIT] [--data-dir DIR]
 
 `resnet-jax COMMAND --help` describes a command's flags.
 """
@@ -39,9 +42,9 @@ USAGE = """usage: resnet-jax {train,eval,bench,models,prepare} ...
 # command -> the module whose `main(argv)` runs it
 COMMANDS = {"train": "resnet_jax.commands.train", "eval": "resnet_jax.commands.evaluate",
             "bench": "resnet_jax.bench.command", "models": "resnet_jax.commands.models",
-            "prepare": "resnet_jax.commands.prepare"}
+            "prepare": "resnet_jax.commands.prepare", "analyze": "resnet_jax.commands.analyze"}
 # Commands that run JAX computations, and so profit from jemalloc/tcmalloc on a CPU.
-_ALLOCATOR_COMMANDS = ("train", "eval", "bench")
+_ALLOCATOR_COMMANDS = ("train", "eval", "bench", "analyze")
 
 
 def _error(command: str, message: str) -> int:

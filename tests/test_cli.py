@@ -42,7 +42,7 @@ def test_train_then_eval_json(data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.optimizer.learning_rat=0.05", "unknown config field 'optimizer.learning_rat'; did you mean "
-                                             "optimizer.learning_rate?"),
+                                             "optimizer.learning_rate"),  # the closest first
     ("--config.optimiser.momentum=0.5", "unknown config field 'optimiser.momentum'; did you mean "
                                         "optimizer.momentum"),
     ("--config.bn.mode=sync", "bn.mode='sync' is not one of ('global', 'per_device', 'ghost')"),

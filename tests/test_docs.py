@@ -16,3 +16,12 @@ def test_the_manual_builds_with_warnings_as_errors(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
   assert (tmp_path / "site" / "api" / "models" / "index.html").is_file()
+
+
+def test_the_results_and_configs_pages_are_the_repositorys_own_files():
+  """One copy of each: the manual's Results and Configs pages are links to experiments/README.md
+  and resnet_jax/configs/README.md (a `sed -i` over docs/*.md once turned them into stale copies)."""
+  for page, target in (("experiments.md", "experiments/README.md"), ("configs.md", "resnet_jax/configs/README.md"),
+                       ("results", "experiments/results")):
+    link = ROOT / "docs" / page
+    assert link.is_symlink() and link.resolve() == (ROOT / target).resolve(), page

@@ -158,3 +158,40 @@ def test_ten_crop_evaluation_averages_the_softmax_of_the_ten_views():
   assert out["error"] == pytest.approx(100 * float(jnp.mean(jnp.argmax(center, -1) != labels[:3])))
   assert out["ten_crop_loss"] == pytest.approx(float(-jnp.log(mean[jnp.arange(3), labels[:3]]).mean()), rel=1e-5)
   assert out["loss"] == pytest.approx(float(-jnp.log(center[jnp.arange(3), labels[:3]]).mean()), rel=1e-5)
+
+
+def test_stochastic_depth_resnet110_is_the_papers_recipe():
+  """Huang et al. 2016, §4 and the authors' main.lua: p_L = 0.5 with the linear rule, 500 epochs,
+  lr 0.1 ÷10 at epochs 250 and 375, Nesterov momentum 0.9, wd 1e-4, 45k/5k split, one BN batch."""
+  c = configs.load("cifar10_resnet110_stochastic_depth")
+  model = rt.build.model(c, 10)
+  assert model.stage_sizes == (18, 18, 18) and model.shortcut == "A"
+  assert model.drop_path_rates()[0] == pytest.approx(0.5 / 54) and model.drop_path_rates()[-1] == 0.5
+  assert (c.num_epochs, c.optimizer.nesterov, c.optimizer.momentum, c.optimizer.weight_decay) == (500, True, 0.9, 1e-4)
+  schedule, _ = rt.build.optimizer(c, 352, 500 * 352)
+  assert [float(schedule(e * 352)) for e in (0, 249, 250, 375)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+  assert (c.data.train_split, c.data.eval_split, c.bn.mode) == ("train[:45000]", "train[45000:]", "global")
+
+
+def test_fixup_resnet110_is_the_authors_cifar_recipe():
+  """Zhang et al. 2019 (cifar_train.py): no normalisation, 200 epochs, lr 0.1 ÷10 at 100 and 150,
+  wd 1e-4, the scalar biases and multipliers (and the classifier's bias, whose name says bias) at lr/10."""
+  c = configs.load("cifar10_fixup_resnet110")
+  model = rt.build.model(c, 10)
+  assert (model.norm, model.identity_init, model.stage_sizes) == ("none", "fixup", (18, 18, 18))
+  schedule, tx = rt.build.optimizer(c, 391, 200 * 391)
+  assert [float(schedule(e * 391)) for e in (0, 99, 100, 150)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+  params = {"stage1_unit1": {"conv1": {"kernel": jnp.ones(2)}, "bias1a": {"bias": jnp.ones(())},
+                             "identity_init": {"scale": jnp.ones(())}}, "head": {"bias": jnp.ones(1)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  step = lambda *path: float(np.ravel(_at(updates, path))[0])
+  assert step("stage1_unit1", "conv1", "kernel") == pytest.approx(-0.1 * (1 + 1e-4))
+  for path in (("stage1_unit1", "bias1a", "bias"), ("stage1_unit1", "identity_init", "scale"), ("head", "bias")):
+    assert step(*path) == pytest.approx(-0.01 * (1 + 1e-4)), path
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree

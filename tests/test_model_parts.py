@@ -24,7 +24,8 @@ def _init(model):
 
 @pytest.mark.parametrize("table, name", [(models.NORMS, "batch"), (models.CONVS, "conv"),
                                          (models.ACTIVATIONS, "relu"), (models.STEMS, "cifar"),
-                                         (models.BLOCKS, "basic"), (models.SHORTCUTS, "A")])
+                                         (models.BLOCKS, "basic"), (models.SHORTCUTS, "A"),
+                                         (models.IDENTITY_INITS, "fixup"), (models.NORMS, "none")])
 def test_every_kind_resolves_names_and_parts_the_same_way(table, name):
   part = table.resolve(name)
   assert table.resolve(part) is part and table.name_of(part) == name and name in table

@@ -1,4 +1,6 @@
 """Learning-rate schedules, SGD with coupled/decoupled weight decay, masks (no data needed)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -111,3 +113,21 @@ def test_weight_decay_mask_skips_bn_and_biases():
   assert float(out["conv"]["kernel"][0]) < 1.0
   mask = optim.weight_decay_mask(params, r"(bias|scale)$")
   assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False}}
+
+
+def test_scaled_learning_rates_are_torchs_parameter_groups():
+  """Fixup's CIFAR code: SGD([{biases and scales, lr/10}, {the rest, lr}], momentum, weight_decay);
+  torch.optim.SGD per group: d = g + wd·w; v = m·v + d; w -= lr_group·v."""
+  c = _config()
+  c.optimizer.scaled_learning_rate_params = r"bias|scale"
+  c.optimizer.scaled_learning_rate_factor = 0.1
+  params = {"conv": {"kernel": jnp.array([1.0, -2.0])}, "unit": {"bias1a": {"bias": jnp.array(0.5)}},
+            "head": {"bias": jnp.array([0.25])}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  out = _two_updates(c, params, grads)
+  for path, lr in ((("conv", "kernel"), 0.1), (("unit", "bias1a", "bias"), 0.01), (("head", "bias"), 0.01)):
+    w, v = np.asarray(functools.reduce(dict.get, path, params), np.float64), 0.0
+    for _ in range(2):
+      v = 0.9 * v + 0.5 + 1e-4 * w
+      w = w - lr * v
+    np.testing.assert_allclose(functools.reduce(dict.get, path, out), w, rtol=1e-6)

@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
       "weight_decay_mode": "coupled",   # sgd: coupled L2 (papers) | decoupled
       "weight_decay_exclude": "",       # regex over param paths, e.g. r"(bias|scale)$"; lamb/lars:
                                         # these get no trust ratio either (MLPerf's skip list)
+      # The parameters matching this regex learn at learning_rate × the factor (Fixup's scalars: 0.1).
+      "scaled_learning_rate_params": "",
+      "scaled_learning_rate_factor": 1.0,
   })
   c.schedule = ml_collections.ConfigDict({
       "name": "step",                   # step | cosine | polynomial | constant
@@ -65,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.keep_best_checkpoints = 1
   c.steps_per_dispatch = 1             # >1: several steps per dispatch with lax.scan
+  # >0: every N steps, record the gradient highway (He et al. 2016, Eq. 5) of a fixed batch
+  # (kind "gradient_highway" in metrics.jsonl and TensorBoard; resnet_jax/train/highway_log.py).
+  c.gradient_highway_every_steps = 0
   c.async_checkpoints = True
   # Start from the weights (params and BN statistics) of another run, "WORKDIR" (its latest
   # checkpoint), "WORKDIR:best" or "WORKDIR:STEP", with a fresh optimiser, schedule and data
@@ -164,6 +170,30 @@ def cifar_resnet_config(model: str, dataset: str = "cifar10", warmup: bool = Fal
     bottleneck = "preact_resnet164" in model or "preact_resnet1001" in model
     smoke(c, CIFAR_SMOKE_BOTTLENECK if bottleneck else CIFAR_SMOKE_BASIC)
   elif arg:
+    raise errors.InputError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
+  return c
+
+
+def cifar_epochs_config(model: str, model_fields: Dict[str, Any], num_epochs: float, boundaries: tuple
+                        ) -> ml_collections.ConfigDict:
+  """A CIFAR-10 recipe of the later papers, counted in epochs: batch 128, SGD momentum 0.9, lr 0.1
+  ÷10 at `boundaries` (epochs), per-channel normalisation (their code's), He et al. 2015's
+  augmentation; the papers' own choices beyond these are set by their config files."""
+  c = base_config()
+  _set_model(c, model, model_fields)
+  c.num_steps = -1
+  c.num_epochs = float(num_epochs)
+  c.schedule.unit = "epochs"
+  c.schedule.boundaries = tuple(float(b) for b in boundaries)
+  c.data.normalization = "per_channel"
+  return c
+
+
+def with_variant(c: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """`c`, or its smoke variant (`arg == "smoke"`) of a basic-block CIFAR net."""
+  if arg == "smoke":
+    return smoke(c, CIFAR_SMOKE_BASIC)
+  if arg:
     raise errors.InputError(f"unknown config variant {arg!r}; valid: 'smoke' or none")
   return c
 

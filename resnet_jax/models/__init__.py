@@ -15,8 +15,10 @@ from resnet_jax.models.analysis import (abstract_variables, count_params, flops,
 from resnet_jax.models.blocks import (BasicBlock, BottleneckBlock, ConvSpec, PREACT_ORDERS, ResidualUnit,
                                       ResNeXtBlock, STRIDE_PLACEMENTS, UNIT_ORDERS)
 from resnet_jax.models.drop_path import DROP_PATH_RULES, drop_path, drop_rates
+from resnet_jax.models.identity_init import (IDENTITY_INITS, Fixup, IdentityInit, ReZero, ResidualWeight, ScalarBias,
+                                            SkipInit)
 from resnet_jax.models.layers import ACTIVATIONS, CONVS, WeightStandardizedConv, conv_kernel_init, he_conv
-from resnet_jax.models.norm import NORMS, BatchNorm, check_norm_options, flax_norm, norm_option_names
+from resnet_jax.models.norm import NORMS, BatchNorm, NoNorm, check_norm_options, flax_norm, norm_option_names
 from resnet_jax.models.parts import PartTable, part_class
 from resnet_jax.models.registry import config, create, field_names, names, register
 from resnet_jax.models.resnet import BLOCKS, REMAT_POLICIES, PlainNet, ResNet, STEMS, StagePlan
@@ -28,7 +30,8 @@ from resnet_jax.models.shortcuts import (SHORTCUTS, Conv1x1Shortcut, DropoutShor
 __all__ = [
     "ACTIVATIONS", "ANTI_ALIASING", "ATTENTIONS", "BLOCKS", "BasicBlock", "BatchNorm", "BiTStem", "BottleneckBlock",
     "CONVS", "CifarStem", "Conv1x1Shortcut", "ConvSpec", "DROP_PATH_RULES", "DeepStem", "DeepStridedStem",
-    "DropoutShortcut", "EfficientChannelAttention", "GatedShortcut", "ImageNetStem", "NORMS", "NoShortcut",
+    "DropoutShortcut", "EfficientChannelAttention", "Fixup", "GatedShortcut", "IDENTITY_INITS", "IdentityInit",
+    "ImageNetStem", "NORMS", "NoNorm", "NoShortcut", "ReZero", "ResidualWeight", "ScalarBias", "SkipInit",
     "PREACT_ORDERS", "PartTable", "PlainNet", "PreActStem", "ProjectionShortcut", "REMAT_POLICIES", "ResNeXtBlock",
     "ResNet", "ResidualUnit", "SHORTCUTS", "STEMS", "STRIDE_PLACEMENTS", "ScaledShortcut", "Shortcut",
     "SqueezeExcitation", "StagePlan", "UNIT_ORDERS", "WeightStandardizedConv", "ZeroPadShortcut",

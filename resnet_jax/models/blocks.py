@@ -17,7 +17,11 @@ Three additions act on the residual branch F(x) in every order: channel attentio
 depth (``drop_path_rate``, Huang et al. 2016) drops it for some examples in training, both
 before the shortcut adds it; anti-aliasing (``anti_alias``, Zhang 2019) moves a convolution's
 stride into a blur after it. Dilation (``dilation``, ``first_dilation``) replaces strides in
-dilated backbones. Each costs nothing where it is off: the unit then builds the same ops.
+dilated backbones. The units that start as their shortcut (``identity_init``: SkipInit, ReZero,
+Fixup; ``identity_init.py``) rescale F(x) after the attention, and Fixup adds a scalar bias
+before each convolution and activation of the branch (``scalar_bias``) and rescales the
+branch's initialisation (``branch_kernel_scale``). Each costs nothing where it is off: the unit
+then builds the same ops.
 
 A new block subclasses ``ResidualUnit``: it says which convolutions form its
 branch (``branch``) and how much wider than its stage width it is (``expansion``).
@@ -33,7 +37,7 @@ import jax
 from resnet_jax.errors import InputError
 from resnet_jax.models.drop_path import drop_path
 from resnet_jax.models.layers import Activation, he_conv
-from resnet_jax.models.norm import BatchNorm
+from resnet_jax.models.norm import BatchNorm, NoNorm
 from resnet_jax.models.parts import part_class
 from resnet_jax.models.shortcuts import ProjectionShortcut
 
@@ -95,6 +99,13 @@ class ResidualUnit(nn.Module):
     dilation: dilation of the 3×3 convolutions (a dilated backbone's later stages).
     first_dilation: the dilation of the unit's first 3×3 where it differs (the first unit
       of a newly dilated stage keeps the previous stage's, as timm and DeepLab); None: ``dilation``.
+    identity_init: None, or a constructor ``identity_init(name=)`` of a module applied to F(x)
+      after the attention (``identity_init.py``: SkipInit's and ReZero's α·F, Fixup's F·s + b).
+    scalar_bias: None, or a constructor ``scalar_bias(name=)`` of Fixup's scalar bias, added
+      before each convolution (``bias{i}a``) and each activation (``bias{i}b``) of the branch
+      (Zhang et al. 2019, §3, rule 3; the authors' names).
+    branch_kernel_scale: None, or the factor on the He initialisation (fan-out) of the branch's
+      convolutions but the last, which then starts at 0 (Fixup's rules 1-2: L^(-1/(2m-2))).
   """
   expansion: ClassVar[int] = 1
 
@@ -112,6 +123,9 @@ class ResidualUnit(nn.Module):
   anti_alias: Optional[Callable[..., jax.Array]] = None
   dilation: int = 1
   first_dilation: Optional[int] = None
+  identity_init: Optional[ModuleDef] = None
+  scalar_bias: Optional[ModuleDef] = None
+  branch_kernel_scale: Optional[float] = None
 
   def branch(self, in_features: int) -> Sequence[ConvSpec]:  # overridden by every block
     raise TypeError(f"{type(self).__name__} must define branch(); use BasicBlock or BottleneckBlock")
@@ -121,11 +135,23 @@ class ResidualUnit(nn.Module):
     """The dilation of the branch's first 3×3 (``first_dilation``, else ``dilation``)."""
     return self.first_dilation or self.dilation
 
+  @property
+  def _zeroes_last_kernel(self) -> bool:
+    """Whether the branch's last convolution starts at 0: Fixup's, or zero-init residual where the
+    branch ends in a convolution (or its norm has no scale to zero)."""
+    if self.branch_kernel_scale is not None:
+      return True
+    ends_in_conv = self.unit_order in ("full_preact", "bn_after_add") or part_class(self.norm) is NoNorm
+    return self.zero_init_residual and ends_in_conv
+
   def _conv(self, spec: ConvSpec, index: int, last: bool):
     pad = spec.dilation * (spec.kernel // 2)
     kwargs = {}
-    if last and self.zero_init_residual and self.unit_order in ("full_preact", "bn_after_add"):
+    if last and self._zeroes_last_kernel:
       kwargs["kernel_init"] = nn.initializers.zeros
+    elif self.branch_kernel_scale is not None:  # He et al. 2015's fan-out normal, times Fixup's factor
+      kwargs["kernel_init"] = nn.initializers.variance_scaling(
+          2.0 * self.branch_kernel_scale ** 2, "fan_out", "normal")
     if spec.dilation > 1:
       kwargs["kernel_dilation"] = (spec.dilation, spec.dilation)
     strides = 1 if self._blurred(spec) else spec.strides
@@ -137,6 +163,10 @@ class ResidualUnit(nn.Module):
     if zero and self.zero_init_residual:
       return self.norm(name=name, scale_init=nn.initializers.zeros)
     return self.norm(name=name)
+
+  def _bias(self, y: jax.Array, name: str) -> jax.Array:
+    """Fixup's scalar bias `name` added to `y`; `y` itself where there are none."""
+    return y if self.scalar_bias is None else self.scalar_bias(name=name)(y)
 
   def _blurred(self, spec: ConvSpec) -> bool:
     """Whether `spec`'s stride moves into the anti-aliasing filter after it."""
@@ -152,12 +182,12 @@ class ResidualUnit(nn.Module):
     if self.first_unit:
       preactivated = x
     else:
-      preactivated = self.act(self._norm("bn1")(x, train=train)) if full else self.act(x)
+      preactivated = self.act(self._bias(self._norm("bn1")(x, train=train) if full else x, "bias1b"))
     y = preactivated
     for i, spec in enumerate(specs, start=1):
       if i > 1:
-        y = self.act(self._norm(f"bn{i}")(y, train=train)) if full else self.act(y)
-      y = self._conv(spec, i, last=i == n)(y)
+        y = self.act(self._bias(self._norm(f"bn{i}")(y, train=train) if full else y, f"bias{i}b"))
+      y = self._conv(spec, i, last=i == n)(self._bias(y, f"bias{i}a"))
       if not full:
         y = self._norm(f"bn{i}", zero=i == n)(y, train=train)
       y = self._subsample(y, spec)
@@ -170,18 +200,21 @@ class ResidualUnit(nn.Module):
     y = x
     for i, spec in enumerate(specs, start=1):
       last = i == n
-      y = self._conv(spec, i, last=last)(y)
+      y = self._conv(spec, i, last=last)(y if i == 1 else self._bias(y, f"bias{i}a"))
       if not (last and order == "bn_after_add"):
         y = self._norm(f"bn{i}", zero=last)(y, train=train)
       if not last or order == "relu_before_add":
-        y = self.act(y)
+        y = self.act(self._bias(y, f"bias{i}b"))
       y = self._subsample(y, spec)
     return y
 
   def _on_branch(self, y: jax.Array, train: bool) -> jax.Array:
-    """Attention, then stochastic depth, on the branch's output F(x) (timm's order)."""
+    """Attention, the identity-at-initialisation rescaling, then stochastic depth, on the branch's
+    output F(x) (timm's order for the first and last)."""
     if self.attention is not None:
       y = self.attention(name="attention")(y)
+    if self.identity_init is not None:
+      y = self.identity_init(name="identity_init")(y)
     if train and self.drop_path_rate > 0:
       y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
     return y
@@ -201,7 +234,10 @@ class ResidualUnit(nn.Module):
     if order in PREACT_ORDERS:
       preactivated, y = self._preact_branch(x, specs, train)
     else:
-      preactivated, y = x, self._postact_branch(x, specs, train)
+      # Fixup's first bias also feeds a shortcut that changes the shape (the authors' code).
+      shifted = self._bias(x, "bias1a")
+      y = self._postact_branch(shifted, specs, train)
+      preactivated = x = shifted if self.strides != 1 or x.shape[-1] != self.features else x
     y = self._on_branch(y, train)
     out = self._shortcut()(x, y, train=train, preactivated=preactivated)
     if order == "original":

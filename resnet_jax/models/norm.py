@@ -177,6 +177,18 @@ def flax_norm(cls: type, **options: Any) -> Callable[..., nn.Module]:
   return functools.partial(_train_aware(cls), **options)
 
 
+class NoNorm(nn.Module):
+  """No normalisation: the identity, without parameters (``norm="none"``), for the networks that
+  train without it (Fixup, Zhang et al. 2019; SkipInit, De & Smith 2020). A unit whose branch
+  would zero its last norm's scale (``zero_init_residual``) zeroes its last convolution instead."""
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  scale_init: Initializer = nn.initializers.ones  # no scale: the protocol's argument, unused
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:  # pylint: disable=unused-argument
+    return x
+
+
 # Named norms for configs. GroupNorm: 32 groups, the default of Wu & He 2018 (widths must
 # divide by 32; use ``flax_norm(nn.GroupNorm, num_groups=...)`` for narrow CIFAR nets).
 # LayerNorm normalises each position over its channels.
@@ -184,6 +196,7 @@ NORMS = PartTable("norm", {
     "batch": BatchNorm,
     "group": flax_norm(nn.GroupNorm, num_groups=32),
     "layer": flax_norm(nn.LayerNorm),
+    "none": NoNorm,
 }, "a norm constructor (see flax_norm)")
 
 

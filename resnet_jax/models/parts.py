@@ -1,4 +1,4 @@
-"""Named model parts: one table per kind (norm, conv, act, stem, block, shortcut, attention,
+"""Named model parts: one table per kind (norm, conv, act, stem, block, shortcut, attention, identity_init,
 anti_alias), one resolver, and one way a part's own options are checked.
 
 A network field such as ``norm`` takes either a name from its kind's table (configs stay
@@ -6,7 +6,7 @@ plain data) or the part itself (a constructor, class or function). ``PartTable.r
 is the one place that turns either into the part, and the one place that words the
 error for an unknown name (as timm's ``get_norm_layer`` / ``get_act_layer`` do).
 
-A part's *options* (``shortcut_options``, ``norm_options``, ``attention_options``) are the
+A part's *options* (``shortcut_options``, ``norm_options``, ``attention_options``, ``identity_init_options``) are the
 fields of its class that the network does not set itself; ``check_options`` refuses an
 option the part does not read, or a bad value, in one line.
 """

@@ -43,7 +43,8 @@ def config(name: str) -> dict[str, Any]:
 
 
 # Each option mapping and the part whose options it holds.
-OPTIONS_OF = {"shortcut_options": "shortcut", "norm_options": "norm", "attention_options": "attention"}
+OPTIONS_OF = {"shortcut_options": "shortcut", "norm_options": "norm", "attention_options": "attention",
+              "identity_init_options": "identity_init"}
 
 
 def create(name: str, **overrides: Any) -> ResNet:
@@ -81,6 +82,12 @@ for _depth in (20, 32, 44, 56, 110, 1202):
 for _depth in (20, 32, 44, 56):
   _n = (_depth - 2) // 6
   register(f"cifar_plain{_depth}", stage_sizes=(_n, _n, _n), **dict(_CIFAR, shortcut="none"))
+
+# Zhang, Dauphin & Ma 2019 (Fixup, §3 and Table 2; the authors' fixup_resnet_cifar.py): the CIFAR
+# ResNets without normalisation, option A shortcuts, Fixup's initialisation, multipliers and biases.
+for _depth in (20, 32, 44, 56, 110, 1202):
+  _n = (_depth - 2) // 6
+  register(f"cifar_fixup_resnet{_depth}", stage_sizes=(_n, _n, _n), norm="none", identity_init="fixup", **_CIFAR)
 
 # He et al. 2016 ("Identity Mappings"): pre-activation ResNet-110 (basic units, as
 # the ResNet-110 it is compared with) and the 9n+2 bottleneck ResNet-164/1001

@@ -6,7 +6,9 @@ One module covers every network of the three papers: ImageNet ResNets (He et al.
 the same parts: ResNet-C/D (He et al. 2019), SE/ECA channel attention (Hu et al. 2018,
 Wang et al. 2020), stochastic depth (Huang et al. 2016), ResNet-RS (Bello et al. 2021),
 BiT (Kolesnikov et al. 2020), anti-aliased downsampling (Zhang 2019) and dilated
-backbones (``output_stride``, Chen et al. 2017). Named configurations live in
+backbones (``output_stride``, Chen et al. 2017); and the units that start as their shortcut,
+for training without normalisation (``identity_init``: SkipInit, De & Smith 2020; ReZero,
+Bachlechner et al. 2020; Fixup, Zhang et al. 2019). Named configurations live in
 ``registry.py``; every field here can be overridden to build a variant.
 """
 from __future__ import annotations
@@ -26,12 +28,13 @@ from resnet_jax.models import anti_alias as anti_alias_lib
 from resnet_jax.models import attention as attention_lib
 from resnet_jax.models import blocks as blocks_lib
 from resnet_jax.models import drop_path as drop_path_lib
+from resnet_jax.models import identity_init as identity_init_lib
 from resnet_jax.models import layers
 from resnet_jax.models import shortcuts as shortcuts_lib
 from resnet_jax.models import stems as stems_lib
 from resnet_jax.models.layers import conv_kernel_init  # noqa: F401  (re-exported)
-from resnet_jax.models.norm import NORMS, check_norm_options
-from resnet_jax.models.parts import PartTable, is_number
+from resnet_jax.models.norm import NORMS, NoNorm, check_norm_options
+from resnet_jax.models.parts import PartTable, is_number, part_class
 
 BLOCKS = PartTable("block", {"basic": blocks_lib.BasicBlock, "bottleneck": blocks_lib.BottleneckBlock},
                    "a ResidualUnit subclass",
@@ -40,6 +43,7 @@ STEMS = stems_lib.STEMS
 ATTENTIONS = attention_lib.ATTENTIONS
 ANTI_ALIASING = anti_alias_lib.ANTI_ALIASING
 DROP_PATH_RULES = drop_path_lib.DROP_PATH_RULES
+IDENTITY_INITS = identity_init_lib.IDENTITY_INITS
 # Policies of ``jax.checkpoint_policies`` that ``remat`` accepts by name.
 REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
@@ -85,7 +89,7 @@ class ResNet(nn.Module):
   Layer choices are names (configs stay plain data) or callables:
 
   * ``norm``: ``"batch"`` (``BatchNorm``), ``"group"`` (GroupNorm, 32 groups), ``"layer"``,
-    or a constructor called as ``norm(name=, dtype=, param_dtype=, [scale_init=])`` whose
+    ``"none"`` (no normalisation), or a constructor called as ``norm(name=, dtype=, param_dtype=, [scale_init=])`` whose
     module is applied as ``m(x, train=bool)``; wrap stock Flax norms with ``flax_norm``,
     e.g. ``flax_norm(nn.GroupNorm, num_groups=8)``. ``norm_options`` are passed to it.
   * ``conv``: ``"conv"`` (bias-free, He-normal fan-out), ``"weight_standardized"`` (BiT) or a
@@ -108,9 +112,11 @@ class ResNet(nn.Module):
     param_dtype=)`` of a module applied as ``m(x)`` to each residual branch's output;
     ``attention_options`` are passed to it.
   * ``anti_alias``: None, ``"blur"``, ``"avg"`` or a function ``aa(x, strides)``.
+  * ``identity_init``: None, ``"skipinit"``, ``"rezero"``, ``"fixup"`` (needs ``norm="none"``)
+    or an ``identity_init.IdentityInit`` subclass: every unit starts as its shortcut.
 
   Each kind's names live in one ``PartTable`` (``NORMS``, ``CONVS``, ``ACTIVATIONS``,
-  ``STEMS``, ``BLOCKS``, ``SHORTCUTS``, ``ATTENTIONS``, ``ANTI_ALIASING``), which also
+  ``STEMS``, ``BLOCKS``, ``SHORTCUTS``, ``ATTENTIONS``, ``ANTI_ALIASING``, ``IDENTITY_INITS``), which also
   resolves them. The network binds its ``dtype`` and ``param_dtype`` into ``conv``,
   ``norm`` and ``attention``.
 
@@ -165,6 +171,11 @@ class ResNet(nn.Module):
       grow linearly to it (``drop_path_rule``). 0: off. Needs a ``"dropout"`` rng in training.
     drop_path_rule: ``"linear"`` (the paper: unit l of L drops with rate·l/L) or ``"timm"``
       (rate·(l−1)/(L−1)); see ``drop_path.py``.
+    identity_init: see above. ``"skipinit"``/``"rezero"``: α·F(x), one learnable α per unit
+      starting at 0 (``identity_init_options``: ``alpha``); ``"fixup"`` (Zhang et al. 2019,
+      §3): each branch's convolutions but the last He-initialised × L^(-1/(2m-2)), the last and
+      the classifier at 0, a scalar multiplier ending each branch and a scalar bias before each
+      convolution, activation and the classifier (the stem's bias takes its norm's place).
     anti_alias: see above (Zhang 2019): strided convolutions keep stride 1 and the filter
       subsamples after their norm and activation; the stem's max-pool too.
     output_stride: None, or the network's total stride for dense prediction (8 or 16 for
@@ -201,6 +212,8 @@ class ResNet(nn.Module):
   drop_path_rate: float = 0.0
   drop_path_rule: str = "linear"
   anti_alias: Union[None, str, Callable[..., jax.Array]] = None
+  identity_init: Union[None, str, type] = None
+  identity_init_options: Optional[Mapping[str, Any]] = None
   output_stride: Optional[int] = None
   remat: Union[bool, str, Callable[..., bool]] = False
   input_channels: int = 3
@@ -211,7 +224,8 @@ class ResNet(nn.Module):
     for table, value in ((BLOCKS, self.block), (STEMS, self.stem), (shortcuts_lib.SHORTCUTS, self.shortcut),
                          (NORMS, self.norm), (layers.CONVS, self.conv), (layers.ACTIVATIONS, self.act)):
       table.check(value)
-    for table, value in ((ATTENTIONS, self.attention), (ANTI_ALIASING, self.anti_alias)):
+    for table, value in ((ATTENTIONS, self.attention), (ANTI_ALIASING, self.anti_alias),
+                         (IDENTITY_INITS, self.identity_init)):
       if value is not None:
         table.check(value)
     if not (isinstance(self.remat, bool) or callable(self.remat)):
@@ -223,6 +237,7 @@ class ResNet(nn.Module):
     elif self.attention_options:
       raise InputError(f"attention_options={dict(self.attention_options)!r} need an attention "
                        f"(attention={' or '.join(map(repr, ATTENTIONS))})")
+    self._check_identity_init()
     _check_choice("unit_order", self.unit_order, blocks_lib.UNIT_ORDERS)
     _check_choice("stride_on", self.stride_on, blocks_lib.STRIDE_PLACEMENTS)
     _check_choice("drop_path_rule", self.drop_path_rule, DROP_PATH_RULES)
@@ -265,6 +280,18 @@ class ResNet(nn.Module):
     if self.drop_path_rate > 0 and self.shortcut == "none":
       raise InputError(f"drop_path_rate={self.drop_path_rate} drops residual branches, and a plain net "
                        "(shortcut='none') has none: use a residual shortcut or drop_path_rate=0")
+
+  def _check_identity_init(self) -> None:
+    if self.identity_init is None:
+      if self.identity_init_options:
+        raise InputError(f"identity_init_options={dict(self.identity_init_options)!r} need an identity_init "
+                         f"(identity_init={' or '.join(map(repr, IDENTITY_INITS))})")
+      return
+    identity_init_lib.check_identity_init_options(self.identity_init, self.identity_init_options)
+    part = identity_init_lib.identity_init_class(self.identity_init)
+    if part.NEEDS_NO_NORM and part_class(NORMS.resolve(self.norm)) is not NoNorm:
+      raise InputError(f"identity_init={self.identity_init!r} trains without normalisation (Zhang et al. 2019): "
+                       f"use norm='none', not norm={self.norm!r}")
 
   def _check_output_stride(self) -> None:
     """`output_stride`: None, or a power of two the stages reach before the network's own stride."""
@@ -358,6 +385,40 @@ class ResNet(nn.Module):
     return functools.partial(ATTENTIONS.resolve(self.attention), dtype=self.dtype, param_dtype=self.param_dtype,
                              **dict(self.attention_options or {}))
 
+  def _identity_init(self) -> Optional[type]:
+    """The ``IdentityInit`` subclass of ``identity_init``, or None."""
+    return None if self.identity_init is None else identity_init_lib.identity_init_class(self.identity_init)
+
+  def _scalar_bias(self) -> Optional[Callable[..., nn.Module]]:
+    """Fixup's scalar bias constructor where the identity-at-initialisation part asks for them."""
+    part = self._identity_init()
+    if part is None or not part.SCALAR_BIASES:
+      return None
+    return functools.partial(identity_init_lib.ScalarBias, dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _branch_layers(self, stage: int) -> int:
+    """m, the layers of one residual branch of ``stage`` (Fixup's L^(-1/(2m-2)))."""
+    features, inner = self.unit_features(stage)
+    options = dict(bottleneck_features=inner, cardinality=self.cardinality, stride_on=self.stride_on)
+    block = self.block_class
+    unit = block(features=features, parent=None, **{k: v for k, v in options.items() if _declares(block, k)})
+    return len(list(unit.branch(features)))
+
+  def _identity_init_fields(self, stage: int) -> Dict[str, Any]:
+    """The units' fields of ``identity_init`` (none where it is off)."""
+    part = self._identity_init()
+    if part is None:
+      return {}
+    options = dict(self.identity_init_options or {})
+    fields = {"identity_init": functools.partial(IDENTITY_INITS.resolve(self.identity_init), dtype=self.dtype,
+                                                 param_dtype=self.param_dtype, **options)}
+    if part.SCALAR_BIASES:
+      fields["scalar_bias"] = self._scalar_bias()
+    scale = part.branch_kernel_scale(sum(self.stage_sizes), self._branch_layers(stage))
+    if scale is not None:
+      fields["branch_kernel_scale"] = scale
+    return fields
+
   def _unit_class(self) -> type:
     """The block class, wrapped in ``nn.remat`` (``train`` static) if asked."""
     block = self.block_class
@@ -402,21 +463,24 @@ class ResNet(nn.Module):
       raise InputError(f"expected images of shape (batch, height, width, {self.input_channels}) (NHWC), "
                        f"got shape {tuple(x.shape)}")
     conv, norm, act, shortcut = self._layers()
-    x = self._stem(x.astype(self.dtype), conv, norm, act, train)
+    # Fixup's stem and final activation: a scalar bias where the norm would be (rule 3).
+    outer_norm = self._scalar_bias() or norm
+    x = self._stem(x.astype(self.dtype), conv, outer_norm, act, train)
     features = {"stem": x}
     stem_activates = getattr(STEMS.resolve(self.stem), "activates", True)
     unit_cls, attention, rates = self._unit_class(), self._attention(), iter(self.drop_path_rates())
     for stage, (num_units, plan) in enumerate(zip(self.stage_sizes, self.stage_plan())):
       out_features, _ = self.unit_features(stage)
+      identity_init = self._identity_init_fields(stage)
       for unit in range(num_units):
-        extra = self._unit_fields(stage, unit, plan, next(rates))
+        extra = {**self._unit_fields(stage, unit, plan, next(rates)), **identity_init}
         if attention is not None:
           extra["attention"] = attention
         x = unit_cls(features=out_features, conv=conv, norm=norm, act=act, shortcut=shortcut,
                      first_unit=stage == 0 and unit == 0 and stem_activates,
                      name=f"stage{stage + 1}_unit{unit + 1}", **extra)(x, train)
       features[f"stage{stage + 1}"] = x
-    return self._head(x, features, norm, act, train, return_features)
+    return self._head(x, features, outer_norm, act, train, return_features)
 
   def _head(self, x: jax.Array, features: Dict[str, jax.Array], norm, act, train: bool, return_features: bool):
     """The pre-activation networks' final norm-activation, global average pooling, classifier."""
@@ -427,11 +491,16 @@ class ResNet(nn.Module):
     accum = jnp.promote_types(self.dtype, jnp.float32)  # float32 logits for bf16 nets
     x = jnp.mean(x.astype(accum), axis=(1, 2))
     features["pre_logits"] = x
+    part = self._identity_init()
     if self.num_classes == 0:
       out = x
     else:
+      if self._scalar_bias() is not None:  # Fixup: a scalar bias before the classifier
+        x = self._scalar_bias()(name="head_bias")(x)
+      zero = part is not None and part.ZERO_CLASSIFIER
       out = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=layers.head_kernel_init, bias_init=nn.initializers.zeros, name="head")(x)
+                     kernel_init=nn.initializers.zeros if zero else layers.head_kernel_init,
+                     bias_init=nn.initializers.zeros, name="head")(x)
       out = out.astype(accum)
     if return_features:
       return out, features

@@ -149,6 +149,8 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
   for name in ("num_threads", "num_workers", "padding", "prefetch_batches"):
     if name in config.data:
       nonnegative[f"data.{name}"] = config.data[name]
+  if "gradient_highway_every_steps" in config:
+    nonnegative["gradient_highway_every_steps"] = config.gradient_highway_every_steps
   for name, value in nonnegative.items():
     if value is not None and value < 0:
       raise ConfigError(f"{name}={value} must not be negative")
@@ -197,12 +199,12 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
                   for b in s.boundaries)):
     raise ConfigError(f"schedule.boundaries={s.boundaries!r} must be a tuple of finite non-negative numbers, "
                       "e.g. '(32000, 48000)'")
-  if o.weight_decay_exclude:
+  for field in ("weight_decay_exclude", "scaled_learning_rate_params"):
     try:
-      re.compile(o.weight_decay_exclude)
+      re.compile(o.get(field, ""))
     except re.error as e:
-      raise ConfigError(f"optimizer.weight_decay_exclude={o.weight_decay_exclude!r} is not a "
-                        f"regular expression ({e})") from None
+      raise ConfigError(f"optimizer.{field}={o[field]!r} is not a regular expression ({e})") from None
+  _check_number("optimizer.scaled_learning_rate_factor", o.get("scaled_learning_rate_factor", 1.0), "[0, inf)")
 
 
 def _check_accumulation(config: ml_collections.ConfigDict) -> None:

@@ -4,7 +4,8 @@
 (or initialising), until the last step: train up to `steps_per_dispatch` steps (never past
 the next periodic action), then ask, with `itstime`, whether it is time to log
 (`log_train`), to evaluate (`Evaluations.start`: dispatched, read at the next log line, so
-the devices go on training meanwhile) or to save a checkpoint (`checkpoint_every_steps`
+the devices go on training meanwhile), to record the gradient highway (`highway_log.py`, only
+when `gradient_highway_every_steps` asks for it) or to save a checkpoint (`checkpoint_every_steps`
 alone decides; an evaluation never forces a save), and whether SIGTERM/SIGINT or the time
 limit asks to stop.
 
@@ -43,6 +44,7 @@ from resnet_jax.train import packing
 from resnet_jax.train import report
 from resnet_jax.train.evaluation import Evaluations
 from resnet_jax.train.group import Group, RateWindow, Run, RunResult, check_runs
+from resnet_jax.train.highway_log import GradientHighwayLog
 from resnet_jax.train.preemption import Preemption
 from resnet_jax.train.session import NonFiniteLossError, Progress, TrainingSession  # noqa: F401  (re-exported)
 
@@ -153,7 +155,8 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
   exp, config = group.runs[0].exp, group.runs[0].exp.config
   total = exp.total_steps
   eval_every = exp.steps_per_epoch * int(config.eval_every_epochs)
-  periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
+  highway = GradientHighwayLog(config.get("gradient_highway_every_steps", 0))
+  periods = (config.log_every_steps, config.checkpoint_every_steps, eval_every) + ((highway.every,) if highway.every else ())
   evals = Evaluations(group, check_runs)
   start = group.step
   for run in group.runs:
@@ -176,6 +179,8 @@ def _run_schedule(group: Group, preemption: Preemption, deadline: Optional[float
       log_train(group)
     if itstime(step, eval_every, total) and group.runs:
       evals.start()
+    if highway.every and itstime(step, highway.every, total) and group.runs:
+      highway(group)
     if itstime(step, config.checkpoint_every_steps, total):
       # A checkpoint carries the evaluation of its own weights when kept-best ranks it, and at the end.
       save(group, evals, ranked=config.keep_best_checkpoints > 0 or step == total)

@@ -12,13 +12,16 @@
   linear warm-up; linear warm-up + cosine decay as an alternative schedule.
 * MLPerf ResNet-50 v1.5 (mlcommons/training, image_classification/tensorflow2/lars_util.py):
   polynomial decay of power 2 after the warm-up.
+* Zhang et al. 2019 (Fixup; the authors' CIFAR code): the scalar biases and multipliers learn at
+  a tenth of the learning rate (`optimizer.scaled_learning_rate_params` / `_factor`).
 
 Optimisers (`optimizer.name`): SGD as the papers; AdamW (Loshchilov & Hutter 2019, torch's
 `AdamW`); LAMB (You et al. 2020, timm's `Lamb`, which "ResNet strikes back" trains with);
 LARS (You et al. 2017, as MLPerf's ResNet-50 and timm's `Lars`). For LAMB and LARS the
 parameters that `weight_decay_exclude` names (BatchNorm and biases) get neither weight decay
 nor a trust ratio, as MLPerf's `skip_list` and timm's no-decay parameter group. Optional
-global-norm gradient clipping comes first in every chain.
+global-norm gradient clipping comes first in every chain; the scaled learning rates of
+`scaled_learning_rate_params` apply to every optimiser.
 """
 from __future__ import annotations
 
@@ -203,15 +206,28 @@ def lars(o: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.G
   return optax.chain(*parts)
 
 
+def _with_scaled_learning_rates(tx: optax.GradientTransformation, o: ml_collections.ConfigDict
+                                ) -> optax.GradientTransformation:
+  """`tx` whose updates of the parameters matching `scaled_learning_rate_params` are multiplied by
+  `scaled_learning_rate_factor`: their learning rate times the factor (PyTorch's parameter groups:
+  SGD's momentum buffer does not depend on the learning rate). No pattern: `tx` itself."""
+  pattern = o.get("scaled_learning_rate_params", "")
+  if not pattern:
+    return tx
+  scaled = lambda params: jax.tree.map(lambda keep: not keep, weight_decay_mask(params, pattern))
+  return optax.chain(tx, optax.masked(optax.scale(float(o.scaled_learning_rate_factor)), scaled))
+
+
 OPTIMIZERS = {"sgd": sgd, "adamw": adamw, "lamb": lamb, "lars": lars}
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate: optax.Schedule) -> optax.GradientTransformation:
-  """The optimiser `config.optimizer.name` names (SGD when the config predates the field),
-  after global-norm gradient clipping when `optimizer.clip_grad_norm` is positive."""
+  """The optimiser `config.optimizer.name` names (SGD when the config predates the field), with
+  the learning rates of `scaled_learning_rate_params` scaled, after global-norm gradient
+  clipping when `optimizer.clip_grad_norm` is positive."""
   o = config.optimizer
-  tx = OPTIMIZERS[o.get("name", "sgd")](o, learning_rate)
+  tx = _with_scaled_learning_rates(OPTIMIZERS[o.get("name", "sgd")](o, learning_rate), o)
   if o.get("clip_grad_norm", 0.0):
     return optax.chain(optax.clip_by_global_norm(float(o.clip_grad_norm)), tx)
   return tx

@@ -53,6 +53,7 @@ def _structure(config: ml_collections.ConfigDict) -> Dict[str, Any]:
           "weight_decay": bool(o.weight_decay), "weight_decay_mode": o.weight_decay_mode,
           "nesterov": bool(o.nesterov), "weight_decay_mask": bool(o.weight_decay_exclude),
           "gradient clipping": bool(o.get("clip_grad_norm", 0.0)),
+          "scaled_learning_rates": bool(o.get("scaled_learning_rate_params", "")),
           "EMA": bool(config.get("ema", {}).get("decay", 0.0)), "mixup": bool(a.get("mixup_alpha", 0.0)),
           "CutMix": bool(a.get("cutmix_alpha", 0.0)), "random erasing": bool(a.get("random_erasing", 0.0))}
 
