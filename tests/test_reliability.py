@@ -444,6 +444,12 @@ BAD_TRAIN_FLAGS = [
     ("--config.optimizer.trust_coefficient=-1", "optimizer.trust_coefficient=-1.0 must be a finite number in (0, inf)"),
     ("--config.schedule.end_learning_rate=-1", "schedule.end_learning_rate=-1.0 must be a finite number in [0, inf)"),
     ("--config.schedule.power=nan", "schedule.power=nan must be a finite number in (0, inf)"),
+    # the laboratory's fields (issue 35)
+    ("--config.optimizer.scaled_learning_rate_factor=nan",
+     "optimizer.scaled_learning_rate_factor=nan must be a finite number in [0, inf)"),
+    ("--config.optimizer.scaled_learning_rate_params=(bias",
+     "optimizer.scaled_learning_rate_params='(bias' is not a regular expression"),
+    ("--config.gradient_highway_every_steps=-5", "gradient_highway_every_steps=-5 must not be negative"),
 ]
 
 

@@ -15,6 +15,23 @@ from resnet_jax import errors
 import resnet_jax.data as rjd
 
 
+def _optimizer_defaults() -> ml_collections.ConfigDict:
+  """The optimiser: SGD as the papers (the modern optimisers' own fields: `modern_recipe_fields`)."""
+  return ml_collections.ConfigDict({
+      "name": "sgd",                    # sgd | adamw | lamb | lars (resnet_jax/train/optim.py)
+      "learning_rate": 0.1,             # at `schedule.reference_batch_size` when that is set
+      "momentum": 0.9,                  # sgd, lars
+      "nesterov": False,                # sgd, lars
+      "weight_decay": 1e-4,
+      "weight_decay_mode": "coupled",   # sgd: coupled L2 (papers) | decoupled
+      "weight_decay_exclude": "",       # regex over param paths, e.g. r"(bias|scale)$"; lamb/lars:
+                                        # these get no trust ratio either (MLPerf's skip list)
+      # The parameters matching this regex learn at learning_rate × the factor (Fixup's scalars: 0.1).
+      "scaled_learning_rate_params": "",
+      "scaled_learning_rate_factor": 1.0,
+  })
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults: He et al. 2015 §4.2 (CIFAR-10, batch 128 on 2 GPUs, SGD 0.9, wd 1e-4, 64k iterations)."""
   c = ml_collections.ConfigDict()
@@ -34,19 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   # `unbiased_variance`: the running variance averages the unbiased batch variance, as the
   # papers' frameworks (Caffe, Torch7) and PyTorch do.
   c.bn = ml_collections.ConfigDict({"mode": "ghost", "ghost_batch_size": 64, "unbiased_variance": True})
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd",                    # sgd | adamw | lamb | lars (resnet_jax/train/optim.py)
-      "learning_rate": 0.1,             # at `schedule.reference_batch_size` when that is set
-      "momentum": 0.9,                  # sgd, lars
-      "nesterov": False,                # sgd, lars
-      "weight_decay": 1e-4,
-      "weight_decay_mode": "coupled",   # sgd: coupled L2 (papers) | decoupled
-      "weight_decay_exclude": "",       # regex over param paths, e.g. r"(bias|scale)$"; lamb/lars:
-                                        # these get no trust ratio either (MLPerf's skip list)
-      # The parameters matching this regex learn at learning_rate × the factor (Fixup's scalars: 0.1).
-      "scaled_learning_rate_params": "",
-      "scaled_learning_rate_factor": 1.0,
-  })
+  c.optimizer = _optimizer_defaults()
   c.schedule = ml_collections.ConfigDict({
       "name": "step",                   # step | cosine | polynomial | constant
       "reference_batch_size": 0,        # >0: lr = base × global_batch / reference (Goyal et al.)
