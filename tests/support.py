@@ -13,6 +13,9 @@ from resnet_jax.configs import cifar10_resnet20
 
 # The tiny prepared CIFAR-10 of conftest's `data_dir`: all of its train and test splits.
 TINY_SPLITS = {"data.train_split": "train", "data.eval_split": "test"}
+# For a subprocess that tests wiring (files written, tables printed, exit codes), not arithmetic:
+# XLA without most optimisations compiles several times faster (`conftest.fast_compile`).
+FAST_COMPILE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 
 def smoke_config(data_dir: str | pathlib.Path, eval_batch_size: int = 20, **overrides) -> ml_collections.ConfigDict:

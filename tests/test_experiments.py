@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import support
 from resnet_jax.data import testing as data_testing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def cifar_source(tmp_path_factory) -> pathlib.Path:
 
 
 def _run(script: str, args, timeout: int = 300) -> subprocess.CompletedProcess:
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **support.FAST_COMPILE_ENV}
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)

@@ -21,6 +21,8 @@ import zipfile
 
 import pytest
 
+import support
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -73,7 +75,8 @@ def test_the_built_wheel_installed_outside_the_checkout_trains_evaluates_and_loa
        env=os.environ)
 
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-  env.update(JAX_PLATFORMS="cpu", RESNET_JAX_ALLOCATOR="system", TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  env.update(JAX_PLATFORMS="cpu", RESNET_JAX_ALLOCATOR="system", TFDS_DATA_DIR=str(tmp_path / "tfds"),
+             **support.FAST_COMPILE_ENV)
   work = tmp_path / "elsewhere"
   work.mkdir()
   script = textwrap.dedent(f"""
