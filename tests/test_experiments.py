@@ -58,11 +58,11 @@ def test_cifar_script_smoke(script, extra, variants, cifar_source, tmp_path):
     assert record["config"]["data"]["eval_split"] == "test[:200]"
   assert list(workdir.glob("*.png")) and (workdir / "table.md").read_text().startswith("# ")
 
-  # A rerun finds every run finished and trains nothing.
-  again = _run(script, ["--smoke", "--protocol", "test", "--workdir", str(workdir),
-                        "--data-dir", str(tmp_path / "tfds"), "--cifar10-source", str(cifar_source), *extra])
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert "training in" not in again.stdout and "finished earlier" in again.stdout
+  if script == "cifar_shortcuts.py":  # the scripts share reproduce.py's resume: one rerun checks it
+    again = _run(script, ["--smoke", "--protocol", "test", "--workdir", str(workdir),
+                          "--data-dir", str(tmp_path / "tfds"), "--cifar10-source", str(cifar_source), *extra])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training in" not in again.stdout and "finished earlier" in again.stdout
 
 
 def test_imagenet_plan_and_smoke(tmp_path):
