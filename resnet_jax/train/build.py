@@ -88,6 +88,7 @@ NUMBER_RANGES = {
     "augmentation.magnitude": "[0, 30]", "augmentation.magnitude_std": "[0, inf)",
     "augmentation.mixup_alpha": "[0, inf)", "augmentation.cutmix_alpha": "[0, inf)",
     "augmentation.random_erasing": "[0, 1]", "augmentation.mix_prob": "[0, 1]", "augmentation.switch_prob": "[0, 1]",
+    "optimizer.scaled_learning_rate_factor": "[0, inf)",
 }
 
 
@@ -105,6 +106,11 @@ def _check_number(name: str, value: Any, interval: str) -> None:
   if not (number and (low <= value if interval[0] == "[" else low < value)
           and (value < high if interval[-1] == ")" else value <= high)):
     raise ConfigError(f"{name}={value} must be a finite number in {interval}")
+
+
+def _is_count(value: Any) -> bool:
+  """A whole number of at least 1 (not a bool, which Python counts as an int)."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _check_length(config: ml_collections.ConfigDict) -> None:
@@ -204,12 +210,11 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
       re.compile(o.get(field, ""))
     except re.error as e:
       raise ConfigError(f"optimizer.{field}={o[field]!r} is not a regular expression ({e})") from None
-  _check_number("optimizer.scaled_learning_rate_factor", o.get("scaled_learning_rate_factor", 1.0), "[0, inf)")
 
 
 def _check_accumulation(config: ml_collections.ConfigDict) -> None:
   k, batch = config.accumulation_steps, config.global_batch_size
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1 or batch % k:
+  if not _is_count(k) or batch % k:
     raise ConfigError(f"accumulation_steps={k!r} must be a positive integer dividing "
                       f"global_batch_size={batch}")
   if config.bn.mode == "ghost" and (batch // k) % int(config.bn.ghost_batch_size):
@@ -226,10 +231,10 @@ def _check_ema(config: ml_collections.ConfigDict) -> None:
 
 def _check_augmentation(config: ml_collections.ConfigDict) -> None:
   a = config.augmentation
-  if isinstance(a.num_ops, bool) or not isinstance(a.num_ops, int) or a.num_ops < 1:
+  if not _is_count(a.num_ops):
     raise ConfigError(f"augmentation.num_ops={a.num_ops!r} must be a positive integer")
   repeats = config.data.get("repeated_augmentation", 1)
-  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+  if not _is_count(repeats):
     raise ConfigError(f"data.repeated_augmentation={repeats!r} must be a positive integer (1: off)")
 
 
